@@ -1,0 +1,46 @@
+"""`algo:hex` checksums over the bytes exactly as received from the source."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ALGORITHMS", "ChecksumSpec", "parse_checksum"]
+
+#: algorithm -> number of hex digits, as CDI accepts them
+ALGORITHMS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumSpec:
+    algorithm: str
+    hexdigest: str
+
+    def new_hash(self) -> Any:
+        return hashlib.new(self.algorithm)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest}"
+
+
+def parse_checksum(text: str) -> ChecksumSpec:
+    """Parse `algorithm:hex`; ValueError carries CDI's wording so both front-ends agree."""
+    if ":" not in text:
+        raise ValueError(f"invalid checksum format: expected 'algorithm:hash', got '{text}'")
+    algo, _, digest = text.partition(":")
+    algo, digest = algo.strip().lower(), digest.strip().lower()
+    if algo not in ALGORITHMS:
+        raise ValueError(
+            f"unsupported hash algorithm '{algo}': supported algorithms are: md5, sha1, sha256, sha512"
+        )
+    if not digest:
+        raise ValueError("checksum hash value cannot be empty")
+    if not re.fullmatch(r"[0-9a-f]+", digest):
+        raise ValueError(f"checksum hash is not valid hexadecimal: {digest!r}")
+    if len(digest) != ALGORITHMS[algo]:
+        raise ValueError(
+            f"invalid {algo} hash length: expected {ALGORITHMS[algo]} hex characters, got {len(digest)}"
+        )
+    return ChecksumSpec(algo, digest)

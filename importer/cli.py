@@ -1,0 +1,206 @@
+"""Command-line front-end: flags -> ImportConfig -> the core; progress bar on a terminal,
+one actionable line on failure, `-o json` for machines.
+
+Exit codes: 0 success, 1 failure, 2 usage or configuration error, 128+N killed by signal N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from . import __version__
+from .config import build_config
+from .engine import inspect_source, run_import
+from .errors import CancelledError, ConfigError, ImporterError
+from .progress import Progress
+
+__all__ = ["main"]
+
+log = logging.getLogger("importer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="importer",
+        description="Import a virtual-machine disk image into a file, a block device or (for "
+                    "archives) a directory.")
+    p.add_argument("--version", action="version", version=f"importer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (repeatable)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="only errors")
+        sp.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                        help="result format on stdout")
+        g = sp.add_argument_group("source access")
+        g.add_argument("--username", help="HTTP basic-auth user")
+        g.add_argument("--password-file", metavar="FILE",
+                       help="file holding the password (or set IMPORTER_PASSWORD); never on argv")
+        g.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                       help="extra request header (repeatable)")
+        g.add_argument("--header-file", action="append", default=[], metavar="PATH",
+                       help="file, or directory of files, each one secret 'Name: value' header")
+        g.add_argument("--ca-dir", metavar="DIR", help="directory of extra CA certificates (PEM)")
+        g.add_argument("--insecure", action="store_true", help="skip TLS certificate verification")
+        g.add_argument("--retries", type=int, default=8, help="retries after network errors")
+        g.add_argument("--read-timeout", type=float, default=120.0,
+                       help="seconds without data before a connection is resumed")
+
+    imp = sub.add_parser("import", help="import SOURCE into DEST")
+    imp.add_argument("source", metavar="SOURCE", help="http(s) URL, file:// URL or local path")
+    imp.add_argument("dest", metavar="DEST", help="file, block device, or directory (archive)")
+    imp.add_argument("--content-type", choices=("kubevirt", "archive"), default="kubevirt",
+                     help="kubevirt: a disk image (default); archive: a tar to extract")
+    imp.add_argument("--image-size", metavar="SIZE",
+                     help="size of the resulting disk (10Gi, 500M, 1e9); grows, never shrinks")
+    imp.add_argument("--preallocation", action="store_true", help="allocate every block")
+    imp.add_argument("--checksum", metavar="ALGO:HEX",
+                     help="md5/sha1/sha256/sha512 of the source bytes, verified before success")
+    imp.add_argument("--scratch-dir", metavar="DIR",
+                     help="where to stage images that cannot be streamed")
+    imp.add_argument("--cache-mode", choices=("none", "writeback", "writethrough", "directsync"),
+                     help="qemu-img target cache mode (default: none when O_DIRECT works)")
+    imp.add_argument("--connections", type=int, default=4,
+                     help="parallel range requests for random access (default 4)")
+    common(imp)
+
+    ins = sub.add_parser("inspect", help="show what SOURCE holds, from its headers only")
+    ins.add_argument("source", metavar="SOURCE")
+    common(ins)
+    return p
+
+
+def _klog_compatible(argv: Sequence[str]) -> list[str]:
+    """Accept `-v=3` as CDI's controller passes it (argparse would read '=3' as a value)."""
+    out = []
+    for a in argv:
+        if a.startswith("-v=") and a[3:].isdigit():
+            out += ["-v"] * min(int(a[3:]), 3)
+        else:
+            out.append(a)
+    return out
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+    logging.getLogger("httpcore").setLevel(max(level, logging.WARNING))
+
+
+class _Bar:
+    """tqdm on a terminal only, fed from the shared Progress object by a small thread."""
+
+    def __init__(self, progress: Progress, enabled: bool) -> None:
+        self._progress = progress
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.1f}% [{elapsed}<{remaining}] {postfix}",
+                  file=sys.stderr, leave=False) as bar:
+            while not self._stop.wait(0.25):
+                bar.n = self._progress.percent
+                bar.set_description(self._progress.phase, refresh=False)
+                bar.set_postfix_str(f"{self._progress.n / 2**20:.0f} MiB read", refresh=False)
+                bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = _klog_compatible(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(args_list)
+    _setup_logging(args.verbose, args.quiet)
+    cancel = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        cancel.set()
+        raise CancelledError(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    progress = Progress()
+    bar = _Bar(progress, enabled=sys.stderr.isatty() and not args.quiet and args.command == "import")
+    try:
+        config = build_config(
+            source=args.source,
+            dest=getattr(args, "dest", "/dev/null"),
+            content_type=getattr(args, "content_type", "kubevirt"),
+            image_size=getattr(args, "image_size", None),
+            preallocation=getattr(args, "preallocation", False),
+            checksum=getattr(args, "checksum", None),
+            scratch_dir=getattr(args, "scratch_dir", None),
+            username=args.username,
+            password_file=args.password_file,
+            headers=args.header,
+            header_files=args.header_file,
+            ca_dir=args.ca_dir,
+            insecure=args.insecure,
+            cache_mode=getattr(args, "cache_mode", None),
+            connections=getattr(args, "connections", 4),
+            max_retries=args.retries,
+            read_timeout=args.read_timeout,
+        )
+        result: dict[str, Any]
+        if args.command == "inspect":
+            result = inspect_source(config)
+        else:
+            result = run_import(config, progress, cancel).as_dict()
+        bar.close()
+        _print_result(args.command, result, args.output)
+        return 0
+    except ImporterError as exc:
+        bar.close()
+        kind = "configuration error" if isinstance(exc, ConfigError) else "error"
+        print(f"importer: {kind}: {exc}", file=sys.stderr)
+        if args.verbose >= 2:
+            traceback.print_exc()
+        if args.output == "json":
+            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        return exc.exit_code
+    except Exception as exc:  # a bug, not a user error: say so, with the trace
+        bar.close()
+        print(f"importer: internal error (please report): {exc!r}", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _print_result(command: str, result: dict[str, Any], output: str) -> None:
+    if output == "json":
+        print(json.dumps(result, indent=2, default=str))
+        return
+    if command == "inspect":
+        for k, v in result.items():
+            print(f"{k:16} {v}")
+        return
+    secs = result["duration_seconds"] or 1e-9
+    print(
+        f"imported {result['format']}"
+        f"{' (' + '+'.join(result['compression']) + ')' if result['compression'] else ''} "
+        f"into {result['destination']} via {result['path']}: "
+        f"{result['bytes_read'] / 2**20:.1f} MiB read in {secs:.1f} s "
+        f"({result['bytes_read'] / 2**20 / secs:.1f} MiB/s), "
+        f"virtual size {result['virtual_size']}, {result['zero_bytes_skipped'] / 2**20:.1f} MiB "
+        "of zeros skipped")

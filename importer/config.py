@@ -1,0 +1,264 @@
+"""The validated configuration every front-end builds and the core consumes.
+
+This is the only module that reads the process environment (proxy variables, credentials given
+by variable); everything below takes an ImportConfig. Validation collects every problem and
+reports them together, naming the flag and the accepted values, so a user fixes a command line
+in one go.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .checksum import ChecksumSpec, parse_checksum
+from .errors import ConfigError
+from .quantity import parse_quantity
+
+__all__ = [
+    "ContentType",
+    "Header",
+    "HttpOptions",
+    "ImportConfig",
+    "build_config",
+    "read_header_files",
+]
+
+
+class ContentType(StrEnum):
+    KUBEVIRT = "kubevirt"  # a disk image
+    ARCHIVE = "archive"  # a tar to extract into a directory
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    name: str
+    value: str
+    secret: bool = False  # read from a file: never logged
+
+    def __repr__(self) -> str:
+        return f"Header({self.name!r}, {'<redacted>' if self.secret else repr(self.value)})"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    headers: tuple[Header, ...] = ()
+    ca_dir: Path | None = None
+    insecure: bool = False
+    #: scheme -> proxy URL and "no" -> bypass list, captured from the environment at start
+    proxies: Mapping[str, str] = field(default_factory=dict)
+    connect_timeout: float = 30.0
+    #: seconds without a single byte before a connection is abandoned and resumed
+    read_timeout: float = 120.0
+    max_retries: int = 8
+    retry_backoff: float = 1.0
+    max_redirects: int = 10
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy for `url`, honouring no_proxy; loopback is never proxied (CDI quirk Q10)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return None
+        proxies = dict(self.proxies)
+        if proxies.get("no") and urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
+            return None
+        return proxies.get(parts.scheme)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportConfig:
+    source: str
+    dest: Path
+    content_type: ContentType = ContentType.KUBEVIRT
+    image_size: int | None = None
+    preallocation: bool = False
+    checksum: ChecksumSpec | None = None
+    scratch_dir: Path | None = None
+    http: HttpOptions = field(default_factory=HttpOptions)
+    #: qemu-img cache mode: None = choose (O_DIRECT when the target accepts it)
+    cache_mode: str | None = None
+    #: parallel ranged reads for random-access sources
+    connections: int = 4
+
+
+def read_header_files(path: Path) -> list[Header]:
+    """Headers from a file or a directory tree of files (the layout of CDI's /extraheaders).
+
+    Each file holds one `Name: value` line. Dot files and dot directories (`..data` of a
+    Kubernetes secret volume) are skipped; trailing newlines are stripped (CDI quirk Q9).
+    """
+    files: list[Path] = []
+    if path.is_dir():
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
+    else:
+        files = [path]
+    headers = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read header file {f}: {exc.strerror}") from exc
+        headers.append(_parse_header(text, where=str(f), secret=True))
+    return headers
+
+
+def _parse_header(text: str, *, where: str, secret: bool) -> Header:
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or any(c in name for c in " \t\r\n") or "\n" in value or "\r" in value:
+        shown = "<redacted>" if secret else repr(text)
+        raise ConfigError(f"invalid header in {where}: {shown}; expected one line 'Name: value'")
+    return Header(name, value, secret)
+
+
+def build_config(
+    *,
+    source: str,
+    dest: str,
+    content_type: str = "kubevirt",
+    image_size: str | None = None,
+    preallocation: bool = False,
+    checksum: str | None = None,
+    scratch_dir: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    password_file: str | None = None,
+    headers: Sequence[str] = (),
+    header_files: Sequence[str] = (),
+    ca_dir: str | None = None,
+    insecure: bool = False,
+    cache_mode: str | None = None,
+    connections: int = 4,
+    max_retries: int = 8,
+    read_timeout: float = 120.0,
+    environ: Mapping[str, str] | None = None,
+) -> ImportConfig:
+    """Validate raw option values into an ImportConfig, or raise one ConfigError listing all
+    problems. `environ` defaults to the process environment (proxies, IMPORTER_PASSWORD)."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+
+    parts = urlsplit(source)
+    if parts.scheme not in ("http", "https", "file", ""):
+        problems.append(
+            f"source {source!r}: unsupported scheme {parts.scheme!r}; use http://, https://, "
+            "file:// or a local path"
+        )
+    elif parts.scheme in ("http", "https") and not parts.hostname:
+        problems.append(f"source {source!r}: the URL has no host")
+
+    try:
+        ctype = ContentType(content_type)
+    except ValueError:
+        problems.append(f"--content-type {content_type!r}: use 'kubevirt' (a disk image) or 'archive'")
+        ctype = ContentType.KUBEVIRT
+
+    size: int | None = None
+    if image_size:
+        try:
+            size = parse_quantity(image_size)
+        except ValueError as exc:
+            problems.append(f"--image-size: {exc}")
+
+    spec: ChecksumSpec | None = None
+    if checksum:
+        try:
+            spec = parse_checksum(checksum)
+        except ValueError as exc:
+            problems.append(f"--checksum: {exc}")
+
+    if cache_mode not in (None, "none", "writeback", "writethrough", "directsync", "unsafe"):
+        problems.append(f"--cache-mode {cache_mode!r}: use none, writeback, writethrough or directsync")
+    if not 1 <= connections <= 32:
+        problems.append(f"--connections {connections}: use a number from 1 to 32")
+    if max_retries < 0:
+        problems.append(f"--retries {max_retries}: use 0 or more")
+    if read_timeout <= 0:
+        problems.append(f"--read-timeout {read_timeout}: use a positive number of seconds")
+
+    if password_file:
+        try:
+            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            problems.append(f"--password-file {password_file}: {exc.strerror}")
+    if password is None and env.get("IMPORTER_PASSWORD"):
+        password = env["IMPORTER_PASSWORD"]
+    if password is not None and not username:
+        problems.append("a password was given without --username")
+    if parts.username and not username:
+        problems.append(
+            "credentials in the URL are not accepted (they would appear in logs and process "
+            "lists): use --username and --password-file or IMPORTER_PASSWORD"
+        )
+
+    parsed_headers: list[Header] = []
+    for h in headers:
+        try:
+            parsed_headers.append(_parse_header(h, where="--header", secret=False))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    for hf in header_files:
+        try:
+            parsed_headers += read_header_files(Path(hf))
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+    ca_path: Path | None = None
+    if ca_dir:
+        ca_path = Path(ca_dir)
+        if not ca_path.is_dir():
+            problems.append(f"--ca-dir {ca_dir}: not a directory (give the directory holding the CA files)")
+
+    scratch: Path | None = Path(scratch_dir) if scratch_dir else None
+    if scratch is not None and not scratch.is_dir():
+        problems.append(f"--scratch-dir {scratch_dir}: not a directory")
+
+    dest_path = Path(dest)
+    if ctype is ContentType.ARCHIVE:
+        if dest_path.exists() and not dest_path.is_dir():
+            problems.append(f"destination {dest}: --content-type archive extracts into a directory")
+    elif dest_path.is_dir():
+        problems.append(f"destination {dest} is a directory; give a file path or a block device")
+    elif not dest_path.exists() and not dest_path.parent.is_dir():
+        problems.append(f"destination {dest}: the directory {dest_path.parent} does not exist")
+
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+    proxies = {k: v for k, v in urllib.request.getproxies_environment().items() if v}
+    if environ is not None:  # an explicit environment replaces the process one entirely
+        proxies = {
+            k[:-6].lower(): v for k, v in env.items() if k.lower().endswith("_proxy") and v
+        }
+    http = HttpOptions(
+        username=username,
+        password=password,
+        headers=tuple(parsed_headers),
+        ca_dir=ca_path,
+        insecure=insecure,
+        proxies=proxies,
+        max_retries=max_retries,
+        read_timeout=read_timeout,
+    )
+    return ImportConfig(
+        source=source,
+        dest=dest_path,
+        content_type=ctype,
+        image_size=size,
+        preallocation=preallocation,
+        checksum=spec,
+        scratch_dir=scratch,
+        http=http,
+        cache_mode=cache_mode,
+        connections=connections,
+    )

@@ -1,0 +1,387 @@
+"""The one core both front-ends call: plan an import and carry it out.
+
+Plans, cheapest first (the chosen one is logged and reported as `path`):
+* stream     raw/iso (and gz/xz/zstd/bz2-compressed raw) straight to the target, zeros skipped;
+* xz-blocks  multi-block .xz raw from a range-capable source: blocks decoded on all cores;
+* nbd        qcow2/vmdk/vdi/vhd/vhdx from a range-capable source (or inside a multi-block .xz):
+             qemu-img reads it through our NBD export, nothing is staged;
+* staged     the same formats when the source cannot be read at random (no Range support, gzip
+             or zstd around them) or a checksum must be verified before the target is touched:
+             decompressed to a sparse scratch file, inspected again, then converted;
+* archive    tar (optionally compressed) extracted safely into a directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ContentType, ImportConfig
+from .errors import ChecksumMismatchError, FormatError, ImporterError
+from .formats.detect import Detected, detect
+from .formats.headers import ImageInfo, inspect_image, vhd_fixed_footer_size
+from .formats.xz_blocks import MAX_BLOCK, XzBlock, XzBlockReader, decode_block, read_xz_index
+from .progress import Progress
+from .quantity import format_bytes
+from .sinks.archive import extract_tar
+from .sinks.nbd_export import NbdExport
+from .sinks.qemu import choose_cache_mode, qemu_convert, qemu_info
+from .sinks.raw import SparseWriter, pump
+from .sinks.target import Target
+from .sources import Source, open_source
+from .sources.cache import ReadAheadCache
+from .sources.file import FileSource
+from .streams import CountingStream, ThreadedReader
+
+__all__ = ["ImportResult", "inspect_source", "run_import"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ImportResult:
+    source: str
+    destination: str
+    target_kind: str  # file, block or directory
+    format: str
+    compression: list[str]
+    virtual_size: int | None
+    path: str  # stream, xz-blocks, nbd, staged, archive
+    staged_bytes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    zero_bytes_skipped: int = 0
+    preallocated: bool = False
+    checksum: str | None = None
+    duration_seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Run:
+    """State of one import; methods are the steps of the plans above."""
+
+    def __init__(self, config: ImportConfig, progress: Progress, cancel: threading.Event) -> None:
+        self.config = config
+        self.progress = progress
+        self.cancel = cancel
+        self.stack = contextlib.ExitStack()
+        # the sequential stream alone, closed early when a plan reads at random instead
+        self.stream_closer = contextlib.ExitStack()
+        self.stack.callback(self.stream_closer.close)
+        self.hasher = config.checksum.new_hash() if config.checksum else None
+
+    # ---------------------------------------------------------------- opening
+
+    def open(self) -> tuple[Source, Detected, CountingStream]:
+        src = open_source(self.config)
+        self.stack.callback(src.close)
+        info = src.info()
+        self.progress.total = info.size
+        counting = CountingStream(src.open_stream(0), self.progress, self.hasher)
+        stream = ThreadedReader(counting)
+        self.stream_closer.callback(stream.close)
+        detected = detect(stream, size=info.size,
+                          source_read_at=src.read_at if info.random_access else None)
+        return src, detected, counting
+
+    def verify_checksum(self, counting: CountingStream) -> str | None:
+        spec = self.config.checksum
+        if spec is None:
+            return None
+        counting.drain()
+        got = counting.hasher.hexdigest() if counting.hasher else ""
+        if got != spec.hexdigest:
+            raise ChecksumMismatchError(
+                f"checksum mismatch: expected {spec.algorithm}:{spec.hexdigest}, calculated "
+                f"{spec.algorithm}:{got}; the download is corrupt or the checksum is wrong, and "
+                "nothing was imported")
+        log.info("Checksum verification passed: %s:%s", spec.algorithm, got)
+        return f"{spec.algorithm}:{got}"
+
+    # ---------------------------------------------------------------- plans
+
+    def run(self) -> ImportResult:
+        cfg = self.config
+        src, det, counting = self.open()
+        info = det.info
+        result = ImportResult(
+            source=_redact(cfg.source), destination=str(cfg.dest), target_kind="file",
+            format=info.format, compression=det.codecs, virtual_size=info.virtual_size, path="")
+        if cfg.content_type is ContentType.ARCHIVE:
+            return self.archive(det, counting, result)
+        if info.format == "tar":
+            raise FormatError("the data is a tar archive; use --content-type archive to extract "
+                              "it into a directory")
+        target = Target(cfg.dest, cfg.image_size)
+        result.target_kind = "block" if target.is_block else "file"
+        if info.needs_conversion and not (info.format == "vhd" and info.details.get("type") == "fixed"):
+            self.convert(src, det, counting, target, result)
+        else:
+            self.stream_raw(src, det, counting, target, result)
+        result.bytes_read = self.progress.n
+        return result
+
+    def archive(self, det: Detected, counting: CountingStream, result: ImportResult
+                ) -> ImportResult:
+        if det.info.format != "tar":
+            raise FormatError(f"--content-type archive needs a tar archive, but the data is "
+                              f"{det.info.format}")
+        result.target_kind, result.path = "directory", "archive"
+        self.progress.plan([("TransferDataDir", 100, True)])
+        self.progress.enter("TransferDataDir")
+        extraction, stats = extract_tar(det.stream, self.config.dest, self.progress)
+        try:
+            result.checksum = self.verify_checksum(counting)
+            extraction.commit()
+        except BaseException:
+            extraction.abort()
+            raise
+        result.bytes_written = stats.bytes_written
+        result.bytes_read = self.progress.n
+        result.details = {"files": stats.files, "directories": stats.directories,
+                          "skipped": stats.skipped}
+        return result
+
+    def _xz_blocks(self, src: Source, det: Detected) -> list[XzBlock] | None:
+        """The block list when the data is one xz layer over a range-capable source and has
+        several blocks that fit in memory: the shape that can be decoded in parallel."""
+        info = src.info()
+        if det.codecs != ["xz"] or not info.random_access or not info.size:
+            return None
+        blocks = read_xz_index(src.read_at, info.size)
+        if len(blocks) < 2 or max(b.uncompressed_size for b in blocks) > MAX_BLOCK:
+            log.info("xz file has %d block(s): decoding it as one stream", len(blocks))
+            return None
+        return blocks
+
+    def stream_raw(self, src: Source, det: Detected, counting: CountingStream, target: Target,
+                   result: ImportResult) -> None:
+        cfg = self.config
+        blocks = None if cfg.checksum else self._xz_blocks(src, det)
+        limit = det.info.virtual_size if det.info.format == "vhd" else None
+        vsize = det.info.virtual_size
+        if blocks:
+            vsize = sum(b.uncompressed_size for b in blocks)
+        result.virtual_size = vsize
+        target.check_fits(vsize)
+        self.progress.plan([("TransferDataFile", 100, True)])
+        self.progress.enter("TransferDataFile")
+        target.open()
+        writer = SparseWriter(target, self.progress, preallocate=cfg.preallocation)
+        try:
+            if cfg.preallocation and not target.is_block and vsize:
+                target.preallocate(vsize)
+            if blocks:
+                result.path = "xz-blocks"
+                self.stream_closer.close()  # the sequential stream is not needed
+                total = self._parallel_xz(src, blocks, writer)
+            else:
+                result.path = "stream"
+                total = pump(det.stream, writer, limit=limit, cancel=self.cancel)
+                result.checksum = self.verify_checksum(counting)
+            final = min(total, limit) if limit is not None else total
+            footer = None if limit is not None else vhd_fixed_footer_size(writer.tail)
+            if footer is not None and footer == total - 512:
+                log.info("the data ends with a fixed-VHD footer: the disk is the %d bytes before it",
+                         footer)
+                result.format, final = "vhd", footer
+                if target.is_block:
+                    target.zero_range(footer, 512)
+            result.virtual_size = final
+            self._finish_size(target, final)
+            if cfg.preallocation and not target.is_block:
+                target.preallocate(target.current_size())
+            result.preallocated = cfg.preallocation
+            target.commit()
+        except BaseException:
+            target.abort(writer.high_water)
+            raise
+        result.bytes_written = self.progress.bytes_written
+        result.zero_bytes_skipped = self.progress.zero_bytes
+
+    def _parallel_xz(self, src: Source, blocks: list[XzBlock], writer: SparseWriter) -> int:
+        workers = max(2, os.cpu_count() or 2)
+        self.progress.total = blocks[-1].offset + blocks[-1].unpadded_size
+
+        def one(block: XzBlock) -> None:
+            if self.cancel.is_set():
+                return
+            data = decode_block(src.read_at, block)
+            self.progress.update(block.unpadded_size)
+            writer.write(block.uncompressed_offset, data, len(data))
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="xz") as pool:
+            pending: list[Future[None]] = []
+            for block in blocks:
+                pending.append(pool.submit(one, block))
+                if len(pending) > workers:  # bound memory: a few decoded blocks at a time
+                    pending.pop(0).result()
+            for fut in pending:
+                fut.result()
+        writer.finish()
+        return sum(b.uncompressed_size for b in blocks)
+
+    def _finish_size(self, target: Target, data_size: int) -> None:
+        """The file gets the image's full length, grown to --image-size (never shrunk)."""
+        size = max(data_size, self.config.image_size or 0)
+        if self.config.image_size and data_size > self.config.image_size:
+            log.warning("the image (%d bytes) is larger than --image-size; not shrinking", data_size)
+        target.set_size(size)
+
+    def convert(self, src: Source, det: Detected, counting: CountingStream, target: Target,
+                result: ImportResult) -> None:
+        cfg = self.config
+        sinfo = src.info()
+        read: Any = None
+        size = 0
+        why_stage = None
+
+        def read_at(offset: int, length: int) -> bytes:
+            data = src.read_at(offset, length)
+            self.progress.update(len(data))
+            return data
+
+        if cfg.checksum:
+            why_stage = "a checksum must be verified before the target is written"
+        elif not sinfo.random_access:
+            why_stage = "the server does not support range requests"
+        elif det.codecs == []:
+            assert sinfo.size is not None
+            cache = ReadAheadCache(read_at, sinfo.size, workers=cfg.connections)
+            self.stack.callback(cache.close)
+            read, size = cache.read, sinfo.size
+        elif (blocks := self._xz_blocks(src, det)) is not None:
+            xzr = XzBlockReader(read_at, blocks)
+            self.stack.callback(xzr.close)
+            read, size = xzr.read, xzr.size
+        else:
+            why_stage = f"{'+'.join(det.codecs)} compressed data cannot be read at random"
+
+        if why_stage:
+            result.path = "staged"
+            self.progress.plan([("TransferScratch", 50, True), ("Convert", 50, False)])
+            staged = self._stage(det, counting, target, why_stage)
+            result.checksum = self.verify_checksum(counting)
+            result.staged_bytes = staged.info().size or 0
+            info = inspect_image(det.info.format, staged.read_at, staged.info().size)
+            uri = str(staged.path)
+        else:
+            result.path = "nbd"
+            self.progress.plan([("Convert", 100, False)])
+            self.stream_closer.close()  # not needed: qemu-img reads at random
+            export = NbdExport(read, size)
+            self.stack.callback(export.close)
+            uri, info = export.uri, det.info
+        self.progress.enter("Convert")
+        qinfo = qemu_info(uri, info.qemu_driver)
+        vsize = int(qinfo["virtual-size"])  # type: ignore[call-overload]
+        result.virtual_size = vsize
+        target.check_fits(vsize)
+        target.open()
+        try:
+            if not target.is_block:
+                target.set_size(vsize)
+                if cfg.preallocation:
+                    target.preallocate(vsize)
+            cache_mode = cfg.cache_mode or choose_cache_mode(str(target.write_path))
+            try:
+                qemu_convert(uri, info.qemu_driver, str(target.write_path), cache=cache_mode,
+                             target_is_zero=not target.is_block, progress=self.progress,
+                             cancel=self.cancel)
+            except ImporterError:
+                export_error = getattr(locals().get("export"), "error", None)
+                if isinstance(export_error, ImporterError):
+                    raise export_error from None
+                raise
+            self._finish_size(target, vsize)
+            result.preallocated = cfg.preallocation
+            target.commit()
+        except BaseException:
+            target.abort(vsize if target.is_block else None)
+            raise
+        result.bytes_written = vsize
+
+    def _stage(self, det: Detected, counting: CountingStream, target: Target, why: str
+               ) -> FileSource:
+        cfg = self.config
+        if cfg.scratch_dir:
+            scratch_dir = cfg.scratch_dir
+        elif target.is_block:
+            scratch_dir = Path(tempfile.gettempdir())
+        else:
+            scratch_dir = cfg.dest.parent
+        fd, name = tempfile.mkstemp(prefix=".importer-scratch-", dir=scratch_dir)
+        os.close(fd)
+        path = Path(name)
+        self.stack.callback(lambda: path.unlink(missing_ok=True))
+        log.warning("staging the image in %s because %s", scratch_dir, why)
+        self.progress.enter("TransferScratch")
+        scratch = Target(path)
+        scratch.write_path = path  # written in place; removed when the import ends
+        scratch.open()
+        writer = SparseWriter(scratch, Progress(), preallocate=False)
+        total = pump(det.stream, writer, cancel=self.cancel)
+        scratch.set_size(total)
+        os.close(scratch.fd)
+        scratch.fd = -1
+        log.info("staged %s (%d bytes) in %s", format_bytes(total), total, path)
+        src = FileSource(path)
+        self.stack.callback(src.close)
+        return src
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.hostname}{f':{p.port}' if p.port else ''}{p.path}" if p.netloc else url
+
+
+def run_import(config: ImportConfig, progress: Progress | None = None,
+               cancel: threading.Event | None = None) -> ImportResult:
+    progress = progress or Progress()
+    started = time.monotonic()
+    run = _Run(config, progress, cancel or threading.Event())
+    with run.stack:
+        result = run.run()
+    progress.finish()
+    result.duration_seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def inspect_source(config: ImportConfig) -> dict[str, Any]:
+    """What the source holds, read from its headers only: format, compression, virtual size,
+    and whether it passed the safety checks (an unsafe image raises UnsafeImageError)."""
+    progress = Progress()
+    run = _Run(config, progress, threading.Event())
+    with run.stack:
+        src, det, _ = run.open()
+        sinfo = src.info()
+        info: ImageInfo = det.info
+        vsize = info.virtual_size
+        if det.codecs == ["xz"] and sinfo.random_access and sinfo.size and not info.needs_conversion:
+            with contextlib.suppress(FormatError):
+                vsize = sum(b.uncompressed_size for b in read_xz_index(src.read_at, sinfo.size))
+        return {
+            "source": _redact(config.source),
+            "format": info.format,
+            "compression": det.codecs,
+            "virtual_size": vsize,
+            "source_size": sinfo.size,
+            "range_requests": sinfo.random_access,
+            "details": info.details,
+            "safe": True,
+            "streamable": not info.needs_conversion or (sinfo.random_access and (
+                not det.codecs or det.codecs == ["xz"])),
+        }

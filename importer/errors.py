@@ -1,0 +1,119 @@
+"""The importer's exception hierarchy.
+
+Every failure a user can cause or meet is one of these, raised with a message that says what
+went wrong, where, and what to do. Third-party exceptions (httpx, OSError, qemu-img exit codes,
+codec errors) are translated into them at the boundary of the module that calls the library, so
+front-ends only ever see this tree::
+
+    ImporterError                  exit 1 unless stated
+    ├── ConfigError                exit 2: invalid option, variable or value
+    ├── SourceError                reaching or reading the source
+    │   ├── SourceNotFoundError    the object does not exist (HTTP 404/410)
+    │   ├── SourceAuthError        credentials missing or refused (HTTP 401/403)
+    │   ├── SourceTLSError         certificate verification or handshake failed
+    │   ├── SourceUnavailableError network errors and 5xx that outlived the retries
+    │   └── SourceContentError     the server answered, but not with the image (HTML, short body)
+    ├── FormatError                the data is not a usable image (corrupt, truncated, unknown)
+    │   └── UnsafeImageError       a well-formed image refused for safety (backing file, ...)
+    ├── TargetError                the destination cannot take the image
+    │   └── TargetTooSmallError    virtual size larger than the target
+    ├── ChecksumMismatchError      the bytes received do not match --checksum
+    ├── ConversionError            qemu-img failed
+    └── CancelledError             stopped by a signal: exit 128 + N
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CancelledError",
+    "ChecksumMismatchError",
+    "ConfigError",
+    "ConversionError",
+    "FormatError",
+    "ImporterError",
+    "SourceAuthError",
+    "SourceContentError",
+    "SourceError",
+    "SourceNotFoundError",
+    "SourceTLSError",
+    "SourceUnavailableError",
+    "TargetError",
+    "TargetTooSmallError",
+    "UnsafeImageError",
+]
+
+
+class ImporterError(Exception):
+    """Base of every error the importer reports to a user."""
+
+    exit_code = 1
+    #: whether retrying the same import later may succeed (network trouble) or not (404, bad image)
+    transient = False
+
+
+class ConfigError(ImporterError):
+    exit_code = 2
+
+
+class SourceError(ImporterError):
+    pass
+
+
+class SourceNotFoundError(SourceError):
+    pass
+
+
+class SourceAuthError(SourceError):
+    pass
+
+
+class SourceTLSError(SourceError):
+    pass
+
+
+class SourceUnavailableError(SourceError):
+    transient = True
+
+
+class SourceContentError(SourceError):
+    pass
+
+
+class FormatError(ImporterError):
+    pass
+
+
+class UnsafeImageError(FormatError):
+    pass
+
+
+class TargetError(ImporterError):
+    pass
+
+
+class TargetTooSmallError(TargetError):
+    def __init__(self, message: str, *, required: int, available: int) -> None:
+        super().__init__(message)
+        self.required = required
+        self.available = available
+
+
+class ChecksumMismatchError(ImporterError):
+    pass
+
+
+class ConversionError(ImporterError):
+    pass
+
+
+class CancelledError(ImporterError):
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(f"import stopped by {name}; nothing was reported as imported")
+        self.signum = signum
+        self.exit_code = 128 + signum

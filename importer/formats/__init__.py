@@ -1,0 +1,1 @@
+"""Formats: compression layers and disk-image headers, recognised by magic bytes only."""

@@ -1,0 +1,59 @@
+"""Peel compression layers and name the image format, by magic bytes only."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+
+from ..errors import FormatError
+from .codecs import open_decoder, sniff_codec
+from .headers import ImageInfo, ReadAt, inspect_image, sniff_format, vhd_fixed_footer_size
+from .peek import PeekableStream
+
+__all__ = ["Detected", "detect"]
+
+log = logging.getLogger(__name__)
+SNIFF_BYTES = 64 << 10  # covers ISO's CD001 at 0x9001 and tar's ustar at 257
+MAX_LAYERS = 4
+
+
+@dataclass(slots=True)
+class Detected:
+    info: ImageInfo
+    stream: PeekableStream  # the decoded bytes, from the start
+    codecs: list[str] = field(default_factory=list)  # outermost first
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.codecs)
+
+
+def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None) -> Detected:
+    """`raw` is the source stream from byte 0; `source_read_at` (random access into the same
+    bytes) lets inspection read beyond the head when the data is not compressed."""
+    codecs: list[str] = []
+    stream = PeekableStream(raw)
+    while True:
+        head = stream.peek_bytes(SNIFF_BYTES)
+        if not head:
+            where = " after " + " and ".join(codecs) + " decompression" if codecs else ""
+            raise FormatError(f"the source is empty (0 bytes{where}); nothing to import")
+        codec = sniff_codec(head)
+        if codec is None:
+            break
+        if len(codecs) == MAX_LAYERS:
+            raise FormatError(f"more than {MAX_LAYERS} nested compression layers; refusing")
+        codecs.append(codec.name)
+        stream = PeekableStream(open_decoder(codec, stream, len(codecs)))
+    fmt = sniff_format(head)
+    plain = not codecs
+    read_at: ReadAt = source_read_at if (plain and source_read_at) else stream.read_at
+    info = inspect_image(fmt, read_at, size if plain else None)
+    if info.format == "raw" and plain and source_read_at and size and size >= 1024:
+        vhd_size = vhd_fixed_footer_size(source_read_at(size - 512, 512))
+        if vhd_size is not None and vhd_size == size - 512:
+            info = ImageInfo("vhd", vhd_size, {"type": "fixed"})
+    log.info("detected %s%s, virtual size %s", info.format,
+             "" if plain else " inside " + "+".join(codecs), info.virtual_size or "unknown")
+    return Detected(info, stream, codecs)

@@ -1,0 +1,24 @@
+"""Sources: where the bytes come from. Each offers SourceInfo, a resumable stream and, when the
+transport allows it, random access (see base.Source)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..config import ImportConfig
+from .base import RandomAccessFile, Source, SourceInfo
+
+__all__ = ["RandomAccessFile", "Source", "SourceInfo", "open_source"]
+
+
+def open_source(config: ImportConfig) -> Source:
+    scheme = urlsplit(config.source).scheme
+    if scheme in ("http", "https"):
+        from .http import HttpSource
+
+        return HttpSource(config.source, config.http)
+    from .file import FileSource
+
+    path = unquote(urlsplit(config.source).path) if scheme == "file" else config.source
+    return FileSource(Path(path))

@@ -1,0 +1,68 @@
+"""What every source offers the core: facts about the object, a resumable stream, and (when the
+transport allows it) random access. A request body is just another stream."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["RandomAccessFile", "Source", "SourceInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    size: int | None  # bytes as stored at the source; None if unknown
+    random_access: bool  # any byte range can be read (HTTP Range, ranged GET, local file)
+    name: str  # for logs only: never decide a format from a name
+    #: the transport's own description of the object version (ETag), for logs and pinning
+    version: str | None = None
+
+
+@runtime_checkable
+class Source(Protocol):
+    def info(self) -> SourceInfo: ...
+
+    def open_stream(self, offset: int = 0) -> io.RawIOBase:
+        """Bytes from `offset` to the end; reconnects by itself after transient failures."""
+        ...
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Exactly `size` bytes at `offset` (fewer only at the end). Only when random_access.
+        Must be safe to call from several threads at once."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RandomAccessFile(io.RawIOBase):
+    """A seekable read-only file over Source.read_at, for libraries that want a file object
+    (python-xz, the header inspectors). One instance per thread."""
+
+    def __init__(self, source: Source, size: int) -> None:
+        self._source = source
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(b), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._source.read_at(self._pos, n)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)

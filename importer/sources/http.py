@@ -1,0 +1,400 @@
+"""HTTP(S) source.
+
+Two HTTP stacks on purpose:
+* httpx answers the questions (size, range support, redirects, auth and TLS errors) with its
+  clear exception types; it is used for a handful of requests per import;
+* the bulk bytes go through http.client reading into reused buffers. Measured on this machine
+  (design notes, 4 GiB raw over loopback): httpx `iter_raw` 9.1 s, http.client `readinto` 3.9 s.
+  The data path is the product, so it gets the lean stack; both share one SSLContext and the
+  same proxy decision.
+
+Size and range support are learned with a ranged GET (`Range: bytes=0-0`), never HEAD: presigned
+URLs and some servers refuse HEAD. Redirects are resolved once and the final URL pinned;
+credentials and extra headers go only to the origin the user named. Every bulk request carries
+`If-Range` with the ETag seen at probe time, so an object replaced mid-import fails instead of
+mixing two versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import logging
+import random
+import re
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from .. import __version__
+from ..config import HttpOptions
+from ..errors import (
+    ImporterError,
+    SourceAuthError,
+    SourceContentError,
+    SourceError,
+    SourceNotFoundError,
+    SourceTLSError,
+    SourceUnavailableError,
+)
+from .base import SourceInfo
+from .tls import make_ssl_context
+
+__all__ = ["HttpSource"]
+
+log = logging.getLogger(__name__)
+USER_AGENT = f"importer/{__version__}"
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    p = urlsplit(url)
+    port = p.port or {"http": 80, "https": 443}.get(p.scheme)
+    return p.scheme, (p.hostname or "").lower(), port
+
+
+def _redact(url: str) -> str:
+    """URLs are logged without their query string: presigned URLs carry signatures there."""
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}{p.path}" + ("?…" if p.query else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    url: str
+    size: int | None
+    ranges: bool
+    etag: str | None
+    content_type: str
+
+
+class HttpSource:
+    def __init__(self, url: str, opts: HttpOptions) -> None:
+        self.original_url = url
+        self.opts = opts
+        self._ctx = make_ssl_context(opts.ca_dir, opts.insecure)
+        self._local = threading.local()
+        self._conns: list[http.client.HTTPConnection] = []
+        self._conns_lock = threading.Lock()
+        self._probe = self._run_probe()
+        self.url = self._probe.url
+        self._send_credentials = _origin(self.url) == _origin(url)
+        if not self._send_credentials and (opts.username or opts.headers):
+            log.warning(
+                "redirected to another host (%s): credentials and extra headers are not sent there",
+                urlsplit(self.url).hostname,
+            )
+
+    # ----------------------------------------------------------------- probe (httpx)
+
+    def _headers(self, url: str) -> dict[str, str]:
+        h = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        if _origin(url) == _origin(self.original_url):
+            for header in self.opts.headers:
+                h[header.name] = header.value
+            if self.opts.username:
+                token = f"{self.opts.username}:{self.opts.password or ''}".encode()
+                h["Authorization"] = "Basic " + base64.b64encode(token).decode()
+        return h
+
+    def _run_probe(self) -> _Probe:
+        url = self.original_url
+        attempt = 0
+        hops = 0
+        while True:
+            try:
+                with self._httpx_errors(url), httpx.Client(
+                    verify=self._ctx,
+                    trust_env=False,
+                    proxy=self.opts.proxy_for(url),
+                    timeout=httpx.Timeout(self.opts.read_timeout, connect=self.opts.connect_timeout),
+                    follow_redirects=False,
+                ) as client:
+                    headers = self._headers(url) | {"Range": "bytes=0-0"}
+                    with client.stream("GET", url, headers=headers) as r:
+                        if r.is_redirect:
+                            hops += 1
+                            if hops > self.opts.max_redirects:
+                                raise SourceError(
+                                    f"{_redact(self.original_url)}: more than "
+                                    f"{self.opts.max_redirects} redirects; check the URL"
+                                )
+                            target = urljoin(url, r.headers.get("location", ""))
+                            log.info("redirect %d -> %s", r.status_code, _redact(target))
+                            url = target
+                            continue
+                        self._check_status(r.status_code, url, r.reason_phrase)
+                        return self._interpret_probe(r, url)
+            except SourceUnavailableError as exc:
+                attempt += 1
+                if attempt > self.opts.max_retries:
+                    raise
+                self._sleep_backoff(attempt, exc)
+
+    def _interpret_probe(self, r: httpx.Response, url: str) -> _Probe:
+        ctype = r.headers.get("content-type", "")
+        etag = r.headers.get("etag") if not r.headers.get("etag", "").startswith("W/") else None
+        if ctype.lower().startswith("text/html"):
+            raise SourceContentError(
+                f"{_redact(url)} answered with an HTML page (Content-Type {ctype}), not a disk "
+                "image: check the URL, or whether the link needs a login or has expired"
+            )
+        if r.status_code == 206:
+            m = _CONTENT_RANGE.match(r.headers.get("content-range", ""))
+            if not m or m.group(1) != "0" or m.group(3) == "*":
+                raise SourceContentError(
+                    f"{_redact(url)}: unusable Content-Range "
+                    f"{r.headers.get('content-range')!r} in answer to a range request"
+                )
+            return _Probe(url, int(m.group(3)), True, etag, ctype)
+        if r.status_code == 416:  # an empty object has no byte 0
+            m = re.match(r"bytes\s+\*/(\d+)", r.headers.get("content-range", ""))
+            return _Probe(url, int(m.group(1)) if m else 0, True, etag, ctype)
+        length = r.headers.get("content-length")
+        log.info("%s does not support range requests: streaming only, no resume", _redact(url))
+        return _Probe(url, int(length) if length and length.isdigit() else None, False, etag, ctype)
+
+    def _check_status(self, status: int, url: str, reason: str) -> None:
+        where = _redact(url)
+        if status in (200, 206, 416):
+            return
+        if status in (401, 403):
+            hint = (
+                "the credentials were refused" if self.opts.username
+                else "the server wants credentials: use --username with --password-file"
+            )
+            raise SourceAuthError(f"{where}: HTTP {status} {reason}; {hint}")
+        if status in (404, 410):
+            raise SourceNotFoundError(f"{where}: HTTP {status} {reason}; check the URL")
+        if status in _RETRYABLE_STATUS:
+            raise SourceUnavailableError(f"{where}: HTTP {status} {reason}")
+        raise SourceError(f"{where}: unexpected HTTP {status} {reason}")
+
+    @contextmanager
+    def _httpx_errors(self, url: str) -> Iterator[None]:
+        where = _redact(url)
+        try:
+            yield
+        except ImporterError:
+            raise
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
+                raise SourceTLSError(
+                    f"{where}: TLS verification failed ({exc}); give the CA with --ca-dir, or "
+                    "--insecure to skip verification"
+                ) from exc
+            raise SourceUnavailableError(f"{where}: cannot connect: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise SourceUnavailableError(f"{where}: timed out: {exc}") from exc
+        except (httpx.TransportError, OSError) as exc:
+            raise SourceUnavailableError(f"{where}: {exc}") from exc
+        except httpx.InvalidURL as exc:
+            raise SourceError(f"{where}: invalid URL: {exc}") from exc
+
+    def _sleep_backoff(self, attempt: int, exc: Exception) -> None:
+        delay = min(self.opts.retry_backoff * 2 ** (attempt - 1), 30.0) * random.uniform(0.8, 1.2)
+        log.warning("%s; retry %d/%d in %.1f s", exc, attempt, self.opts.max_retries, delay)
+        time.sleep(delay)
+
+    # ----------------------------------------------------------------- bulk (http.client)
+
+    def info(self) -> SourceInfo:
+        p = self._probe
+        return SourceInfo(size=p.size, random_access=p.ranges, name=urlsplit(p.url).path,
+                          version=p.etag)
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        p = urlsplit(self.url)
+        proxy = self.opts.proxy_for(self.url)
+        timeout = self.opts.read_timeout
+        conn: http.client.HTTPConnection
+        if proxy:
+            pp = urlsplit(proxy)
+            ptarget = (pp.hostname or "", pp.port or (443 if pp.scheme == "https" else 80))
+            tunnel_headers = {}
+            if pp.username:
+                creds = f"{pp.username}:{pp.password or ''}".encode()
+                tunnel_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds).decode()
+            if p.scheme == "https":
+                conn = http.client.HTTPSConnection(*ptarget, timeout=timeout, context=self._ctx)
+                conn.set_tunnel(p.hostname or "", p.port or 443, headers=tunnel_headers)
+            else:
+                conn = http.client.HTTPConnection(*ptarget, timeout=timeout)
+                conn._importer_proxy_headers = tunnel_headers  # type: ignore[attr-defined]
+                conn._importer_absolute = True  # type: ignore[attr-defined]
+        elif p.scheme == "https":
+            conn = http.client.HTTPSConnection(p.hostname or "", p.port or 443, timeout=timeout,
+                                               context=self._ctx)
+        else:
+            conn = http.client.HTTPConnection(p.hostname or "", p.port or 80, timeout=timeout)
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _request(self, conn: http.client.HTTPConnection, start: int, end: int | None
+                 ) -> http.client.HTTPResponse:
+        """GET bytes [start, end] (end inclusive, None = to the end) and check the answer."""
+        p = urlsplit(self.url)
+        target = self.url if getattr(conn, "_importer_absolute", False) else (
+            (p.path or "/") + (f"?{p.query}" if p.query else ""))
+        headers = self._headers(self.url) if self._send_credentials else {
+            "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        headers.update(getattr(conn, "_importer_proxy_headers", {}))
+        if self._probe.ranges and (start > 0 or end is not None):
+            headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+            if self._probe.etag:
+                headers["If-Range"] = self._probe.etag
+        conn.request("GET", target, headers=headers)
+        resp = conn.getresponse()
+        if resp.status in (200, 206):
+            if "Range" in headers:
+                if resp.status == 200:
+                    resp.close()
+                    raise SourceContentError(
+                        f"{_redact(self.url)} changed during the import (its ETag no longer "
+                        "matches) or stopped honouring range requests; start the import again"
+                    )
+                m = _CONTENT_RANGE.match(resp.getheader("content-range") or "")
+                if not m or int(m.group(1)) != start:
+                    resp.close()
+                    raise SourceContentError(
+                        f"{_redact(self.url)}: answered range {start}- with "
+                        f"{resp.getheader('content-range')!r}"
+                    )
+            return resp
+        body = resp.read(512)
+        resp.close()
+        self._check_status(resp.status, self.url, resp.reason)
+        raise SourceError(f"{_redact(self.url)}: unexpected HTTP {resp.status}: {body[:80]!r}")
+
+    @contextmanager
+    def _bulk_errors(self) -> Iterator[None]:
+        where = _redact(self.url)
+        try:
+            yield
+        except ImporterError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise SourceTLSError(f"{where}: TLS verification failed: {exc.verify_message}") from exc
+        except (http.client.HTTPException, OSError) as exc:  # resets, timeouts, short bodies
+            raise SourceUnavailableError(f"{where}: connection failed: {exc!r}") from exc
+
+    def open_stream(self, offset: int = 0) -> io.RawIOBase:
+        return _ResumingStream(self, offset)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        if not self._probe.ranges:
+            raise SourceError(f"{_redact(self.url)}: random access needs range support")
+        total = self._probe.size
+        if total is not None:
+            size = max(0, min(size, total - offset))
+        if size == 0:
+            return b""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        failures = 0
+        while got < size:
+            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+            try:
+                with self._bulk_errors():
+                    if conn is None:
+                        conn = self._local.conn = self._new_connection()
+                    resp = self._request(conn, offset + got, offset + size - 1)
+                    while got < size:
+                        n = resp.readinto(view[got:])
+                        if n == 0:
+                            break
+                        got += n
+                    if got < size:
+                        raise SourceUnavailableError(
+                            f"{_redact(self.url)}: short answer to a range request")
+            except SourceUnavailableError as exc:
+                if conn is not None:
+                    conn.close()
+                self._local.conn = None
+                failures += 1
+                if failures > self.opts.max_retries:
+                    raise
+                self._sleep_backoff(failures, exc)
+        return bytes(buf)
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+
+
+class _ResumingStream(io.RawIOBase):
+    """Sequential bytes that survive dropped connections, stalls and 5xx by reconnecting with
+    a Range request at the first missing byte, with bounded exponential back-off. The number of
+    bytes delivered must equal the size the server announced."""
+
+    def __init__(self, src: HttpSource, offset: int) -> None:
+        self._src = src
+        self._pos = offset
+        self._resp: http.client.HTTPResponse | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._failures = 0
+        self._size = src.info().size
+
+    def readable(self) -> bool:
+        return True
+
+    def _open(self) -> http.client.HTTPResponse:
+        src = self._src
+        if self._pos > 0 and not src._probe.ranges:
+            raise SourceUnavailableError(
+                f"{_redact(src.url)}: the connection broke at byte {self._pos} and the server "
+                "does not support range requests, so the import cannot resume; try again"
+            )
+        with src._bulk_errors():
+            self._conn = src._new_connection()
+            return src._request(self._conn, self._pos, None)
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if len(b) == 0:
+            return 0
+        while True:
+            try:
+                with self._src._bulk_errors():
+                    if self._resp is None:
+                        self._resp = self._open()
+                    n = self._resp.readinto(b)
+                    if n == 0 and self._size is not None and self._pos < self._size:
+                        raise SourceUnavailableError(
+                            f"{_redact(self._src.url)}: body ended at byte {self._pos} of "
+                            f"{self._size}")
+                self._pos += n
+                if n:
+                    self._failures = 0
+                return n
+            except SourceUnavailableError as exc:
+                self._drop()
+                self._failures += 1
+                if self._failures > self._src.opts.max_retries:
+                    raise SourceUnavailableError(
+                        f"{exc}; gave up after {self._src.opts.max_retries} retries at byte "
+                        f"{self._pos}") from exc
+                self._src._sleep_backoff(self._failures, exc)
+
+    def _drop(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+        if self._conn is not None:
+            self._conn.close()
+        self._resp = self._conn = None
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
