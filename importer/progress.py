@@ -26,6 +26,7 @@ class Progress:
         self._plan: dict[str, tuple[float, float]] = {}  # phase -> (base %, weight %)
         self._phase_fraction: float | None = None  # set by qemu-img progress
         self._byte_phase = True
+        self._bytes_phases: set[str] = set()
         self._max = 0.0
         self.done = False
 
@@ -45,9 +46,8 @@ class Progress:
         with self._lock:
             self.phase = phase
             self._phase_fraction = None
-            self._byte_phase = phase in getattr(self, "_bytes_phases", set())
-            if self._byte_phase:
-                self.n = 0
+            # n is not reset: the read-ahead thread may have read the whole source already
+            self._byte_phase = phase in self._bytes_phases
 
     def update(self, n: int) -> None:
         """tqdm-compatible: n more bytes read from the source."""

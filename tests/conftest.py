@@ -1,0 +1,222 @@
+"""Shared fixtures: images generated at test time from a small seed, a real nginx started by the
+tests (range, no-range, basic auth, TLS, rate-limited locations), and helpers to run the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED_SIZE = 24 << 20  # virtual size of the seed disk
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def run(*argv: str | Path, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+def run_to(out: Path, *argv: str | Path) -> None:
+    """Run a command with its stdout written to `out`."""
+    with open(out, "wb") as f:
+        subprocess.run([str(a) for a in argv], check=True, stdout=f, stderr=subprocess.PIPE)
+
+
+def make_seed(path: Path, size: int = SEED_SIZE, seed: int = 7) -> Path:
+    """A raw disk with a partition-table-like first sector, text, random and repetitive data
+    at scattered offsets, and long zero runs (holes): what real images look like."""
+    rnd = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.write(b"\xeb\x63\x90" + bytes(507) + b"\x55\xaa")  # a boot-sector signature
+        for i in range(12):
+            off = rnd.randrange(1 << 20, size - (1 << 20)) & ~4095
+            f.seek(off)
+            kind = i % 3
+            n = rnd.randrange(64 << 10, 768 << 10)
+            if kind == 0:
+                f.write(rnd.randbytes(n))
+            elif kind == 1:
+                f.write((b"importer test data %d\n" % i) * (n // 22))
+            else:
+                f.write(bytes(rnd.randrange(1, 255) for _ in range(256)) * (n // 256))
+        f.seek(size - 4096)
+        f.write(b"END!" * 1024)  # data in the very last block
+    return path
+
+
+@dataclasses.dataclass
+class Images:
+    dir: Path
+    raw: Path
+
+    def __getitem__(self, name: str) -> Path:
+        return self.dir / name
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
+    d = tmp_path_factory.mktemp("images")
+    raw = make_seed(d / "disk.raw")
+    q = ["qemu-img", "convert", "-f", "raw", str(raw)]
+    run(*q, "-O", "qcow2", d / "disk.qcow2")
+    run(*q, "-O", "qcow2", "-o", "compat=0.10", d / "disk-v2.qcow2")
+    run(*q, "-O", "qcow2", "-c", "-o", "compression_type=zstd", d / "disk-zstd.qcow2")
+    run(*q, "-O", "vmdk", "-o", "subformat=streamOptimized", d / "disk-so.vmdk")
+    run(*q, "-O", "vmdk", "-o", "subformat=monolithicSparse", d / "disk-ms.vmdk")
+    run(*q, "-O", "vdi", d / "disk.vdi")
+    run(*q, "-O", "vpc", "-o", "force_size=on", d / "disk-dynamic.vhd")
+    run(*q, "-O", "vpc", "-o", "subformat=fixed,force_size=on", d / "disk-fixed.vhd")
+    run(*q, "-O", "vhdx", d / "disk.vhdx")
+    # compressed variants: gzip multi-member, xz multi-block and single-block, zstd multi-frame
+    data = raw.read_bytes()
+    half = len(data) // 2
+    (d / "disk.raw.gz").write_bytes(gzip.compress(data[:half], 1) + gzip.compress(data[half:], 1))
+    run_to(d / "disk.raw.xz", "xz", "-T2", "-1", "--block-size=4MiB", "-c", raw)
+    run_to(d / "disk-1block.raw.xz", "xz", "-1", "-c", raw)
+    with open(d / "disk.raw.zst", "wb") as out:
+        for part in (data[:half], data[half:]):
+            out.write(subprocess.run(["zstd", "-1", "-c", "-q"], input=part, check=True,
+                                     capture_output=True).stdout)
+    qcow = (d / "disk.qcow2").read_bytes()
+    (d / "disk.qcow2.gz").write_bytes(gzip.compress(qcow, 1))
+    run_to(d / "disk.qcow2.xz", "xz", "-T2", "-1", "--block-size=1MiB", "-c", d / "disk.qcow2")
+    run("zstd", "-q", "-1", "-k", d / "disk.qcow2", "-o", d / "disk.qcow2.zst")
+    run_to(d / "disk.raw.gz.xz", "xz", "-1", "-c", d / "disk.raw.gz")  # nested
+    # an ISO 9660 look-alike: raw data with the volume descriptor magic at 0x8001
+    iso = bytearray(1 << 20)
+    iso[0x8000:0x8006] = b"\x01CD001"
+    (d / "disk.iso").write_bytes(bytes(iso))
+    (d / "tiny.raw").write_bytes(b"tiny image!" * 9)  # 99 bytes
+    (d / "page.html").write_bytes(b"<!DOCTYPE html><html><body>Session expired</body></html>\n")
+    return Images(d, raw)
+
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+pid {w}/nginx.pid;
+error_log {w}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {w}/access.log;
+    client_body_temp_path {w}/tmp/body; proxy_temp_path {w}/tmp/proxy;
+    fastcgi_temp_path {w}/tmp/fastcgi; uwsgi_temp_path {w}/tmp/uwsgi; scgi_temp_path {w}/tmp/scgi;
+    sendfile on;
+    default_type application/octet-stream;
+    types {{ text/html html; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+        location /norange/ {{ alias {www}/; max_ranges 0; }}
+        location /private/ {{ alias {www}/; auth_basic "disks"; auth_basic_user_file {w}/htpasswd; }}
+        location /slow/ {{ alias {www}/; limit_rate 4m; }}
+        location /redirect/ {{ rewrite ^/redirect/(.*)$ /$1 redirect; }}
+    }}
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {w}/server.pem;
+        ssl_certificate_key {w}/server.key;
+        root {www};
+    }}
+}}
+"""
+
+
+@dataclasses.dataclass
+class Nginx:
+    port: int
+    tls_port: int
+    ca_dir: Path
+    www: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def tls_url(self, path: str) -> str:
+        return f"https://127.0.0.1:{self.tls_port}/{path}"
+
+
+@pytest.fixture(scope="session")
+def nginx(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    import trustme
+
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (run scripts/setup.sh)")
+    w = tmp_path_factory.mktemp("nginx")
+    (w / "tmp").mkdir()
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(w / "server.pem"))
+    cert.private_key_pem.write_to_path(str(w / "server.key"))
+    ca_dir = w / "ca"
+    ca_dir.mkdir()
+    ca.cert_pem.write_to_path(str(ca_dir / "test-ca.pem"))
+    (ca_dir / "README").write_text("not a certificate\n")
+    run("htpasswd", "-Bbc", w / "htpasswd", "tester", "s3cret")
+    port, tls_port = free_port(), free_port()
+    # as root nginx would drop its workers to nobody, who cannot read pytest's 0700 temp dirs
+    user = "user root root;" if os.geteuid() == 0 else ""
+    (w / "nginx.conf").write_text(NGINX_CONF.format(w=w, www=images.dir, port=port,
+                                                    tls_port=tls_port, user=user))
+    conf = ["-c", str(w / "nginx.conf"), "-p", str(w), "-e", str(w / "error.log")]
+    run("nginx", *conf)
+    try:
+        wait_port(port)
+        wait_port(tls_port)
+        yield Nginx(port, tls_port, ca_dir, images.dir)
+    finally:
+        subprocess.run(["nginx", *conf, "-s", "stop"], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def httpserver_listen_address() -> tuple[str, int]:
+    return ("127.0.0.1", 0)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxy and TLS variables of the machine must not leak into tests (httpx's idiom)."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name in ("SSL_CERT_FILE", "SSL_CERT_DIR",
+                                                         "IMPORTER_PASSWORD"):
+            monkeypatch.delenv(name, raising=False)
+
+
+def importer_cli(*args: str | Path, timeout: float = 300, **kw: object
+                 ) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a child process: exit codes, stdout and stderr as a user
+    sees them."""
+    return subprocess.run([sys.executable, "-m", "importer", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+def same_disk(a: Path, b: Path) -> bool:
+    r = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(a), str(b)],
+                       capture_output=True, check=False)
+    return r.returncode == 0

@@ -1,0 +1,197 @@
+"""End-to-end imports through the core over a real nginx, checked with `qemu-img compare`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from importer.config import build_config
+from importer.engine import inspect_source, run_import
+from importer.errors import (
+    ChecksumMismatchError,
+    FormatError,
+    SourceAuthError,
+    SourceContentError,
+    SourceNotFoundError,
+    SourceTLSError,
+    TargetTooSmallError,
+)
+from importer.progress import Progress
+
+from .conftest import SEED_SIZE, Images, Nginx, same_disk
+
+CASES = [
+    # file, expected format, expected plan
+    ("disk.raw", "raw", "stream"),
+    ("disk.raw.gz", "raw", "stream"),
+    ("disk.raw.xz", "raw", "xz-blocks"),
+    ("disk-1block.raw.xz", "raw", "stream"),
+    ("disk.raw.zst", "raw", "stream"),
+    ("disk.raw.gz.xz", "raw", "stream"),
+    ("disk.qcow2", "qcow2", "nbd"),
+    ("disk-v2.qcow2", "qcow2", "nbd"),
+    ("disk-zstd.qcow2", "qcow2", "nbd"),
+    ("disk.qcow2.xz", "qcow2", "nbd"),
+    ("disk.qcow2.gz", "qcow2", "staged"),
+    ("disk.qcow2.zst", "qcow2", "staged"),
+    ("disk-so.vmdk", "vmdk", "nbd"),
+    ("disk-ms.vmdk", "vmdk", "nbd"),
+    ("disk.vdi", "vdi", "nbd"),
+    ("disk-dynamic.vhd", "vhd", "nbd"),
+    ("disk-fixed.vhd", "vhd", "stream"),
+    ("disk.vhdx", "vhdx", "nbd"),
+]
+
+
+def _import(source: str, dest: Path, **kw: object):  # type: ignore[no-untyped-def]
+    return run_import(build_config(source=source, dest=str(dest), **kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "fmt", "plan"), CASES, ids=[c[0] for c in CASES])
+def test_every_format_over_http(nginx: Nginx, images: Images, tmp_path: Path, name: str,
+                                fmt: str, plan: str) -> None:
+    dest = tmp_path / "disk.img"
+    result = _import(nginx.url(name), dest)
+    assert (result.format, result.path) == (fmt, plan)
+    assert dest.stat().st_size == SEED_SIZE
+    assert same_disk(images.raw, dest)
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".importer-scratch-*"))
+    # sparse: the holes of the seed stay holes
+    assert dest.stat().st_blocks * 512 < SEED_SIZE // 2
+
+
+def test_staging_when_server_has_no_range_support(nginx: Nginx, images: Images, tmp_path: Path
+                                                   ) -> None:
+    result = _import(nginx.url("norange/disk.qcow2"), tmp_path / "d.img")
+    assert result.path == "staged" and result.staged_bytes > 0
+    assert same_disk(images.raw, tmp_path / "d.img")
+
+
+def test_raw_streams_without_range_support(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    result = _import(nginx.url("norange/disk.raw.xz"), tmp_path / "d.img")
+    assert result.path == "stream"
+    assert same_disk(images.raw, tmp_path / "d.img")
+
+
+def test_tiny_image(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    result = _import(nginx.url("tiny.raw"), tmp_path / "d.img")
+    assert result.virtual_size == 99
+    assert (tmp_path / "d.img").read_bytes() == images["tiny.raw"].read_bytes()
+
+
+def test_iso(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    result = _import(nginx.url("disk.iso"), tmp_path / "d.img")
+    assert result.format == "iso"
+    assert (tmp_path / "d.img").read_bytes() == images["disk.iso"].read_bytes()
+
+
+def test_resize_to_image_size_never_shrinks(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    _import(nginx.url("disk.qcow2"), tmp_path / "big.img", image_size="64Mi")
+    assert (tmp_path / "big.img").stat().st_size == 64 << 20
+    _import(nginx.url("disk.raw.gz"), tmp_path / "big2.img", image_size="40M")
+    assert (tmp_path / "big2.img").stat().st_size == 40_000_000
+
+
+@pytest.mark.parametrize("name", ["disk.qcow2", "disk.raw"])
+def test_target_too_small_fails_before_writing(nginx: Nginx, tmp_path: Path, name: str) -> None:
+    dest = tmp_path / "d.img"
+    with pytest.raises(TargetTooSmallError) as ei:
+        _import(nginx.url(name), dest, image_size="10Mi")
+    assert str(SEED_SIZE) in str(ei.value) and "required" in str(ei.value)
+    assert not dest.exists() and not list(tmp_path.iterdir())
+
+
+def test_preallocation_allocates_every_block(nginx: Nginx, tmp_path: Path) -> None:
+    for name in ("disk.raw.gz", "disk.qcow2"):
+        dest = tmp_path / f"{name}.img"
+        result = _import(nginx.url(name), dest, preallocation=True)
+        assert result.preallocated
+        assert dest.stat().st_blocks * 512 >= SEED_SIZE
+
+
+@pytest.mark.parametrize("name", ["disk.raw.gz", "disk.qcow2", "disk.raw.xz"])
+def test_checksum_verified(nginx: Nginx, images: Images, tmp_path: Path, name: str) -> None:
+    digest = hashlib.sha256(images[name].read_bytes()).hexdigest()
+    result = _import(nginx.url(name), tmp_path / "d.img", checksum=f"sha256:{digest}")
+    assert result.checksum == f"sha256:{digest}"
+    assert same_disk(images.raw, tmp_path / "d.img")
+
+
+@pytest.mark.parametrize("name", ["disk.raw.gz", "disk.qcow2"])
+def test_checksum_mismatch_leaves_nothing(nginx: Nginx, tmp_path: Path, name: str) -> None:
+    dest = tmp_path / "d.img"
+    dest.write_bytes(b"previous content")
+    with pytest.raises(ChecksumMismatchError, match="checksum mismatch: expected md5:0{32}"):
+        _import(nginx.url(name), dest, checksum="md5:" + "0" * 32)
+    assert dest.read_bytes() == b"previous content"  # untouched: never half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.img"]
+
+
+def test_basic_auth(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    _import(nginx.url("private/disk.qcow2"), tmp_path / "d.img", username="tester",
+            password_file=str(pw))
+    assert same_disk(images.raw, tmp_path / "d.img")
+    with pytest.raises(SourceAuthError, match="401"):
+        _import(nginx.url("private/disk.qcow2"), tmp_path / "e.img")
+    pw.write_text("wrong")
+    with pytest.raises(SourceAuthError, match="refused"):
+        _import(nginx.url("private/disk.qcow2"), tmp_path / "e.img", username="tester",
+                password_file=str(pw))
+
+
+def test_tls_with_ca_dir_and_insecure(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    with pytest.raises(SourceTLSError, match="--ca-dir"):
+        _import(nginx.tls_url("disk.qcow2"), tmp_path / "d.img")
+    _import(nginx.tls_url("disk.qcow2"), tmp_path / "d.img", ca_dir=str(nginx.ca_dir))
+    assert same_disk(images.raw, tmp_path / "d.img")
+    _import(nginx.tls_url("disk.raw.zst"), tmp_path / "e.img", insecure=True)
+    assert same_disk(images.raw, tmp_path / "e.img")
+
+
+def test_redirect_followed_once(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    result = _import(nginx.url("redirect/disk.qcow2"), tmp_path / "d.img")
+    assert result.path == "nbd"
+    assert same_disk(images.raw, tmp_path / "d.img")
+    log = (Path(str(nginx.ca_dir.parent)) / "access.log").read_text()
+    assert log.count("GET /redirect/disk.qcow2") == 1  # the final URL is pinned
+
+
+def test_not_found_and_html(nginx: Nginx, tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFoundError, match="404"):
+        _import(nginx.url("missing.qcow2"), tmp_path / "d.img")
+    with pytest.raises(SourceContentError, match="HTML page"):
+        _import(nginx.url("page.html"), tmp_path / "d.img")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tar_without_archive_content_type_is_refused(nginx: Nginx, images: Images,
+                                                      tmp_path: Path) -> None:
+    import tarfile
+
+    with tarfile.open(images.dir / "one.tar", "w") as tf:
+        tf.add(images["tiny.raw"], arcname="tiny.raw")
+    with pytest.raises(FormatError, match="--content-type archive"):
+        _import(nginx.url("one.tar"), tmp_path / "d.img")
+
+
+def test_inspect_reports_without_importing(nginx: Nginx) -> None:
+    cfg = build_config(source=nginx.url("disk.raw.xz"), dest="/dev/null")
+    info = inspect_source(cfg)
+    assert info["format"] == "raw" and info["compression"] == ["xz"]
+    assert info["virtual_size"] == SEED_SIZE and info["safe"] is True
+    info = inspect_source(build_config(source=nginx.url("disk.vhdx"), dest="/dev/null"))
+    assert info["format"] == "vhdx" and info["virtual_size"] == SEED_SIZE
+
+
+def test_progress_reaches_100_and_counts(nginx: Nginx, tmp_path: Path) -> None:
+    progress = Progress()
+    cfg = build_config(source=nginx.url("disk.qcow2.gz"), dest=str(tmp_path / "d.img"))
+    result = run_import(cfg, progress)
+    assert progress.percent == 100.0
+    assert result.bytes_read == os.path.getsize(nginx.www / "disk.qcow2.gz")
+    assert result.bytes_written == SEED_SIZE
