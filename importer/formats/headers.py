@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import FormatError, UnsafeImageError
+from ..errors import FormatError, SourceContentError, UnsafeImageError
 
 __all__ = ["ImageInfo", "ReadAt", "inspect_image", "sniff_format", "vhd_fixed_footer_size"]
 
@@ -94,7 +94,7 @@ def inspect_image(fmt: str, read_at: ReadAt, size: int | None) -> ImageInfo:
     if fmt == "qed":
         raise FormatError("QED images are not supported; convert the image to qcow2 first")
     if fmt == "markup":
-        raise FormatError(
+        raise SourceContentError(
             "the data is an HTML/XML document, not a disk image: the server probably sent an "
             "error or login page; check the URL and credentials"
         )
