@@ -187,7 +187,11 @@ def _vmdk(read_at: ReadAt) -> ImageInfo:
             "image whose other parts would be read from this host")
     desc = read_at(desc_off * 512, desc_size * 512).split(b"\0", 1)[0].decode("utf-8", "replace")
     m = re.search(r'^\s*createType\s*=\s*"([^"]+)"', desc, re.MULTILINE)
-    create_type = m.group(1) if m else "?"
+    if m is None:
+        raise UnsafeImageError(
+            "this vmdk sparse extent has no embedded descriptor (createType missing); it is "
+            "one part of a multi-file image whose other parts would be read from this host")
+    create_type = m.group(1)
     if create_type not in ("monolithicSparse", "streamOptimized"):
         raise UnsafeImageError(
             f"vmdk createType {create_type!r} is not accepted (only monolithicSparse and "

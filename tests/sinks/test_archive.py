@@ -1,0 +1,132 @@
+"""Archive extraction: what a good tar yields, and hostile tars that must not write outside the
+directory, create links or devices, or leave a half-extracted destination."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import lzma
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from importer.config import build_config
+from importer.engine import run_import
+from importer.errors import ChecksumMismatchError, FormatError, UnsafeImageError
+
+from ..conftest import Nginx
+
+
+def make_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                tf.addfile(info)
+    return path
+
+
+def reg(name: str, mode: int = 0o644) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.mode = mode
+    ti.uid = ti.gid = 0
+    return ti
+
+
+def special(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.linkname = target
+    return ti
+
+
+def extract(src: Path, dest: Path, **kw: object):  # type: ignore[no-untyped-def]
+    return run_import(build_config(source=str(src), dest=str(dest), content_type="archive", **kw))  # type: ignore[arg-type]
+
+
+def good_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    d = reg("dir/")
+    d.type = tarfile.DIRTYPE
+    d.mode = 0o755
+    return [(d, None), (reg("dir/a.txt"), b"alpha\n"), (reg("b.bin", 0o4755), os.urandom(300_000)),
+            (reg("./dir/sub/c"), b"c" * 10)]
+
+
+@pytest.mark.parametrize("codec", ["none", "gz", "xz", "zst"])
+def test_extracts_regular_files_and_directories(tmp_path: Path, codec: str) -> None:
+    tar = make_tar(tmp_path / "a.tar", good_members())
+    data = tar.read_bytes()
+    blob = {"none": data, "gz": __import__("gzip").compress(data), "xz": lzma.compress(data),
+            "zst": zstandard.ZstdCompressor().compress(data)}[codec]
+    src = tmp_path / "src.bin"
+    src.write_bytes(blob)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "lost+found").mkdir()  # pre-existing content stays
+    result = extract(src, dest, checksum=f"sha256:{hashlib.sha256(blob).hexdigest()}")
+    assert result.path == "archive" and result.details["files"] == 3
+    assert (dest / "dir/a.txt").read_bytes() == b"alpha\n"
+    assert (dest / "dir/sub/c").read_bytes() == b"c" * 10
+    assert (dest / "b.bin").stat().st_mode & 0o7777 == 0o755  # setuid dropped
+    assert sorted(p.name for p in dest.iterdir()) == ["b.bin", "dir", "lost+found"]
+
+
+@pytest.mark.parametrize("name", ["/etc/evil", "../evil", "dir/../../evil", "a/../../evil"])
+def test_paths_escaping_the_directory_are_refused(tmp_path: Path, name: str) -> None:
+    tar = make_tar(tmp_path / "a.tar", [(reg("ok.txt"), b"fine"), (reg(name), b"pwned")])
+    dest = tmp_path / "sandbox" / "out"
+    dest.mkdir(parents=True)
+    with pytest.raises(UnsafeImageError):
+        extract(tar, dest)
+    assert list(dest.iterdir()) == []  # not even ok.txt: all or nothing
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "sandbox" / "evil").exists()
+
+
+def test_links_and_devices_are_skipped(tmp_path: Path) -> None:
+    members = [
+        (special("link", tarfile.SYMTYPE, "/etc/passwd"), None),
+        (special("hard", tarfile.LNKTYPE, "/etc/passwd"), None),
+        (special("dev", tarfile.CHRTYPE), None),
+        (special("fifo", tarfile.FIFOTYPE), None),
+        # the classic two-step: a symlink, then a file written "through" it
+        (special("escape", tarfile.SYMTYPE, str(tmp_path)), None),
+        (reg("escape/pwned"), b"x"),
+        (reg("real.txt"), b"ok"),
+    ]
+    tar = make_tar(tmp_path / "a.tar", members)
+    dest = tmp_path / "out"
+    result = extract(tar, dest)
+    assert result.details["skipped"] == 5
+    assert (dest / "real.txt").read_bytes() == b"ok"
+    assert not (tmp_path / "pwned").exists()
+    assert (dest / "escape").is_dir() and not (dest / "escape").is_symlink()
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+    assert sorted(p.name for p in dest.iterdir()) == ["escape", "real.txt"]
+
+
+def test_not_a_tar_and_checksum_mismatch_leave_destination_unchanged(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "keep").write_text("mine")
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(os.urandom(4096))
+    with pytest.raises(FormatError, match="needs a tar archive"):
+        extract(raw, dest)
+    tar = make_tar(tmp_path / "a.tar", good_members())
+    with pytest.raises(ChecksumMismatchError):
+        extract(tar, dest, checksum="sha1:" + "0" * 40)
+    assert sorted(p.name for p in dest.iterdir()) == ["keep"]
+
+
+def test_archive_over_http(nginx: Nginx, tmp_path: Path) -> None:
+    make_tar(nginx.www / "tree.tar", good_members())
+    xz = lzma.compress((nginx.www / "tree.tar").read_bytes())
+    (nginx.www / "tree.tar.xz").write_bytes(xz)
+    result = run_import(build_config(source=nginx.url("tree.tar.xz"), dest=str(tmp_path / "o"),
+                                     content_type="archive"))
+    assert result.details["files"] == 3 and (tmp_path / "o/dir/a.txt").exists()
