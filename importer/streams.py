@@ -100,6 +100,6 @@ class ThreadedReader(io.RawIOBase):
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
-        self._raw.close()
+        self._raw.close()  # first: wakes the thread if it is blocked reading
+        self._thread.join(timeout=2)
         super().close()

@@ -136,6 +136,7 @@ http {{
         location /norange/ {{ alias {www}/; max_ranges 0; }}
         location /private/ {{ alias {www}/; auth_basic "disks"; auth_basic_user_file {w}/htpasswd; }}
         location /slow/ {{ alias {www}/; limit_rate 4m; }}
+        location /crawl/ {{ alias {www}/; limit_rate 256k; }}
         location /redirect/ {{ rewrite ^/redirect/(.*)$ /$1 redirect; }}
     }}
     server {{

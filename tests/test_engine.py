@@ -124,7 +124,7 @@ def test_checksum_verified(nginx: Nginx, images: Images, tmp_path: Path, name: s
 def test_checksum_mismatch_leaves_nothing(nginx: Nginx, tmp_path: Path, name: str) -> None:
     dest = tmp_path / "d.img"
     dest.write_bytes(b"previous content")
-    with pytest.raises(ChecksumMismatchError, match="checksum mismatch: expected md5:0{32}"):
+    with pytest.raises(ChecksumMismatchError, match=r"checksum mismatch: expected md5:0{32}"):
         _import(nginx.url(name), dest, checksum="md5:" + "0" * 32)
     assert dest.read_bytes() == b"previous content"  # untouched: never half-written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.img"]

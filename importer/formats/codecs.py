@@ -66,7 +66,7 @@ class _ZstdFrameChecker(io.RawIOBase):
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = int(self._raw.readinto(b) or 0)  # type: ignore[attr-defined]
+        n = int(self._raw.readinto(b) or 0)
         if n == 0:
             if self._state != "magic" or self._hdr or self._skip:
                 raise FormatError("the zstd data is truncated: it ends inside a frame; the file "

@@ -18,16 +18,16 @@ mixing two versions.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import logging
 import random
 import re
+import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -84,6 +84,7 @@ class HttpSource:
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()
+        self._closed = threading.Event()
         self._probe = self._run_probe()
         self.url = self._probe.url
         self._send_credentials = _origin(self.url) == _origin(url)
@@ -178,7 +179,7 @@ class HttpSource:
             raise SourceUnavailableError(f"{where}: HTTP {status} {reason}")
         raise SourceError(f"{where}: unexpected HTTP {status} {reason}")
 
-    @contextmanager
+    @contextlib.contextmanager
     def _httpx_errors(self, url: str) -> Iterator[None]:
         where = _redact(url)
         try:
@@ -200,9 +201,12 @@ class HttpSource:
             raise SourceError(f"{where}: invalid URL: {exc}") from exc
 
     def _sleep_backoff(self, attempt: int, exc: Exception) -> None:
+        if self._closed.is_set():  # the import is over (failed or cancelled): no more retries
+            raise exc
         delay = min(self.opts.retry_backoff * 2 ** (attempt - 1), 30.0) * random.uniform(0.8, 1.2)
         log.warning("%s; retry %d/%d in %.1f s", exc, attempt, self.opts.max_retries, delay)
-        time.sleep(delay)
+        if self._closed.wait(delay):
+            raise exc
 
     # ----------------------------------------------------------------- bulk (http.client)
 
@@ -212,6 +216,8 @@ class HttpSource:
                           version=p.etag)
 
     def _new_connection(self) -> http.client.HTTPConnection:
+        if self._closed.is_set():
+            raise SourceError(f"{_redact(self.url)}: the import was stopped")
         p = urlsplit(self.url)
         proxy = self.opts.proxy_for(self.url)
         timeout = self.opts.read_timeout
@@ -275,7 +281,7 @@ class HttpSource:
         self._check_status(resp.status, self.url, resp.reason)
         raise SourceError(f"{_redact(self.url)}: unexpected HTTP {resp.status}: {body[:80]!r}")
 
-    @contextmanager
+    @contextlib.contextmanager
     def _bulk_errors(self) -> Iterator[None]:
         where = _redact(self.url)
         try:
@@ -328,8 +334,14 @@ class HttpSource:
         return bytes(buf)
 
     def close(self) -> None:
+        """Abort every connection, including reads blocked in other threads (shutdown wakes
+        a blocked recv; close alone does not), so an import stops at once."""
+        self._closed.set()
         with self._conns_lock:
             for c in self._conns:
+                if c.sock is not None:
+                    with contextlib.suppress(OSError):
+                        c.sock.shutdown(socket.SHUT_RDWR)
                 c.close()
             self._conns.clear()
 
@@ -388,11 +400,15 @@ class _ResumingStream(io.RawIOBase):
                 self._src._sleep_backoff(self._failures, exc)
 
     def _drop(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-        if self._conn is not None:
-            self._conn.close()
+        conn, resp = self._conn, self._resp
         self._resp = self._conn = None
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):  # wakes a read blocked in another thread
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        if resp is not None:
+            resp.close()
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         self._drop()

@@ -44,7 +44,7 @@ def test_too_many_layers_refused() -> None:
 def test_empty_source() -> None:
     with pytest.raises(FormatError, match="empty"):
         detect_bytes(b"")
-    with pytest.raises(FormatError, match="empty.*after gzip"):
+    with pytest.raises(FormatError, match=r"empty.*after gzip"):
         detect_bytes(gzip.compress(b""))
 
 
@@ -55,7 +55,7 @@ def test_truncated_compressed_data_fails_cleanly(images: Images, tmp_path: Path,
     src.write_bytes(data[: len(data) * 2 // 3])
     dest = tmp_path / "out" / "d.img"
     dest.parent.mkdir()
-    with pytest.raises(FormatError, match="truncated|damaged"):
+    with pytest.raises(FormatError, match=r"truncated|damaged"):
         run_import(build_config(source=str(src), dest=str(dest)))
     assert list(dest.parent.iterdir()) == []
 
@@ -65,7 +65,7 @@ def test_corrupt_xz_block_is_detected_in_parallel_path(images: Images, tmp_path:
     data[len(data) // 2] ^= 0xFF
     src = tmp_path / "bad.raw.xz"
     src.write_bytes(bytes(data))
-    with pytest.raises(FormatError, match="corrupt"):
+    with pytest.raises(FormatError, match=r"corrupt"):
         run_import(build_config(source=str(src), dest=str(tmp_path / "d.img")))
     assert not (tmp_path / "d.img").exists()
 

@@ -1,0 +1,115 @@
+"""The command line as a user and a script meet it: exit codes, one-line errors, JSON, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import ROOT, SEED_SIZE, Images, Nginx, importer_cli, same_disk
+
+
+def test_import_json_result(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "d.img", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["format"] == "qcow2" and out["path"] == "nbd" and out["virtual_size"] == SEED_SIZE
+    assert {"bytes_read", "bytes_written", "zero_bytes_skipped", "duration_seconds"} <= set(out)
+    assert same_disk(images.raw, tmp_path / "d.img")
+
+
+def test_text_result_and_klog_flags(nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("disk.raw.gz"), tmp_path / "d.img", "-v=3",
+                     "--image-size", "32Mi")
+    assert r.returncode == 0, r.stderr
+    assert "imported raw (gzip)" in r.stdout and "via stream" in r.stdout
+    assert "Successfully completed fsync" in r.stderr  # what CDI's functional tests grep
+
+
+def test_inspect_command(nginx: Nginx) -> None:
+    r = importer_cli("inspect", nginx.url("disk.vdi"), "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["format"] == "vdi"
+
+
+def test_failure_is_one_actionable_line(nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("nope.qcow2"), tmp_path / "d.img")
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if line.startswith("importer:")]
+    assert len(lines) == 1 and "404" in lines[0] and "check the URL" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_configuration_errors_exit_2_and_list_every_problem(tmp_path: Path) -> None:
+    r = importer_cli("import", "ftp://x/y", tmp_path / "missing-dir" / "d.img", "--image-size",
+                     "ten", "--checksum", "sha256:zz")
+    assert r.returncode == 2
+    for needle in ("unsupported scheme", "--image-size", "--checksum", "does not exist"):
+        assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    r = importer_cli("import")  # argparse usage error
+    assert r.returncode == 2
+
+
+def test_credentials_in_url_are_refused(tmp_path: Path) -> None:
+    r = importer_cli("import", "http://user:pw@127.0.0.1:1/x", tmp_path / "d.img")
+    assert r.returncode == 2 and "--password-file" in r.stderr
+    assert "pw@" not in r.stderr
+
+
+def test_password_never_logged(nginx: Nginx, tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret")
+    r = importer_cli("import", nginx.url("private/disk.raw"), tmp_path / "d.img", "--username",
+                     "tester", "--password-file", pw, "-vv")
+    assert r.returncode == 0, r.stderr
+    assert "s3cret" not in r.stderr + r.stdout
+    assert "czNjcmV0" not in r.stderr  # nor its base64 form
+
+
+def _start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "importer", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_bytes(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never started")
+
+
+def test_sigterm_mid_import_exits_143_and_cleans_up(nginx: Nginx, tmp_path: Path) -> None:
+    dest = tmp_path / "d.img"
+    p = _start(["import", nginx.url("slow/disk.raw"), str(dest)])
+    _wait_for_bytes(tmp_path / "d.img.partial")
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "imported" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigint_during_conversion_stops_qemu_img(nginx: Nginx, tmp_path: Path) -> None:
+    dest = tmp_path / "d.img"
+    p = _start(["import", nginx.url("crawl/disk.qcow2"), str(dest)])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # wait until qemu-img runs (info, then convert)
+        ps = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True)
+        if ps.returncode == 0:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("qemu-img never started")
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    time.sleep(0.2)
+    assert list(tmp_path.iterdir()) == []
+    ps = subprocess.run(["pgrep", "-f", "qemu-img.*importer-nbd"], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""  # no qemu-img left behind
