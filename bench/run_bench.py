@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Benchmark: `importer import` against the usual tools doing the same job, in the same run.
+
+Generates a 4 GiB virtual raw disk holding ~1.2 GiB of mixed data (random, text, half-
+compressible) and zeros, derives raw.gz, raw.xz (multi-block), raw.zst, qcow2, qcow2.gz,
+qcow2.xz and vmdk, serves them from a local nginx, and for every row prints wall time, MB/s
+(virtual bytes per second), CPU seconds, peak RSS of the whole process tree (sampled from
+/proc), the ratio to the baseline and the target from issue 2. Memory rows import the same
+0.5 GiB of data in a 1 GiB and a 16 GiB virtual disk.
+
+    .venv/bin/python bench/run_bench.py [--work DIR] [--rows raw,qcow2,...] [--repeat N]
+
+Generated files are kept in --work (default bench/out) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+# ------------------------------------------------------------------------------ data
+
+def make_disk(path: Path, virtual: int, data: int, seed: int = 1) -> None:
+    """`data` bytes in 8-32 MiB extents spread over a `virtual`-byte sparse file: a third
+    random (incompressible), a third text, a third from a 16-symbol alphabet (about half)."""
+    if path.exists() and path.stat().st_size == virtual:
+        return
+    rnd = random.Random(seed)
+    tmp = path.with_suffix(".tmp")
+    table = bytes(rnd.randrange(256) for _ in range(16)) * 16
+    with open(tmp, "wb") as f:
+        f.truncate(virtual)
+        written = 0
+        extents = []
+        while written < data:
+            n = min(rnd.randrange(8, 33) * MiB, data - written)
+            extents.append(n)
+            written += n
+        gap = (virtual - data) // (len(extents) + 1)
+        off = 0
+        for i, n in enumerate(extents):
+            off += gap
+            off -= off % MiB
+            f.seek(off)
+            left = n
+            while left:
+                k = min(left, 4 * MiB)
+                kind = i % 3
+                if kind == 0:
+                    chunk = os.urandom(k)
+                elif kind == 1:
+                    line = f"line {rnd.random():.12f} of some log-like disk content\n".encode()
+                    chunk = (line * (k // len(line) + 1))[:k]
+                else:
+                    chunk = os.urandom(k).translate(table)
+                f.write(chunk)
+                left -= k
+            off += n
+    tmp.rename(path)
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["bash", "-c", cmd], check=True)
+
+
+def derive(work: Path) -> dict[str, Path]:
+    raw = work / "disk.raw"
+    print(f"generating test images in {work} (first run only) ...", flush=True)
+    make_disk(raw, 4 * GiB, int(1.2 * GiB))
+    files = {
+        "raw": raw,
+        "raw.gz": work / "disk.raw.gz",
+        "raw.xz": work / "disk.raw.xz",
+        "raw.zst": work / "disk.raw.zst",
+        "qcow2": work / "disk.qcow2",
+        "qcow2.gz": work / "disk.qcow2.gz",
+        "qcow2.xz": work / "disk.qcow2.xz",
+        "vmdk": work / "disk.vmdk",
+    }
+    steps = {
+        "raw.gz": f"pigz -6 -c {raw} > {files['raw.gz']}",
+        "raw.xz": f"xz -T2 -1 -c {raw} > {files['raw.xz']}",
+        "raw.zst": f"zstd -q -3 -T2 -c {raw} > {files['raw.zst']}",
+        "qcow2": f"qemu-img convert -f raw -O qcow2 {raw} {files['qcow2']}",
+        "qcow2.gz": f"pigz -6 -c {files['qcow2']} > {files['qcow2.gz']}",
+        "qcow2.xz": f"xz -T2 -1 -c {files['qcow2']} > {files['qcow2.xz']}",
+        "vmdk": f"qemu-img convert -f raw -O vmdk -o subformat=streamOptimized {raw} {files['vmdk']}",
+    }
+    for name, cmd in steps.items():
+        if not files[name].exists():
+            t = time.monotonic()
+            sh(cmd + ".tmp" if False else cmd)
+            print(f"  {name}: {files[name].stat().st_size / MiB:.0f} MiB in {time.monotonic() - t:.0f} s",
+                  flush=True)
+    for virtual, tag in ((1 * GiB, "1g"), (16 * GiB, "16g")):
+        p = work / f"mem-{tag}.raw"
+        make_disk(p, virtual, GiB // 2, seed=2)
+        for ext, cmd in (("qcow2", f"qemu-img convert -f raw -O qcow2 {p} {{out}}"),
+                         ("raw.zst", f"zstd -q -1 -T2 -c {p} > {{out}}")):
+            out = work / f"mem-{tag}.{ext}"
+            if not out.exists():
+                sh(cmd.format(out=out))
+            files[f"mem-{tag}.{ext}"] = out
+    return files
+
+
+# ------------------------------------------------------------------------------ measuring
+
+def tree_rss(pid: int) -> int:
+    """RSS in bytes of pid and all its descendants."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class Measure:
+    wall: float
+    cpu: float
+    peak_rss: int
+    ok: bool
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measure:
+    before = os.times()
+    t = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss(proc.pid))
+            stop.wait(0.02)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    wall = time.monotonic() - t
+    stop.set()
+    th.join()
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    if proc.returncode != 0:
+        print(f"    command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n    {err.decode()[-400:]}")
+    return Measure(wall, cpu, peak, proc.returncode == 0)
+
+
+# ------------------------------------------------------------------------------ serving
+
+NGINX = """
+{user}
+worker_processes 2;
+pid {w}/nginx.pid;
+error_log {w}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {w}/tmp; proxy_temp_path {w}/tmp; fastcgi_temp_path {w}/tmp;
+    uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp;
+    sendfile on;
+    default_type application/octet-stream;
+    server {{ listen 127.0.0.1:{port}; root {www}; }}
+}}
+"""
+
+
+def start_nginx(work: Path, www: Path) -> tuple[int, list[str]]:
+    w = work / "nginx"
+    (w / "tmp").mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    user = "user root root;" if os.geteuid() == 0 else ""
+    (w / "nginx.conf").write_text(NGINX.format(w=w, www=www, port=port, user=user))
+    args = ["-c", str(w / "nginx.conf"), "-p", str(w), "-e", str(w / "error.log")]
+    subprocess.run(["nginx", *args], check=True)
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.02)
+    return port, args
+
+
+# ------------------------------------------------------------------------------ rows
+
+@dataclass
+class Row:
+    name: str
+    file: str
+    baseline_label: str
+    baseline: str  # shell command; {url} {out} {scratch}
+    target: float | None  # our wall time must be at most target x baseline (None: report)
+    note: str = ""
+
+
+NBDKIT = "nbdkit -U - --exit-with-parent curl url={url} --run 'qemu-img convert -f {fmt} \"$uri\" -O raw {out}' && sync {out}"
+ROWS = [
+    Row("raw", "raw", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "raw"), 0.6),
+    Row("raw.gz", "raw.gz", "curl | pigz -dc | dd conv=sparse",
+        "curl -s {url} | pigz -dc | dd of={out} bs=1M conv=sparse status=none && sync {out}", 0.4),
+    Row("raw.gz (gzip)", "raw.gz", "curl | gzip -dc | dd conv=sparse",
+        "curl -s {url} | gzip -dc | dd of={out} bs=1M conv=sparse status=none && sync {out}", None),
+    Row("raw.xz", "raw.xz", "curl | xz -T2 -dc | dd conv=sparse",
+        "curl -s {url} | xz -T2 -dc | dd of={out} bs=1M conv=sparse status=none && sync {out}", 0.8),
+    Row("raw.zst", "raw.zst", "curl | zstd -dc | dd conv=sparse",
+        "curl -s {url} | zstd -dc | dd of={out} bs=1M conv=sparse status=none && sync {out}", 0.6),
+    Row("qcow2", "qcow2", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "qcow2"), 0.9),
+    Row("vmdk", "vmdk", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "vmdk"), None),
+    Row("qcow2.xz", "qcow2.xz", "curl | xz -dc > scratch; qemu-img convert",
+        "curl -s {url} | xz -T2 -dc > {scratch} && qemu-img convert -f qcow2 {scratch} -O raw {out} && sync {out}",
+        1.0),
+    Row("qcow2.gz", "qcow2.gz", "curl | pigz -dc > scratch; qemu-img convert",
+        "curl -s {url} | pigz -dc > {scratch} && qemu-img convert -f qcow2 {scratch} -O raw {out} && sync {out}",
+        1.0),
+]
+MEM_ROWS = ["mem-1g.qcow2", "mem-16g.qcow2", "mem-1g.raw.zst", "mem-16g.raw.zst"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
+    ap.add_argument("--rows", help="comma-separated row names (default: all)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per command; the best is kept")
+    ap.add_argument("--no-memory", action="store_true", help="skip the 1 GiB / 16 GiB memory rows")
+    args = ap.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    files = derive(work)
+    www = work / "www"
+    www.mkdir(exist_ok=True)
+    for key, path in files.items():
+        link = www / path.name
+        if not link.exists():
+            link.symlink_to(path)
+    port, nginx_args = start_nginx(work, www)
+    importer = str(ROOT / ".venv" / "bin" / "importer")
+    out = work / "target.img"
+    scratch = work / "scratch.qcow2"
+    wanted = set(args.rows.split(",")) if args.rows else None
+    results = []
+    try:
+        for row in ROWS:
+            if wanted and row.name not in wanted:
+                continue
+            url = f"http://127.0.0.1:{port}/{files[row.file].name}"
+
+            def best(cmd: list[str]) -> Measure:
+                runs = []
+                for _ in range(args.repeat):
+                    for p in (out, scratch):
+                        p.unlink(missing_ok=True)
+                    runs.append(measure(cmd))
+                return min(runs, key=lambda m: m.wall)
+
+            base = best(["bash", "-c", row.baseline.format(url=url, out=out, scratch=scratch)])
+            ours = best([importer, "import", url, str(out), "-q"])
+            staged = "no"
+            results.append((row, ours, base))
+            print(f"  {row.name}: ours {ours.wall:.1f} s, baseline {base.wall:.1f} s", flush=True)
+            del staged
+        mem = []
+        if not args.no_memory and not wanted:
+            for name in MEM_ROWS:
+                url = f"http://127.0.0.1:{port}/{files[name].name}"
+                out.unlink(missing_ok=True)
+                m = measure([importer, "import", url, str(out), "-q"])
+                mem.append((name, m))
+                print(f"  {name}: {m.wall:.1f} s, peak {m.peak_rss / MiB:.0f} MiB", flush=True)
+    finally:
+        subprocess.run(["nginx", *nginx_args, "-s", "stop"], check=False)
+        out.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
+
+    virtual = 4 * GiB
+    print()
+    print(f"machine: {os.cpu_count()} cores; source: nginx on loopback; target: {work} "
+          f"({shutil.disk_usage(work).free // GiB} GiB free); 4 GiB virtual, 1.2 GiB data")
+    hdr = (f"| {'row':14} | {'ours s':>6} | {'MB/s':>6} | {'CPU s':>5} | {'RSS MiB':>7} | "
+           f"{'baseline':44} | {'base s':>6} | {'CPU s':>5} | {'RSS MiB':>7} | {'ratio':>5} | target |")
+    print(hdr)
+    print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    failed = 0
+    for row, ours, base in results:
+        ratio = ours.wall / base.wall if base.wall else float("inf")
+        if row.target is None:
+            verdict = "report"
+        else:
+            ok = ours.ok and base.ok and ratio <= row.target
+            failed += not ok
+            verdict = f"{'<=' if row.target < 1 else '<'}{row.target:g} {'ok' if ok else 'MISS'}"
+        print(f"| {row.name:14} | {ours.wall:6.1f} | {virtual / ours.wall / 1e6:6.0f} | {ours.cpu:5.1f} | "
+              f"{ours.peak_rss / MiB:7.0f} | {row.baseline_label:44} | {base.wall:6.1f} | "
+              f"{base.cpu:5.1f} | {base.peak_rss / MiB:7.0f} | {ratio:5.2f} | {verdict} |")
+    if mem:
+        print()
+        print("| memory row (0.5 GiB data) | wall s | CPU s | peak RSS MiB (importer + children) | <= 256 MiB |")
+        print("|---|---|---|---|---|")
+        for name, m in mem:
+            ok = m.ok and m.peak_rss <= 256 * MiB
+            failed += not ok
+            print(f"| {name} | {m.wall:.1f} | {m.cpu:.1f} | {m.peak_rss / MiB:.0f} | {'ok' if ok else 'MISS'} |")
+    print(f"\n{failed} target(s) missed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main())
