@@ -104,7 +104,7 @@ def derive(work: Path) -> dict[str, Path]:
     for name, cmd in steps.items():
         if not files[name].exists():
             t = time.monotonic()
-            sh(cmd + ".tmp" if False else cmd)
+            sh(cmd)
             print(f"  {name}: {files[name].stat().st_size / MiB:.0f} MiB in {time.monotonic() - t:.0f} s",
                   flush=True)
     for virtual, tag in ((1 * GiB, "1g"), (16 * GiB, "16g")):
@@ -145,12 +145,13 @@ class Measure:
     cpu: float
     peak_rss: int
     ok: bool
+    stdout: str = ""
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measure:
     before = os.times()
     t = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             start_new_session=True)
     peak = 0
     stop = threading.Event()
@@ -163,7 +164,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measure:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    _, err = proc.communicate()
+    out, err = proc.communicate()
     wall = time.monotonic() - t
     stop.set()
     th.join()
@@ -171,7 +172,17 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measure:
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     if proc.returncode != 0:
         print(f"    command failed ({proc.returncode}): {' '.join(cmd)[:200]}\n    {err.decode()[-400:]}")
-    return Measure(wall, cpu, peak, proc.returncode == 0)
+    return Measure(wall, cpu, peak, proc.returncode == 0, out.decode(errors="replace"))
+
+
+def plan_of(m: Measure) -> str:
+    """The plan our import chose (stream, xz-blocks, nbd, staged), from its -o json result."""
+    import json
+
+    try:
+        return str(json.loads(m.stdout)["path"])
+    except (ValueError, KeyError):
+        return "?"
 
 
 # ------------------------------------------------------------------------------ serving
@@ -223,7 +234,9 @@ class Row:
     note: str = ""
 
 
-NBDKIT = "nbdkit -U - --exit-with-parent curl url={url} --run 'qemu-img convert -f {fmt} \"$uri\" -O raw {out}' && sync {out}"
+NBDKIT = ("nbdkit -U - --exit-with-parent curl url={url} "
+          "--run 'qemu-img convert -f {fmt} \"$uri\" -O raw {out}' && sync {out}")
+CONVERT_SCRATCH = "qemu-img convert -f qcow2 {scratch} -O raw {out} && sync {out}"
 ROWS = [
     Row("raw", "raw", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "raw"), 0.6),
     Row("raw.gz", "raw.gz", "curl | pigz -dc | dd conv=sparse",
@@ -237,10 +250,10 @@ ROWS = [
     Row("qcow2", "qcow2", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "qcow2"), 0.9),
     Row("vmdk", "vmdk", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "vmdk"), None),
     Row("qcow2.xz", "qcow2.xz", "curl | xz -dc > scratch; qemu-img convert",
-        "curl -s {url} | xz -T2 -dc > {scratch} && qemu-img convert -f qcow2 {scratch} -O raw {out} && sync {out}",
+        "curl -s {url} | xz -T2 -dc > {scratch} && " + CONVERT_SCRATCH,
         1.0),
     Row("qcow2.gz", "qcow2.gz", "curl | pigz -dc > scratch; qemu-img convert",
-        "curl -s {url} | pigz -dc > {scratch} && qemu-img convert -f qcow2 {scratch} -O raw {out} && sync {out}",
+        "curl -s {url} | pigz -dc > {scratch} && " + CONVERT_SCRATCH,
         1.0),
 ]
 MEM_ROWS = ["mem-1g.qcow2", "mem-16g.qcow2", "mem-1g.raw.zst", "mem-16g.raw.zst"]
@@ -250,7 +263,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--rows", help="comma-separated row names (default: all)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per command; the best is kept")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per command; the best is kept")
     ap.add_argument("--no-memory", action="store_true", help="skip the 1 GiB / 16 GiB memory rows")
     args = ap.parse_args()
     work = args.work.resolve()
@@ -258,7 +271,7 @@ def main() -> int:
     files = derive(work)
     www = work / "www"
     www.mkdir(exist_ok=True)
-    for key, path in files.items():
+    for path in files.values():
         link = www / path.name
         if not link.exists():
             link.symlink_to(path)
@@ -279,20 +292,21 @@ def main() -> int:
                 for _ in range(args.repeat):
                     for p in (out, scratch):
                         p.unlink(missing_ok=True)
+                    os.sync()  # no dirty pages of the previous command in this one's time
                     runs.append(measure(cmd))
                 return min(runs, key=lambda m: m.wall)
 
             base = best(["bash", "-c", row.baseline.format(url=url, out=out, scratch=scratch)])
-            ours = best([importer, "import", url, str(out), "-q"])
-            staged = "no"
+            ours = best([importer, "import", url, str(out), "-q", "-o", "json"])
             results.append((row, ours, base))
-            print(f"  {row.name}: ours {ours.wall:.1f} s, baseline {base.wall:.1f} s", flush=True)
-            del staged
+            print(f"  {row.name}: ours {ours.wall:.1f} s ({plan_of(ours)}), baseline {base.wall:.1f} s",
+                  flush=True)
         mem = []
         if not args.no_memory and not wanted:
             for name in MEM_ROWS:
                 url = f"http://127.0.0.1:{port}/{files[name].name}"
                 out.unlink(missing_ok=True)
+                os.sync()
                 m = measure([importer, "import", url, str(out), "-q"])
                 mem.append((name, m))
                 print(f"  {name}: {m.wall:.1f} s, peak {m.peak_rss / MiB:.0f} MiB", flush=True)
@@ -305,7 +319,7 @@ def main() -> int:
     print()
     print(f"machine: {os.cpu_count()} cores; source: nginx on loopback; target: {work} "
           f"({shutil.disk_usage(work).free // GiB} GiB free); 4 GiB virtual, 1.2 GiB data")
-    hdr = (f"| {'row':14} | {'ours s':>6} | {'MB/s':>6} | {'CPU s':>5} | {'RSS MiB':>7} | "
+    hdr = (f"| {'row':14} | {'plan':9} | {'ours s':>6} | {'MB/s':>6} | {'CPU s':>5} | {'RSS MiB':>7} | "
            f"{'baseline':44} | {'base s':>6} | {'CPU s':>5} | {'RSS MiB':>7} | {'ratio':>5} | target |")
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
@@ -318,17 +332,18 @@ def main() -> int:
             ok = ours.ok and base.ok and ratio <= row.target
             failed += not ok
             verdict = f"{'<=' if row.target < 1 else '<'}{row.target:g} {'ok' if ok else 'MISS'}"
-        print(f"| {row.name:14} | {ours.wall:6.1f} | {virtual / ours.wall / 1e6:6.0f} | {ours.cpu:5.1f} | "
-              f"{ours.peak_rss / MiB:7.0f} | {row.baseline_label:44} | {base.wall:6.1f} | "
-              f"{base.cpu:5.1f} | {base.peak_rss / MiB:7.0f} | {ratio:5.2f} | {verdict} |")
+        print(f"| {row.name:14} | {plan_of(ours):9} | {ours.wall:6.1f} | {virtual / ours.wall / 1e6:6.0f} | "
+              f"{ours.cpu:5.1f} | {ours.peak_rss / MiB:7.0f} | {row.baseline_label:44} | "
+              f"{base.wall:6.1f} | {base.cpu:5.1f} | {base.peak_rss / MiB:7.0f} | {ratio:5.2f} | {verdict} |")
     if mem:
         print()
-        print("| memory row (0.5 GiB data) | wall s | CPU s | peak RSS MiB (importer + children) | <= 256 MiB |")
+        print("| memory row (0.5 GiB data) | wall s | CPU s | peak RSS MiB (with children) | <= 256 MiB |")
         print("|---|---|---|---|---|")
         for name, m in mem:
             ok = m.ok and m.peak_rss <= 256 * MiB
             failed += not ok
-            print(f"| {name} | {m.wall:.1f} | {m.cpu:.1f} | {m.peak_rss / MiB:.0f} | {'ok' if ok else 'MISS'} |")
+            verdict = "ok" if ok else "MISS"
+            print(f"| {name} | {m.wall:.1f} | {m.cpu:.1f} | {m.peak_rss / MiB:.0f} | {verdict} |")
     print(f"\n{failed} target(s) missed")
     return 1 if failed else 0
 

@@ -28,7 +28,15 @@ from .config import ContentType, ImportConfig
 from .errors import ChecksumMismatchError, FormatError, ImporterError
 from .formats.detect import Detected, detect
 from .formats.headers import ImageInfo, inspect_image, vhd_fixed_footer_size
-from .formats.xz_blocks import MAX_BLOCK, XzBlock, XzBlockReader, decode_block, read_xz_index
+from .formats.xz_blocks import (
+    MAX_BLOCK,
+    XzBlock,
+    XzBlockReader,
+    ZeroBlockMemo,
+    decode_pieces,
+    read_block,
+    read_xz_index,
+)
 from .progress import Progress
 from .quantity import format_bytes
 from .sinks.archive import extract_tar
@@ -214,12 +222,23 @@ class _Run:
         workers = max(2, os.cpu_count() or 2)
         self.progress.total = blocks[-1].offset + blocks[-1].unpadded_size
 
+        memo = ZeroBlockMemo()
+
         def one(block: XzBlock) -> None:
             if self.cancel.is_set():
                 return
-            data = decode_block(src.read_at, block)
+            compressed = read_block(src.read_at, block)
             self.progress.update(block.unpadded_size)
-            writer.write(block.uncompressed_offset, data, len(data))
+            if memo.is_zero(compressed, block.uncompressed_size):
+                writer.write_zeros(block.uncompressed_offset, block.uncompressed_size)
+                return
+            zeros = 0
+            for offset, piece in decode_pieces(compressed, block):
+                if self.cancel.is_set():
+                    return
+                zeros += writer.write(offset, piece, len(piece))
+            if zeros == block.uncompressed_size:
+                memo.remember(compressed, block.uncompressed_size)
 
         with ThreadPoolExecutor(workers, thread_name_prefix="xz") as pool:
             pending: list[Future[None]] = []

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import TargetError, TargetTooSmallError
 from ..progress import Progress
-from .target import Target, _oserror
+from .target import Target, _oserror, start_writeback
 
 __all__ = ["SparseWriter", "pump"]
 
@@ -40,14 +40,11 @@ class SparseWriter:
         self._since_flush = 0
         self.tail = b""  # last 512 bytes of the stream, for the fixed-VHD footer check
 
-    def write(self, offset: int, buf: bytearray, length: int) -> None:
-        """Write buf[:length] at offset. `buf` is a bytearray: startswith() on it compares
-        against the zero block at memory speed, where memoryview comparisons are ~100x slower."""
-        if self.target.capacity is not None and offset + length > self.target.capacity:
-            raise TargetTooSmallError(
-                f"the image does not fit: it continues past byte {self.target.capacity}, the "
-                f"size of {self.target.path}; a larger target is required",
-                required=offset + length, available=self.target.capacity)
+    def write(self, offset: int, buf: bytes | bytearray, length: int) -> int:
+        """Write buf[:length] at offset. `buf` is bytes or a bytearray, not a memoryview:
+        startswith() on them compares against the zero block at memory speed, where
+        memoryview comparisons are ~100x slower."""
+        self._check_capacity(offset, length)
         fd = self.target.fd
         pos = 0
         data_bytes = zero_bytes = 0
@@ -76,8 +73,24 @@ class SparseWriter:
         if flush:
             self._start_writeback()
         self.progress.wrote(data_bytes, zero_bytes)
+        return zero_bytes
 
-    def _is_zero(self, buf: bytearray, pos: int, length: int) -> bool:
+    def write_zeros(self, offset: int, length: int) -> None:
+        """A range known to be zeros without looking at data (a hole, a repeated zero block)."""
+        self._check_capacity(offset, length)
+        self._zero(offset, offset + length)
+        with self._lock:
+            self.high_water = max(self.high_water, offset + length)
+        self.progress.wrote(0, length)
+
+    def _check_capacity(self, offset: int, length: int) -> None:
+        if self.target.capacity is not None and offset + length > self.target.capacity:
+            raise TargetTooSmallError(
+                f"the image does not fit: it continues past byte {self.target.capacity}, the "
+                f"size of {self.target.path}; a larger target is required",
+                required=offset + length, available=self.target.capacity)
+
+    def _is_zero(self, buf: bytes | bytearray, pos: int, length: int) -> bool:
         if not self.skip_zeros:
             return False
         n = min(ZERO_BLOCK, length - pos)
@@ -115,11 +128,10 @@ class SparseWriter:
             self.target.zero_range(pend[0], pend[1] - pend[0])
 
     def _start_writeback(self) -> None:
-        # sync_file_range(WRITE) is not in os; fdatasync is the portable bound on dirty data
-        try:
-            os.fdatasync(self.target.fd)
-        except OSError as exc:
-            raise _oserror(exc, self.target.path, "flushing") from exc
+        """Start writeback of what was written so far without waiting for it, so dirty pages
+        do not pile up (CDI's OOM kills, user-needs item 4) and the final fsync is short;
+        fdatasync here would stall the pipeline on every flush."""
+        start_writeback(self.target.fd)
 
     def finish(self) -> None:
         with self._lock:

@@ -182,7 +182,17 @@ class Target:
 def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     return libc
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """sync_file_range(fd, 0, 0, WRITE): queue every dirty page of the file for writing and
+    return (os has no binding for it). Errors are left to the final fsync, which reports them."""
+    _libc().sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
