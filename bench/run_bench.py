@@ -199,7 +199,12 @@ http {{
     uwsgi_temp_path {w}/tmp; scgi_temp_path {w}/tmp;
     sendfile on;
     default_type application/octet-stream;
-    server {{ listen 127.0.0.1:{port}; root {www}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+        # what object stores and CDNs do: a bandwidth cap per connection
+        location /limited/ {{ alias {www}/; limit_rate 64m; }}
+    }}
 }}
 """
 
@@ -249,6 +254,10 @@ ROWS = [
         "curl -s {url} | zstd -dc | dd of={out} bs=1M conv=sparse status=none && sync {out}", 0.6),
     Row("qcow2", "qcow2", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "qcow2"), 0.9),
     Row("vmdk", "vmdk", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "vmdk"), None),
+    Row("raw 64M/conn", "limited/raw", "nbdkit curl + qemu-img convert", NBDKIT.replace("{fmt}", "raw"),
+        None, "server caps each connection at 64 MiB/s"),
+    Row("qcow2 64M/conn", "limited/qcow2", "nbdkit curl + qemu-img convert",
+        NBDKIT.replace("{fmt}", "qcow2"), None, "server caps each connection at 64 MiB/s"),
     Row("qcow2.xz", "qcow2.xz", "curl | xz -dc > scratch; qemu-img convert",
         "curl -s {url} | xz -T2 -dc > {scratch} && " + CONVERT_SCRATCH,
         1.0),
@@ -265,6 +274,9 @@ def main() -> int:
     ap.add_argument("--rows", help="comma-separated row names (default: all)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per command; the best is kept")
     ap.add_argument("--no-memory", action="store_true", help="skip the 1 GiB / 16 GiB memory rows")
+    ap.add_argument("--target-dir", type=Path,
+                    help="where targets are written (default /dev/shm: this VM's disk writeback "
+                         "varies by seconds between identical runs and would swamp the comparison)")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -277,15 +289,18 @@ def main() -> int:
             link.symlink_to(path)
     port, nginx_args = start_nginx(work, www)
     importer = str(ROOT / ".venv" / "bin" / "importer")
-    out = work / "target.img"
-    scratch = work / "scratch.qcow2"
+    target_dir = args.target_dir or (Path("/dev/shm") if shutil.disk_usage("/dev/shm").free > 12 * GiB
+                                     else work)
+    out = target_dir / "importer-bench-target.img"
+    scratch = target_dir / "importer-bench-scratch.qcow2"
     wanted = set(args.rows.split(",")) if args.rows else None
     results = []
     try:
         for row in ROWS:
             if wanted and row.name not in wanted:
                 continue
-            url = f"http://127.0.0.1:{port}/{files[row.file].name}"
+            prefix, _, key = row.file.rpartition("/")
+            url = f"http://127.0.0.1:{port}/{prefix + '/' if prefix else ''}{files[key].name}"
 
             def best(cmd: list[str]) -> Measure:
                 runs = []
@@ -297,7 +312,8 @@ def main() -> int:
                 return min(runs, key=lambda m: m.wall)
 
             base = best(["bash", "-c", row.baseline.format(url=url, out=out, scratch=scratch)])
-            ours = best([importer, "import", url, str(out), "-q", "-o", "json"])
+            ours = best([importer, "import", url, str(out), "-q", "-o", "json", "--scratch-dir",
+                         str(target_dir)])
             results.append((row, ours, base))
             print(f"  {row.name}: ours {ours.wall:.1f} s ({plan_of(ours)}), baseline {base.wall:.1f} s",
                   flush=True)
@@ -317,8 +333,8 @@ def main() -> int:
 
     virtual = 4 * GiB
     print()
-    print(f"machine: {os.cpu_count()} cores; source: nginx on loopback; target: {work} "
-          f"({shutil.disk_usage(work).free // GiB} GiB free); 4 GiB virtual, 1.2 GiB data")
+    print(f"machine: {os.cpu_count()} cores; source: nginx on loopback; targets in {target_dir}; "
+          f"4 GiB virtual, 1.2 GiB data; best of {args.repeat} runs, sync before each")
     hdr = (f"| {'row':14} | {'plan':9} | {'ours s':>6} | {'MB/s':>6} | {'CPU s':>5} | {'RSS MiB':>7} | "
            f"{'baseline':44} | {'base s':>6} | {'CPU s':>5} | {'RSS MiB':>7} | {'ratio':>5} | target |")
     print(hdr)

@@ -1,6 +1,8 @@
 """The one core both front-ends call: plan an import and carry it out.
 
 Plans, cheapest first (the chosen one is logged and reported as `path`):
+* ranges     raw/iso from a range-capable source: several connections fetch chunks at once,
+             each written at its offset, zeros skipped;
 * stream     raw/iso (and gz/xz/zstd/bz2-compressed raw) straight to the target, zeros skipped;
 * xz-blocks  multi-block .xz raw from a range-capable source: blocks decoded on all cores;
 * nbd        qcow2/vmdk/vdi/vhd/vhdx from a range-capable source (or inside a multi-block .xz):
@@ -13,19 +15,22 @@ Plans, cheapest first (the chosen one is logged and reported as `path`):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ContentType, ImportConfig
-from .errors import ChecksumMismatchError, FormatError, ImporterError
+from .errors import ChecksumMismatchError, FormatError, ImporterError, SourceContentError
 from .formats.detect import Detected, detect
 from .formats.headers import ImageInfo, inspect_image, vhd_fixed_footer_size
 from .formats.xz_blocks import (
@@ -50,6 +55,8 @@ from .sources.file import FileSource
 from .streams import CountingStream, ThreadedReader
 
 __all__ = ["ImportResult", "inspect_source", "run_import"]
+
+RANGE_CHUNK = 8 << 20
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +183,13 @@ class _Run:
     def stream_raw(self, src: Source, det: Detected, counting: CountingStream, target: Target,
                    result: ImportResult) -> None:
         cfg = self.config
-        blocks = None if cfg.checksum else self._xz_blocks(src, det)
+        blocks = self._xz_blocks(src, det)
         limit = det.info.virtual_size if det.info.format == "vhd" else None
         vsize = det.info.virtual_size
-        if blocks:
+        if blocks:  # the index gives the size up front, so a target too small fails at once
             vsize = sum(b.uncompressed_size for b in blocks)
+        if cfg.checksum:
+            blocks = None  # the hash needs the bytes in order: decode as one stream
         result.virtual_size = vsize
         target.check_fits(vsize)
         self.progress.plan([("TransferDataFile", 100, True)])
@@ -194,6 +203,14 @@ class _Run:
                 result.path = "xz-blocks"
                 self.stream_closer.close()  # the sequential stream is not needed
                 total = self._parallel_xz(src, blocks, writer)
+            elif self._ranged_copy_possible(src, det):
+                result.path = "ranges"
+                self.stream_closer.close()
+                size = src.info().size or 0
+                total = self._parallel_ranges(src, writer, size if limit is None else limit)
+                if limit is not None:
+                    total = size
+                    self.progress.update(size - limit)  # the footer: counted, not copied
             else:
                 result.path = "stream"
                 total = pump(det.stream, writer, limit=limit, cancel=self.cancel)
@@ -240,16 +257,69 @@ class _Run:
             if zeros == block.uncompressed_size:
                 memo.remember(compressed, block.uncompressed_size)
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="xz") as pool:
-            pending: list[Future[None]] = []
-            for block in blocks:
-                pending.append(pool.submit(one, block))
-                if len(pending) > workers:  # bound memory: a few decoded blocks at a time
-                    pending.pop(0).result()
-            for fut in pending:
-                fut.result()
+        # bound memory: a few decoded blocks at a time
+        self._run_parallel(src, one, blocks, workers, in_flight=workers + 1, name="xz")
         writer.finish()
         return sum(b.uncompressed_size for b in blocks)
+
+    def _run_parallel(self, src: Source, fn: Callable[[Any], None], items: Iterable[Any],
+                      workers: int, *, in_flight: int, name: str) -> None:
+        """fn over items on a pool, at most `in_flight` submitted at once, results in order.
+        On an error or a signal the source is closed first, which aborts reads blocked in the
+        workers at once, and the pool is not waited for: a SIGTERM must not wait out a
+        download (seen: 30 s for 8 MiB ranges at 256 KiB/s)."""
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        try:
+            pending: collections.deque[Future[None]] = collections.deque()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= in_flight:
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            self.cancel.set()
+            src.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def _ranged_copy_possible(self, src: Source, det: Detected) -> bool:
+        """Plain data from a range-capable source, with no checksum to compute in order:
+        several connections can fetch it at once, each chunk written at its offset."""
+        info = src.info()
+        return (not det.codecs and info.random_access and bool(info.size)
+                and self.config.checksum is None and self.config.connections > 1)
+
+    def _parallel_ranges(self, src: Source, writer: SparseWriter, size: int) -> int:
+        """One network stream is bound to one core; N ranged connections spread the kernel's
+        receive work (measured on 2 cores: 3.8 s -> see the benchmark for 4 GiB raw)."""
+        chunk = RANGE_CHUNK
+        workers = self.config.connections
+        buffers: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(workers):
+            buffers.put(bytearray(chunk))
+
+        def one(offset: int) -> None:
+            if self.cancel.is_set():
+                return
+            buf = buffers.get()
+            try:
+                want = min(chunk, size - offset)
+                view = buf if want == chunk else bytearray(want)
+                n = src.readinto_at(offset, view)
+                if n != want:
+                    raise SourceContentError(f"the source ended at byte {offset + n}, before "
+                                             f"the {size} bytes it announced")
+                self.progress.update(n)
+                writer.write(offset, view, n)
+            finally:
+                buffers.put(buf)
+
+        self._run_parallel(src, one, range(0, size, chunk), workers, in_flight=2 * workers,
+                           name="range")
+        writer.finish()
+        return size
 
     def _finish_size(self, target: Target, data_size: int) -> None:
         """The file gets the image's full length, grown to --image-size (never shrunk)."""
@@ -265,11 +335,17 @@ class _Run:
         read: Any = None
         size = 0
         why_stage = None
+        export: NbdExport | None = None
 
         def read_at(offset: int, length: int) -> bytes:
             data = src.read_at(offset, length)
             self.progress.update(len(data))
             return data
+
+        def readinto_at(offset: int, buf: bytearray) -> int:
+            n = src.readinto_at(offset, buf)
+            self.progress.update(n)
+            return n
 
         if cfg.checksum:
             why_stage = "a checksum must be verified before the target is written"
@@ -277,7 +353,7 @@ class _Run:
             why_stage = "the server does not support range requests"
         elif det.codecs == []:
             assert sinfo.size is not None
-            cache = ReadAheadCache(read_at, sinfo.size, workers=cfg.connections)
+            cache = ReadAheadCache(readinto_at, sinfo.size, workers=cfg.connections)
             self.stack.callback(cache.close)
             read, size = cache.read, sinfo.size
         elif (blocks := self._xz_blocks(src, det)) is not None:
@@ -319,9 +395,9 @@ class _Run:
                              target_is_zero=not target.is_block, progress=self.progress,
                              cancel=self.cancel)
             except ImporterError:
-                export_error = getattr(locals().get("export"), "error", None)
-                if isinstance(export_error, ImporterError):
-                    raise export_error from None
+                # qemu-img only says "Input/output error": the source's own error says why
+                if export is not None and isinstance(export.error, ImporterError):
+                    raise export.error from None
                 raise
             self._finish_size(target, vsize)
             result.preallocated = cfg.preallocation
@@ -346,8 +422,7 @@ class _Run:
         self.stack.callback(lambda: path.unlink(missing_ok=True))
         log.warning("staging the image in %s because %s", scratch_dir, why)
         self.progress.enter("TransferScratch")
-        scratch = Target(path)
-        scratch.write_path = path  # written in place; removed when the import ends
+        scratch = Target(path, in_place=True)  # removed when the import ends
         scratch.open()
         writer = SparseWriter(scratch, Progress(), preallocate=False)
         total = pump(det.stream, writer, cancel=self.cancel)

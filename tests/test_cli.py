@@ -75,19 +75,21 @@ def _start(args: list[str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for_bytes(path: Path, timeout: float = 20) -> None:
+def _wait_for_file(p: subprocess.Popen[str], path: Path, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size > 0:
+    while time.monotonic() < deadline and p.poll() is None:
+        if path.exists():
             return
         time.sleep(0.05)
-    raise AssertionError(f"{path} never started")
+    p.kill()
+    raise AssertionError(f"{path} never started: {p.communicate()[1][-2000:]}")
 
 
 def test_sigterm_mid_import_exits_143_and_cleans_up(nginx: Nginx, tmp_path: Path) -> None:
     dest = tmp_path / "d.img"
-    p = _start(["import", nginx.url("slow/disk.raw"), str(dest)])
-    _wait_for_bytes(tmp_path / "d.img.partial")
+    p = _start(["import", nginx.url("crawl/disk.raw"), str(dest)])
+    _wait_for_file(p, tmp_path / "d.img.partial")
+    time.sleep(0.3)  # mid-transfer: at 256 KiB/s per connection the image takes ~20 s
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 143, err

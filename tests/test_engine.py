@@ -25,7 +25,7 @@ from .conftest import SEED_SIZE, Images, Nginx, same_disk
 
 CASES = [
     # file, expected format, expected plan
-    ("disk.raw", "raw", "stream"),
+    ("disk.raw", "raw", "ranges"),
     ("disk.raw.gz", "raw", "stream"),
     ("disk.raw.xz", "raw", "xz-blocks"),
     ("disk-1block.raw.xz", "raw", "stream"),
@@ -41,7 +41,7 @@ CASES = [
     ("disk-ms.vmdk", "vmdk", "nbd"),
     ("disk.vdi", "vdi", "nbd"),
     ("disk-dynamic.vhd", "vhd", "nbd"),
-    ("disk-fixed.vhd", "vhd", "stream"),
+    ("disk-fixed.vhd", "vhd", "ranges"),
     ("disk.vhdx", "vhdx", "nbd"),
 ]
 
@@ -68,6 +68,15 @@ def test_staging_when_server_has_no_range_support(nginx: Nginx, images: Images, 
     result = _import(nginx.url("norange/disk.qcow2"), tmp_path / "d.img")
     assert result.path == "staged" and result.staged_bytes > 0
     assert same_disk(images.raw, tmp_path / "d.img")
+
+
+def test_plain_raw_streams_when_a_checksum_needs_order(nginx: Nginx, images: Images,
+                                                       tmp_path: Path) -> None:
+    digest = hashlib.sha256(images["disk-fixed.vhd"].read_bytes()).hexdigest()
+    result = _import(nginx.url("disk-fixed.vhd"), tmp_path / "d.img", checksum=f"sha256:{digest}")
+    assert (result.path, result.format) == ("stream", "vhd")
+    assert same_disk(images.raw, tmp_path / "d.img")
+    assert (tmp_path / "d.img").stat().st_size == SEED_SIZE  # the footer is not part of the disk
 
 
 def test_raw_streams_without_range_support(nginx: Nginx, images: Images, tmp_path: Path) -> None:

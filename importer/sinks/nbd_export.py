@@ -46,7 +46,8 @@ MAX_OPTION = 64 << 10
 
 
 class NbdExport:
-    def __init__(self, read: Callable[[int, int], bytes], size: int, *, workers: int = 8) -> None:
+    def __init__(self, read: Callable[[int, int], bytes | bytearray | memoryview], size: int, *,
+                 workers: int = 8) -> None:
         self._read = read
         self.size = size
         self._dir = tempfile.mkdtemp(prefix="importer-nbd-")
@@ -120,9 +121,12 @@ class NbdExport:
     def _transmission(self, conn: socket.socket) -> None:
         wlock = threading.Lock()
 
-        def send(handle: int, error: int, data: bytes = b"") -> None:
-            with wlock:
-                conn.sendall(struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, handle) + data)
+        def send(handle: int, error: int, data: bytes | bytearray | memoryview = b"") -> None:
+            header = struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, error, handle)
+            with wlock:  # header and data of one reply must not interleave with another's
+                conn.sendall(header)
+                if data:
+                    conn.sendall(data)  # no concatenation: the data is sent from where it lies
 
         def do_read(handle: int, offset: int, length: int) -> None:
             try:

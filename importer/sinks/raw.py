@@ -149,7 +149,7 @@ def pump(stream: io.RawIOBase, writer: SparseWriter, *, limit: int | None = None
     (reused, not reallocated: a fresh buffer per chunk halved throughput in the design
     measurements) while this thread writes. Bytes past `limit` are read (checksums cover the
     whole stream) but not written. Returns the number of bytes the stream held."""
-    free: queue.Queue[bytearray] = queue.Queue()
+    free: queue.Queue[Any] = queue.Queue()
     for _ in range(4):
         free.put(bytearray(CHUNK))
     full: queue.Queue[Any] = queue.Queue()
@@ -197,8 +197,13 @@ def pump(stream: io.RawIOBase, writer: SparseWriter, *, limit: int | None = None
             free.put(buf)
         writer.tail = tail
         writer.finish()
-        return offset
-    finally:
+    except BaseException:
+        # no join: the reader may be blocked in a slow download; it is a daemon thread and the
+        # caller closes the stream, which wakes it
         stop.set()
-        free.put(_DONE)  # type: ignore[arg-type]
-        t.join(timeout=10)
+        free.put(_DONE)
+        raise
+    stop.set()
+    free.put(_DONE)
+    t.join(timeout=10)
+    return offset

@@ -42,7 +42,8 @@ def _oserror(exc: OSError, path: Path, action: str) -> TargetError:
 
 
 class Target:
-    def __init__(self, path: Path, image_size: int | None = None) -> None:
+    def __init__(self, path: Path, image_size: int | None = None, *, in_place: bool = False
+                 ) -> None:
         self.path = path
         self.image_size = image_size
         try:
@@ -50,7 +51,8 @@ class Target:
             self.is_block = stat.S_ISBLK(st.st_mode)
         except FileNotFoundError:
             self.is_block = False
-        self.write_path = path if self.is_block else path.with_name(path.name + ".partial")
+        partial = not (self.is_block or in_place)
+        self.write_path = path.with_name(path.name + ".partial") if partial else path
         self.fd = -1
         self.capacity: int | None = None
         if self.is_block:
@@ -153,7 +155,7 @@ class Target:
             raise _oserror(exc, self.path, "fsync of") from exc
         os.close(self.fd)
         self.fd = -1
-        if not self.is_block:
+        if self.write_path != self.path:
             os.replace(self.write_path, self.path)
             dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:

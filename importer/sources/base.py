@@ -32,6 +32,10 @@ class Source(Protocol):
         Must be safe to call from several threads at once."""
         ...
 
+    def readinto_at(self, offset: int, buf: bytearray) -> int:
+        """read_at into a caller's (reused) buffer; returns the number of bytes."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -34,6 +34,9 @@ class FileSource:
     def read_at(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
 
+    def readinto_at(self, offset: int, buf: bytearray) -> int:
+        return os.preadv(self._fd, [buf], offset)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

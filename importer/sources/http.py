@@ -225,17 +225,11 @@ class HttpSource:
         if proxy:
             pp = urlsplit(proxy)
             ptarget = (pp.hostname or "", pp.port or (443 if pp.scheme == "https" else 80))
-            tunnel_headers = {}
-            if pp.username:
-                creds = f"{pp.username}:{pp.password or ''}".encode()
-                tunnel_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds).decode()
-            if p.scheme == "https":
+            if p.scheme == "https":  # CONNECT tunnel: the proxy sees only the host
                 conn = http.client.HTTPSConnection(*ptarget, timeout=timeout, context=self._ctx)
-                conn.set_tunnel(p.hostname or "", p.port or 443, headers=tunnel_headers)
-            else:
+                conn.set_tunnel(p.hostname or "", p.port or 443, headers=self._proxy_headers(proxy))
+            else:  # plain HTTP through a proxy: absolute URLs in the request line
                 conn = http.client.HTTPConnection(*ptarget, timeout=timeout)
-                conn._importer_proxy_headers = tunnel_headers  # type: ignore[attr-defined]
-                conn._importer_absolute = True  # type: ignore[attr-defined]
         elif p.scheme == "https":
             conn = http.client.HTTPSConnection(p.hostname or "", p.port or 443, timeout=timeout,
                                                context=self._ctx)
@@ -245,15 +239,25 @@ class HttpSource:
             self._conns.append(conn)
         return conn
 
+    @staticmethod
+    def _proxy_headers(proxy: str) -> dict[str, str]:
+        pp = urlsplit(proxy)
+        if not pp.username:
+            return {}
+        creds = f"{pp.username}:{pp.password or ''}".encode()
+        return {"Proxy-Authorization": "Basic " + base64.b64encode(creds).decode()}
+
     def _request(self, conn: http.client.HTTPConnection, start: int, end: int | None
                  ) -> http.client.HTTPResponse:
         """GET bytes [start, end] (end inclusive, None = to the end) and check the answer."""
         p = urlsplit(self.url)
-        target = self.url if getattr(conn, "_importer_absolute", False) else (
-            (p.path or "/") + (f"?{p.query}" if p.query else ""))
+        target = (p.path or "/") + (f"?{p.query}" if p.query else "")
         headers = self._headers(self.url) if self._send_credentials else {
             "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        headers.update(getattr(conn, "_importer_proxy_headers", {}))
+        proxy = self.opts.proxy_for(self.url)
+        if proxy and p.scheme == "http":
+            target = self.url
+            headers.update(self._proxy_headers(proxy))
         if self._probe.ranges and (start > 0 or end is not None):
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
             if self._probe.etag:
@@ -297,14 +301,18 @@ class HttpSource:
         return _ResumingStream(self, offset)
 
     def read_at(self, offset: int, size: int) -> bytes:
+        buf = bytearray(size)
+        n = self.readinto_at(offset, buf)
+        return bytes(buf) if n == size else bytes(buf[:n])
+
+    def readinto_at(self, offset: int, buf: bytearray) -> int:
+        """Fill buf from `offset` with ranged GETs on this thread's kept-alive connection,
+        resuming after failures like the sequential stream does."""
         if not self._probe.ranges:
             raise SourceError(f"{_redact(self.url)}: random access needs range support")
-        total = self._probe.size
-        if total is not None:
-            size = max(0, min(size, total - offset))
-        if size == 0:
-            return b""
-        buf = bytearray(size)
+        size = len(buf)
+        if self._probe.size is not None:
+            size = max(0, min(size, self._probe.size - offset))
         view = memoryview(buf)
         got = 0
         failures = 0
@@ -316,7 +324,7 @@ class HttpSource:
                         conn = self._local.conn = self._new_connection()
                     resp = self._request(conn, offset + got, offset + size - 1)
                     while got < size:
-                        n = resp.readinto(view[got:])
+                        n = resp.readinto(view[got:size])
                         if n == 0:
                             break
                         got += n
@@ -331,7 +339,7 @@ class HttpSource:
                 if failures > self.opts.max_retries:
                     raise
                 self._sleep_backoff(failures, exc)
-        return bytes(buf)
+        return got
 
     def close(self) -> None:
         """Abort every connection, including reads blocked in other threads (shutdown wakes

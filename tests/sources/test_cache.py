@@ -15,18 +15,20 @@ def test_concurrent_reads_are_exact_and_share_fetches() -> None:
     calls: list[tuple[int, int]] = []
     lock = threading.Lock()
 
-    def read_at(off: int, n: int) -> bytes:
+    def readinto_at(off: int, buf: bytearray) -> int:
         with lock:
-            calls.append((off, n))
-        return DATA[off : off + n]
+            calls.append((off, len(buf)))
+        data = DATA[off : off + len(buf)]
+        buf[: len(data)] = data
+        return len(data)
 
-    cache = ReadAheadCache(read_at, len(DATA), window=1 << 20, slots=8, workers=4)
+    cache = ReadAheadCache(readinto_at, len(DATA), window=1 << 20, slots=8, workers=4)
     rnd = random.Random(1)
     spans = [(o, rnd.randrange(1, 300_000)) for o in (rnd.randrange(len(DATA)) for _ in range(300))]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda s: cache.read(*s), spans))
     for (off, n), got in zip(spans, results, strict=True):
-        assert got == DATA[off : off + n]
+        assert bytes(got) == DATA[off : off + n]
     assert len(calls) == len(set(calls))  # concurrent misses on a window fetched it once
     assert all(off % (1 << 20) == 0 for off, _ in calls)
     cache.close()
@@ -35,14 +37,16 @@ def test_concurrent_reads_are_exact_and_share_fetches() -> None:
 def test_failures_are_not_cached() -> None:
     fail = [True]
 
-    def read_at(off: int, n: int) -> bytes:
+    def readinto_at(off: int, buf: bytearray) -> int:
         if fail[0]:
             raise OSError("transient")
-        return DATA[off : off + n]
+        data = DATA[off : off + len(buf)]
+        buf[: len(data)] = data
+        return len(data)
 
-    cache = ReadAheadCache(read_at, len(DATA), window=1 << 20, ahead=0)
+    cache = ReadAheadCache(readinto_at, len(DATA), window=1 << 20, ahead=0)
     with pytest.raises(OSError):
         cache.read(0, 10)
     fail[0] = False
-    assert cache.read(0, 10) == DATA[:10]
+    assert bytes(cache.read(0, 10)) == DATA[:10]
     cache.close()

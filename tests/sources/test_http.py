@@ -46,6 +46,7 @@ class Script:
         if rng:
             a, _, b = rng.split("=")[1].partition("-")
             start, end = int(a), int(b) if b else len(DATA) - 1
+        request.environ["script.ranged"] = bool(rng)
         if n in self.faults:
             return self.faults[n](request, start, end)
         headers = {"ETag": self.etag, "Accept-Ranges": "bytes"}
@@ -58,9 +59,9 @@ class Script:
         return Response(DATA, 200, headers)
 
 
-def _ranged(start: int, end: int) -> bool:
+def _ranged(request: Request) -> bool:
     """Whether the Script honoured a Range header for this answer."""
-    return (start, end) != (0, len(DATA) - 1)
+    return bool(request.environ.get("script.ranged"))
 
 
 def drop_after(nbytes: int) -> Callable[[Request, int, int], Response]:
@@ -75,7 +76,7 @@ def drop_after(nbytes: int) -> Callable[[Request, int, int], Response]:
             sock.close()
             yield b""
 
-        status = 206 if _ranged(start, end) else 200
+        status = 206 if _ranged(request) else 200
         headers = {"Content-Length": str(end - start + 1), "ETag": '"v1"'}
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{end}/{len(DATA)}"
@@ -98,7 +99,7 @@ def stall(seconds: float) -> Callable[[Request, int, int], Response]:
 
         headers = {"Content-Length": str(end - start + 1), "ETag": '"v1"',
                    "Content-Range": f"bytes {start}-{end}/{len(DATA)}"}
-        return Response(gen(), 206 if _ranged(start, end) else 200, headers,
+        return Response(gen(), 206 if _ranged(request) else 200, headers,
                         direct_passthrough=True)
 
     return fault
@@ -107,7 +108,7 @@ def stall(seconds: float) -> Callable[[Request, int, int], Response]:
 def short_body(request: Request, start: int, end: int) -> Response:
     headers = {"Content-Length": str(end - start + 1), "ETag": '"v1"',
                "Content-Range": f"bytes {start}-{end}/{len(DATA)}"}
-    return Response([DATA[start : start + 1000]], 206 if _ranged(start, end) else 200,
+    return Response([DATA[start : start + 1000]], 206 if _ranged(request) else 200,
                     headers, direct_passthrough=True)
 
 
@@ -277,6 +278,15 @@ def test_accept_encoding_identity_and_user_agent(httpserver: HTTPServer) -> None
         assert r.headers["User-Agent"].startswith("importer/")
     assert script.requests[0].headers["Range"] == "bytes=0-0"  # never HEAD
     assert all(r.method == "GET" for r in script.requests)
+
+
+def test_parallel_ranges_survive_faults(httpserver: HTTPServer, tmp_path: Path) -> None:
+    # requests 0 probe, 1 the detection stream; then 8 MiB ranges on 4 connections
+    script = Script({2: drop_after(70_000), 3: status(503), 4: short_body})
+    result = run_import(build_config(source=serve(httpserver, script), dest=str(tmp_path / "d.img"),
+                                     max_retries=4))
+    assert result.path == "ranges"
+    assert (tmp_path / "d.img").read_bytes() == DATA
 
 
 def test_random_access_reads(httpserver: HTTPServer) -> None:
