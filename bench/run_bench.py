@@ -342,6 +342,7 @@ def main() -> int:
     failed = 0
     for row, ours, base in results:
         ratio = ours.wall / base.wall if base.wall else float("inf")
+        label = row.baseline_label.replace("|", "\\|")  # a pipe would split a Markdown cell
         if row.target is None:
             verdict = "report"
         else:
@@ -349,7 +350,7 @@ def main() -> int:
             failed += not ok
             verdict = f"{'<=' if row.target < 1 else '<'}{row.target:g} {'ok' if ok else 'MISS'}"
         print(f"| {row.name:14} | {plan_of(ours):9} | {ours.wall:6.1f} | {virtual / ours.wall / 1e6:6.0f} | "
-              f"{ours.cpu:5.1f} | {ours.peak_rss / MiB:7.0f} | {row.baseline_label.replace('|', chr(92) + '|'):44} | "
+              f"{ours.cpu:5.1f} | {ours.peak_rss / MiB:7.0f} | {label:44} | "
               f"{base.wall:6.1f} | {base.cpu:5.1f} | {base.peak_rss / MiB:7.0f} | {ratio:5.2f} | {verdict} |")
     if mem:
         print()
