@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                     "archives) a directory.")
     p.add_argument("--version", action="version", version=f"importer {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("pod", help="run as CDI's importer pod (configured by CDI's environment)")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-v", "--verbose", action="count", default=0,
@@ -128,7 +129,12 @@ class _Bar:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = _klog_compatible(sys.argv[1:] if argv is None else argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["pod"]:  # the CDI pod front-end: configured by environment, not flags
+        from .pod import main as pod_main
+
+        return pod_main(raw[1:])
+    args_list = _klog_compatible(raw)
     args = _parser().parse_args(args_list)
     _setup_logging(args.verbose, args.quiet)
     cancel = threading.Event()

@@ -78,10 +78,15 @@ class ImportConfig:
     source: str
     dest: Path
     content_type: ContentType = ContentType.KUBEVIRT
-    image_size: int | None = None
+    image_size: int | None = None  # the resulting disk's size: grown to, never shrunk
+    #: the most the image may need (virtual size); defaults to image_size. The pod sets it to the
+    #: space CDI reports available, which may exceed the overhead-reduced image_size
+    size_limit: int | None = None
     preallocation: bool = False
     checksum: ChecksumSpec | None = None
     scratch_dir: Path | None = None
+    #: staging without scratch_dir is an error (the pod's scratch-space-required protocol)
+    scratch_required: bool = False
     http: HttpOptions = field(default_factory=HttpOptions)
     #: qemu-img cache mode: None = choose (O_DIRECT when the target accepts it)
     cache_mode: str | None = None

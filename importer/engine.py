@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import ContentType, ImportConfig
-from .errors import ChecksumMismatchError, FormatError, ImporterError, SourceContentError
+from .errors import (
+    ChecksumMismatchError,
+    FormatError,
+    ImporterError,
+    ScratchSpaceRequiredError,
+    SourceContentError,
+)
 from .formats.detect import Detected, detect
 from .formats.headers import ImageInfo, inspect_image, vhd_fixed_footer_size
 from .formats.xz_blocks import (
@@ -138,7 +144,7 @@ class _Run:
         if info.format == "tar":
             raise FormatError("the data is a tar archive; use --content-type archive to extract "
                               "it into a directory")
-        target = Target(cfg.dest, cfg.image_size)
+        target = Target(cfg.dest, cfg.size_limit if cfg.size_limit is not None else cfg.image_size)
         result.target_kind = "block" if target.is_block else "file"
         if info.needs_conversion and not (info.format == "vhd" and info.details.get("type") == "fixed"):
             self.convert(src, det, counting, target, result)
@@ -410,6 +416,8 @@ class _Run:
     def _stage(self, det: Detected, counting: CountingStream, target: Target, why: str
                ) -> FileSource:
         cfg = self.config
+        if cfg.scratch_required and not (cfg.scratch_dir and cfg.scratch_dir.is_dir()):
+            raise ScratchSpaceRequiredError(f"scratch space required and none found ({why})")
         if cfg.scratch_dir:
             scratch_dir = cfg.scratch_dir
         elif target.is_block:

@@ -17,6 +17,7 @@ front-ends only ever see this tree::
     │   └── UnsafeImageError       a well-formed image refused for safety (backing file, ...)
     ├── TargetError                the destination cannot take the image
     │   └── TargetTooSmallError    virtual size larger than the target
+    ├── ScratchSpaceRequiredError  the import must be staged but no scratch space was given
     ├── ChecksumMismatchError      the bytes received do not match --checksum
     ├── ConversionError            qemu-img failed
     └── CancelledError             stopped by a signal: exit 128 + N
@@ -31,6 +32,7 @@ __all__ = [
     "ConversionError",
     "FormatError",
     "ImporterError",
+    "ScratchSpaceRequiredError",
     "SourceAuthError",
     "SourceContentError",
     "SourceError",
@@ -96,6 +98,10 @@ class TargetTooSmallError(TargetError):
         super().__init__(message)
         self.required = required
         self.available = available
+
+
+class ScratchSpaceRequiredError(ImporterError):
+    pass
 
 
 class ChecksumMismatchError(ImporterError):

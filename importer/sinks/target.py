@@ -42,10 +42,9 @@ def _oserror(exc: OSError, path: Path, action: str) -> TargetError:
 
 
 class Target:
-    def __init__(self, path: Path, image_size: int | None = None, *, in_place: bool = False
+    def __init__(self, path: Path, capacity: int | None = None, *, in_place: bool = False
                  ) -> None:
         self.path = path
-        self.image_size = image_size
         try:
             st = os.stat(path)
             self.is_block = stat.S_ISBLK(st.st_mode)
@@ -62,8 +61,8 @@ class Target:
                 self.capacity = struct.unpack("Q", buf)[0]
             finally:
                 os.close(fd)
-        elif image_size is not None:
-            self.capacity = image_size
+        elif capacity is not None:
+            self.capacity = capacity
         self._zero_method: str | None = None  # remembered outcome of the zeroing fallbacks
 
     def _open(self, flags: int) -> int:
@@ -76,11 +75,12 @@ class Target:
         """Fail before any data is written when the image cannot fit."""
         if virtual_size is None or self.capacity is None or virtual_size <= self.capacity:
             return
-        what = f"block device {self.path}" if self.is_block else "--image-size"
+        what = f"block device {self.path}" if self.is_block else "the requested image size"
+        # CDI's controller recognises "is larger than the reported available" (cdi-contract 1.7)
         raise TargetTooSmallError(
-            f"the image's virtual size is {virtual_size} bytes ({format_bytes(virtual_size)}) but "
-            f"{what} holds only {self.capacity} bytes ({format_bytes(self.capacity)}); "
-            f"a target of at least {virtual_size} bytes is required",
+            f"virtual image size {virtual_size} ({format_bytes(virtual_size)}) is larger than the "
+            f"reported available storage {self.capacity} ({format_bytes(self.capacity)}) of "
+            f"{what}; a target of at least {virtual_size} bytes is required",
             required=virtual_size, available=self.capacity)
 
     def open(self) -> int:

@@ -1,0 +1,101 @@
+"""Progress on HTTPS, exactly as CDI's controller scrapes it (cdi-contract.md section 2):
+`kubevirt_cdi_import_progress_total{ownerUID="<uid>"} <percent>` in fixed-point notation, plus
+our own `importer_*` metrics, from a private registry, on every path, with a self-signed
+certificate made at start (the controller does not verify it)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .progress import Progress
+
+__all__ = ["MetricsServer", "ProgressCollector", "self_signed_certificate"]
+
+log = logging.getLogger(__name__)
+
+
+class ProgressCollector(Collector):
+    """Reads the shared Progress object at scrape time."""
+
+    def __init__(self, progress: Progress, owner_uid: str) -> None:
+        self.progress = progress
+        self.owner_uid = owner_uid
+        self._last = (time.monotonic(), 0)
+
+    def collect(self) -> Iterator[Any]:
+        p = self.progress
+        # two decimals, never below 0.01 unless zero: prometheus prints small floats in
+        # exponent form (1e-05), which CDI's regex `(\d{1,3}\.?\d*)` would misread
+        pct = round(p.percent, 2)
+        cdi = CounterMetricFamily("kubevirt_cdi_import_progress", "The import progress in percentage",
+                                  labels=["ownerUID"])
+        cdi.add_metric([self.owner_uid], pct)
+        yield cdi
+        for name, doc, value in (
+            ("importer_bytes_read", "Bytes read from the source", p.n),
+            ("importer_bytes_written", "Bytes of data written to the target", p.bytes_written),
+            ("importer_zero_bytes", "Zero bytes skipped or written as zero ranges", p.zero_bytes),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        phase = GaugeMetricFamily("importer_phase", "The current phase (1 for the current one)",
+                                  labels=["phase"])
+        phase.add_metric([p.phase], 1)
+        yield phase
+        now, read = time.monotonic(), p.n
+        last_t, last_read = self._last
+        rate = (read - last_read) / (now - last_t) if now > last_t else 0.0
+        self._last = (now, read)
+        yield GaugeMetricFamily("importer_transfer_rate_bytes_per_second",
+                                "Source bytes per second since the previous scrape", value=rate)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"importer@{int(time.time())}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+class MetricsServer:
+    def __init__(self, progress: Progress, owner_uid: str, port: int, addr: str = "0.0.0.0") -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ProgressCollector(progress, owner_uid))
+        self._server: Any = None
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix="importer-metrics-"))
+            cert, key = self_signed_certificate(tmp)
+            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry,
+                                                      certfile=str(cert), keyfile=str(key))
+            log.info("progress metrics on https://%s:%d/metrics", addr, port)
+        except (OSError, ValueError) as exc:  # as CDI: the import goes on without metrics
+            log.error("cannot serve metrics on port %d: %s", port, exc)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,204 @@
+"""The CDI importer pod front-end (`importer pod`, installed as `cdi-importer`): the CDI
+environment -> the same core as the CLI -> termination message, exit code and progress metric
+exactly as CDI's controller reads them (cdi-contract.md sections 1, 2, 4.8, 5, 6).
+
+Exit codes: 0 success, and CDI's two special exit-0 cases (scratch space required, checksum
+mismatch, each with its JSON message); 1 failure; 2 configuration; 128+N stopped by signal N.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+from .config import ImportConfig
+from .engine import run_import
+from .errors import (
+    CancelledError,
+    ChecksumMismatchError,
+    ConfigError,
+    ImporterError,
+    ScratchSpaceRequiredError,
+    SourceAuthError,
+    SourceNotFoundError,
+    SourceTLSError,
+)
+from .metrics import MetricsServer
+from .podconfig import NOT_YET, PodSettings, get_usable_space, read_pod_environment
+from .progress import Progress
+from .sinks.blank import create_blank
+from .termination import json_message, text_message, write_termination_message
+
+__all__ = ["main"]
+
+log = logging.getLogger("importer.pod")
+_KLOG = re.compile(r"^--?(v|vmodule|alsologtostderr|logtostderr|stderrthreshold|log_dir|log_file|"
+                   r"log_file_max_size|add_dir_header|skip_headers|skip_log_headers|one_output|"
+                   r"log_backtrace_at)(=.*)?$")
+LOG_EVERY = 5.0  # seconds between progress log lines
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line on stderr; secrets never reach log records in the first place."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+               + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        obj.update(getattr(record, "fields", {}))
+        if record.exc_info and record.levelno >= logging.ERROR:
+            obj["exception"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False)
+
+
+def _verbosity(argv: Sequence[str]) -> int:
+    level = 1
+    for i, a in enumerate(argv):
+        m = re.match(r"^--?v=(\d+)$", a)
+        if m:
+            level = int(m.group(1))
+        elif a in ("-v", "--v") and i + 1 < len(argv) and argv[i + 1].isdigit():
+            level = int(argv[i + 1])
+    return level
+
+
+def _progress_logger(progress: Progress, stop: threading.Event) -> None:
+    last_t, last_n = time.monotonic(), 0
+    while not stop.wait(LOG_EVERY):
+        now, n = time.monotonic(), progress.n
+        log.info("progress", extra={"fields": {
+            "phase": progress.phase, "percent": round(progress.percent, 2), "bytes_read": n,
+            "bytes_written": progress.bytes_written, "zero_bytes": progress.zero_bytes,
+            "rate_bytes_per_second": int((n - last_n) / (now - last_t))}})
+        last_t, last_n = now, n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbosity = _verbosity(args)
+    unknown = [a for i, a in enumerate(args) if not _KLOG.match(a)
+               and not (a.isdigit() and i > 0 and args[i - 1] in ("-v", "--v"))]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=logging.DEBUG if verbosity >= 3 else logging.INFO,
+                        handlers=[handler], force=True)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if unknown:
+        log.error("unknown arguments %s: the pod is configured by CDI's environment", unknown)
+        return 2
+
+    cancel = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        cancel.set()
+        raise CancelledError(signum)
+
+    # As PID 1 Python would ignore SIGTERM without a handler (design notes 4).
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    progress = Progress()
+    env = os.environ
+    metrics = MetricsServer(progress, env.get("OWNER_UID", ""),
+                            int(env.get("IMPORTER_METRICS_PORT", "8443"))
+                            if env.get("IMPORTER_METRICS_PORT", "8443").isdigit() else 8443)
+    stop_logging = threading.Event()
+    threading.Thread(target=_progress_logger, args=(progress, stop_logging), daemon=True).start()
+    termination: Path | None = None
+    try:
+        settings, config = read_pod_environment(env, verbosity)
+        termination = settings.termination_log
+        code, message = _run(settings, config, progress, cancel)
+    except ConfigError as exc:
+        code, message = exc.exit_code, text_message(f"Invalid configuration: {exc}")
+        log.error("%s", exc)
+    except CancelledError as exc:
+        code, message = exc.exit_code, text_message(f"Unable to process data: {exc}")
+        log.error("%s", exc)
+    finally:
+        stop_logging.set()
+    if termination is None:
+        termination = _termination_path(env)
+    write_termination_message(termination, message)
+    metrics.close()
+    return code
+
+
+def _termination_path(env: Mapping[str, str]) -> Path:
+    return Path(env.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log"
+
+
+def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,
+         cancel: threading.Event) -> tuple[int, str]:
+    src = settings.source
+    if src == "none":
+        return _blank(settings)
+    if src in NOT_YET:
+        msg = (f"Unable to connect to {src} data source: the {src} source is not available in "
+               "this version of importer")
+        log.error(msg)
+        return 1, text_message(msg)
+    assert config is not None  # every source but `none` has an import config
+    log.info("importing", extra={"fields": {"source": src, "content_type": settings.content_type.value,
+                                            "volume_mode": "block" if settings.block else "filesystem",
+                                            "available": settings.available}})
+    try:
+        result = run_import(config, progress, cancel)
+    except ScratchSpaceRequiredError as exc:
+        log.info("%s: asking the controller for scratch space", exc)
+        return 0, json_message("scratch space required and none found",
+                               scratch_space_required=True, preallocation_applied=False)
+    except ChecksumMismatchError as exc:
+        # exit 0 on purpose: the controller marks the import failed for good (no restart loop)
+        log.error("%s", exc)
+        return 0, json_message(f"Unable to process data: checksum validation failed: {exc}")
+    except (SourceNotFoundError, SourceAuthError, SourceTLSError) as exc:
+        log.error("%s", exc)
+        return exc.exit_code, text_message(f"Unable to connect to {src} data source: {exc}")
+    except CancelledError:
+        raise
+    except ImporterError as exc:
+        log.error("%s", exc)
+        return exc.exit_code, text_message(f"Unable to process data: {exc}")
+    if not settings.block and settings.content_type.value == "kubevirt":
+        os.chmod(settings.dest, 0o660)  # CDI's functional tests check -rw-rw----
+    log.info("import complete", extra={"fields": result.as_dict()})
+    return 0, json_message("Import Complete", scratch_space_required=False,
+                           preallocation_applied=result.preallocated)
+
+
+def _blank(settings: PodSettings) -> tuple[int, str]:
+    if settings.content_type.value == "archive":
+        msg = "Cannot create empty disk with content type archive"
+        log.error(msg)
+        return 1, text_message(msg)
+    requested = settings.image_size
+    if requested is not None and settings.available < requested:
+        log.warning("Available space less than requested size, creating blank image sized to "
+                    "available space: %d", settings.available)
+    size = get_usable_space(settings.overhead, settings.available)
+    try:
+        applied = create_blank(settings.dest, size, block=settings.block,
+                               preallocate=settings.preallocation)
+    except ImporterError as exc:
+        log.error("%s", exc)
+        return 1, text_message(f"Unable to create blank image: {exc}")
+    if not settings.block:
+        os.chmod(settings.dest, 0o660)
+    log.info("blank image created", extra={"fields": {"size": size, "preallocated": applied}})
+    # CDI writes nothing for a blank block volume without preallocation (quirk Q24); we do
+    return 0, json_message("Import Complete", preallocation_applied=applied)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""The CDI importer pod's environment and fixed paths, validated into an ImportConfig plus the
+pod-only settings (cdi-contract.md sections 1.2-1.4, 3.3, 5.1).
+
+Every invalid value is reported at once, naming the variable and what it accepts. The fixed
+paths (/data, /dev/cdi-block-volume, /scratch, /certs, /extraheaders, /proxycerts,
+/dev/termination-log) hang off a filesystem root that tests move with IMPORTER_FS_ROOT; the
+contract itself is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from .checksum import parse_checksum
+from .config import ContentType, Header, HttpOptions, ImportConfig, read_header_files
+from .errors import ConfigError
+from .quantity import parse_quantity
+
+__all__ = ["PodSettings", "get_required_space", "get_usable_space", "read_pod_environment"]
+
+MiB = 1 << 20
+SOURCES = ("http", "s3", "gcs", "registry", "imageio", "vddk", "none")
+#: sources whose transports later issues add; until then they fail with a clear message
+NOT_YET = {"s3", "gcs", "registry", "imageio", "vddk"}
+
+
+def get_usable_space(overhead: Decimal, available: int) -> int:
+    """CDI's GetUsableSpace: RoundDown_1MiB(ceil(available / (1 + overhead)))."""
+    usable = math.ceil(Decimal(available) / (1 + overhead))
+    return usable - usable % MiB
+
+
+def get_required_space(overhead: Decimal, requested: int) -> int:
+    """CDI's GetRequiredSpace: ceil(RoundUp_1MiB(requested) * (1 + overhead))."""
+    rounded = -(-requested // MiB) * MiB
+    return math.ceil(rounded * (1 + overhead))
+
+
+@dataclass(frozen=True, slots=True)
+class PodSettings:
+    source: str
+    owner_uid: str
+    content_type: ContentType
+    block: bool  # volume mode, decided by the presence of /dev/cdi-block-volume
+    dest: Path
+    data_dir: Path
+    termination_log: Path
+    image_size: int | None  # IMPORTER_IMAGE_SIZE in bytes
+    overhead: Decimal
+    available: int  # the "available space" of contract 3.3, measured before any write
+    preallocation: bool
+    metrics_port: int
+    verbosity: int
+
+
+def _parse_bool(name: str, value: str, problems: list[str]) -> bool:
+    # Go's strconv.ParseBool, which CDI uses
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    problems.append(f"{name}={value!r}: use true or false")
+    return False
+
+
+def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
+                         ) -> tuple[PodSettings, ImportConfig | None]:
+    """The pod settings and, unless the source is `none` (blank image), the import config."""
+    root = Path(env.get("IMPORTER_FS_ROOT", "/"))
+    problems: list[str] = []
+
+    source = env.get("IMPORTER_SOURCE", "")
+    if source not in SOURCES:
+        problems.append(f"IMPORTER_SOURCE={source!r}: use one of {', '.join(SOURCES)}")
+    endpoint = env.get("IMPORTER_ENDPOINT", "")
+    if source not in ("none", "") and not endpoint:
+        problems.append("IMPORTER_ENDPOINT is empty: it must name the image to import")
+    try:
+        ctype = ContentType(env.get("IMPORTER_CONTENTTYPE") or "kubevirt")
+    except ValueError:
+        problems.append(f"IMPORTER_CONTENTTYPE={env.get('IMPORTER_CONTENTTYPE')!r}: use kubevirt or archive")
+        ctype = ContentType.KUBEVIRT
+    if source in ("registry", "imageio") and ctype is not ContentType.KUBEVIRT:
+        problems.append(f"IMPORTER_CONTENTTYPE=archive is not possible with IMPORTER_SOURCE={source}")
+
+    image_size: int | None = None
+    if env.get("IMPORTER_IMAGE_SIZE"):
+        try:
+            image_size = parse_quantity(env["IMPORTER_IMAGE_SIZE"])
+        except ValueError as exc:
+            problems.append(f"IMPORTER_IMAGE_SIZE: {exc}")
+    overhead = Decimal(0)
+    if env.get("FILESYSTEM_OVERHEAD"):
+        try:
+            overhead = Decimal(env["FILESYSTEM_OVERHEAD"])
+            if not 0 <= overhead < 1:
+                raise InvalidOperation
+        except InvalidOperation:
+            problems.append(f"FILESYSTEM_OVERHEAD={env['FILESYSTEM_OVERHEAD']!r}: use a decimal "
+                            "fraction from 0 to below 1, e.g. 0.055")
+            overhead = Decimal(0)
+    preallocation = _parse_bool("PREALLOCATION", env.get("PREALLOCATION", "false"), problems)
+    insecure = _parse_bool("INSECURE_TLS", env.get("INSECURE_TLS") or "false", problems)
+    cache_mode = env.get("CACHE_MODE", "")
+    if cache_mode not in ("", "TRYNONE"):
+        problems.append(f"CACHE_MODE={cache_mode!r}: use TRYNONE or leave it empty")
+    checksum = None
+    if env.get("IMPORTER_CHECKSUM"):
+        try:
+            checksum = parse_checksum(env["IMPORTER_CHECKSUM"])
+        except ValueError as exc:
+            problems.append(f"IMPORTER_CHECKSUM: {exc}")
+    try:
+        metrics_port = int(env.get("IMPORTER_METRICS_PORT", "8443"))
+    except ValueError:
+        problems.append("IMPORTER_METRICS_PORT: use a port number")
+        metrics_port = 8443
+
+    headers: list[Header] = []
+    for name in sorted(k for k in env if k.startswith("IMPORTER_EXTRA_HEADER_")):
+        line = env[name]
+        key, sep, value = line.partition(":")
+        if not sep or not key.strip():
+            problems.append(f"{name}: expected one header line 'Name: value'")
+            continue
+        headers.append(Header(key.strip(), value.strip()))
+    extra_dir = root / "extraheaders"
+    if extra_dir.is_dir():
+        try:
+            headers += read_header_files(extra_dir)
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+    block_dev = root / "dev" / "cdi-block-volume"
+    data_dir = root / "data"
+    try:
+        block = stat.S_ISBLK(os.stat(block_dev).st_mode)
+    except FileNotFoundError:
+        block = False
+    if block:
+        dest = block_dev
+    elif ctype is ContentType.ARCHIVE:
+        dest = data_dir
+    else:
+        dest = data_dir / "disk.img"
+    if not block and not data_dir.is_dir():
+        problems.append(f"neither {block_dev} (block volume) nor the directory {data_dir} "
+                        "(filesystem volume) exists: mount the target volume")
+
+    cert_dir = env.get("IMPORTER_CERT_DIR")
+    ca_dir = None
+    if cert_dir:
+        ca_dir = root / cert_dir.lstrip("/")
+        if not ca_dir.is_dir():
+            problems.append(f"IMPORTER_CERT_DIR={cert_dir}: not a directory")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+    # CDI quirk Q17: a partial image from an earlier attempt of this pod would shrink the free
+    # space; it is removed before the space is measured (not for a warm-import delta, which
+    # applies onto the existing disk).
+    if not block and not env.get("IMPORTER_PREVIOUS_CHECKPOINT"):
+        for stale in (data_dir / "disk.img", data_dir / "disk.img.partial"):
+            stale.unlink(missing_ok=True)
+    available = _available_space(block_dev if block else data_dir, block, image_size)
+
+    settings = PodSettings(
+        source=source, owner_uid=env.get("OWNER_UID", ""), content_type=ctype, block=block,
+        dest=dest, data_dir=data_dir, termination_log=root / "dev" / "termination-log",
+        image_size=image_size, overhead=overhead, available=available,
+        preallocation=preallocation, metrics_port=metrics_port, verbosity=verbosity)
+    if source == "none":
+        return settings, None
+
+    proxies = {k[:-6].lower(): v for k, v in env.items()
+               if k.lower() in ("http_proxy", "https_proxy", "no_proxy") and v}
+    http = HttpOptions(
+        username=env.get("IMPORTER_ACCESS_KEY_ID") or None,
+        password=env.get("IMPORTER_SECRET_KEY") or None,
+        headers=tuple(headers), ca_dir=ca_dir, insecure=insecure, proxies=proxies)
+    scratch = root / "scratch"
+    resize_to = None
+    if image_size is not None and not block:
+        resize_to = min(get_usable_space(overhead, available), image_size)
+    config = ImportConfig(
+        source=endpoint, dest=dest, content_type=ctype, image_size=resize_to,
+        size_limit=available, preallocation=preallocation, checksum=checksum,
+        scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
+        cache_mode=None)
+    return settings, config
+
+
+def _available_space(path: Path, block: bool, image_size: int | None) -> int:
+    """Contract 3.3: a block device's size, or min(free space of /data, IMAGE_SIZE)."""
+    if block:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    return free if image_size is None else min(free, image_size)

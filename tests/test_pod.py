@@ -1,0 +1,261 @@
+"""The CDI pod front-end as the controller sees it: environment in, exit code, termination
+message, /data and the progress metric out. Runs `importer pod` in a child process with the
+fixed paths under a temporary root (IMPORTER_FS_ROOT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from importer.podconfig import get_required_space, get_usable_space
+from importer.termination import MAX_BYTES, json_message, text_message
+
+from .conftest import ROOT, SEED_SIZE, Images, Nginx, free_port, same_disk
+
+GiB = 1 << 30
+CDI_REGEX = r'(kubevirt_cdi_import_progress_total)\{ownerUID\="%s"\} (\d{1,3}\.?\d*)'
+
+
+@dataclass
+class Pod:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def termination(self) -> str:
+        return (self.root / "dev" / "termination-log").read_text()
+
+    def env(self, **kw: str) -> dict[str, str]:
+        base = {"PATH": os.environ["PATH"], "IMPORTER_FS_ROOT": str(self.root),
+                "IMPORTER_METRICS_PORT": str(free_port()), "OWNER_UID": "uid-123",
+                "IMPORTER_SOURCE": "http", "IMPORTER_CONTENTTYPE": "kubevirt",
+                "IMPORTER_IMAGE_SIZE": "64Mi", "FILESYSTEM_OVERHEAD": "0", "PREALLOCATION": "false",
+                "INSECURE_TLS": "false", "IMPORTER_ENDPOINT": "", "IMPORTER_CHECKSUM": "",
+                "IMPORTER_CURRENT_CHECKPOINT": "", "IMPORTER_PREVIOUS_CHECKPOINT": ""}
+        base.update(kw)
+        return base
+
+    def start(self, **kw: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "importer", "pod", "-alsologtostderr", "-v=1"],
+                                cwd=ROOT, env=self.env(**kw), text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+    def run(self, **kw: str) -> tuple[int, str]:
+        p = self.start(**kw)
+        _out, err = p.communicate(timeout=120)
+        return p.returncode, err
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Pod:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "dev").mkdir()
+    return Pod(tmp_path)
+
+
+def test_http_qcow2_to_file(pod: Pod, nginx: Nginx, images: Images) -> None:
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"), FILESYSTEM_OVERHEAD="0.055")
+    assert code == 0, err
+    assert pod.termination == ('{"scratchSpaceRequired":false,"preallocationApplied":false,'
+                               '"message":"Import Complete"}')
+    disk = pod.data / "disk.img"
+    assert disk.stat().st_mode & 0o777 == 0o660
+    # resized to min(usable space, IMAGE_SIZE) with the overhead formula, never shrunk
+    assert disk.stat().st_size == get_usable_space(Decimal("0.055"), 64 << 20)
+    assert same_disk(images.raw, disk)
+    assert "Successfully completed fsync" in err
+    for line in err.splitlines():
+        json.loads(line)  # every log line is JSON
+
+
+def test_archive_and_blank_file(pod: Pod, nginx: Nginx, images: Images) -> None:
+    import tarfile
+
+    with tarfile.open(images.dir / "pod.tar", "w") as tf:
+        tf.add(images["tiny.raw"], arcname="dir/tiny.raw")
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("pod.tar"), IMPORTER_CONTENTTYPE="archive")
+    assert code == 0, err
+    assert (pod.data / "dir" / "tiny.raw").read_bytes() == images["tiny.raw"].read_bytes()
+    for f in list(pod.data.iterdir()):
+        subprocess.run(["rm", "-rf", str(f)], check=True)
+    code, err = pod.run(IMPORTER_SOURCE="none", IMPORTER_IMAGE_SIZE="10Mi", PREALLOCATION="true")
+    assert code == 0, err
+    assert pod.termination == '{"preallocationApplied":true,"message":"Import Complete"}'
+    disk = pod.data / "disk.img"
+    assert disk.stat().st_size == 10 << 20 and disk.stat().st_blocks * 512 >= 10 << 20
+    assert disk.stat().st_mode & 0o777 == 0o660
+    code, _ = pod.run(IMPORTER_SOURCE="none", IMPORTER_CONTENTTYPE="archive")
+    assert code == 1 and pod.termination == "Cannot create empty disk with content type archive"
+
+
+def test_not_found_is_a_plain_text_failure(pod: Pod, nginx: Nginx) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("nope.img"))
+    assert code == 1
+    assert pod.termination.startswith("Unable to connect to http data source: ")
+    assert "404" in pod.termination and "\n" not in pod.termination
+
+
+def test_checksum_mismatch_exits_0_with_the_recognised_message(pod: Pod, nginx: Nginx) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.raw.gz"),
+                      IMPORTER_CHECKSUM="sha256:" + "0" * 64)
+    assert code == 0
+    msg = json.loads(pod.termination)
+    assert list(msg) == ["message"] and "checksum mismatch" in msg["message"]
+    assert msg["message"].startswith("Unable to process data: checksum validation failed")
+    assert list(pod.data.iterdir()) == []
+
+
+def test_target_too_small(pod: Pod, nginx: Nginx) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"), IMPORTER_IMAGE_SIZE="8Mi")
+    assert code == 1
+    assert "is larger than the reported available" in pod.termination  # -> "too small"
+    assert list(pod.data.iterdir()) == []
+
+
+def test_scratch_only_when_needed(pod: Pod, nginx: Nginx, images: Images) -> None:
+    # streamable: no scratch asked for, even without /scratch
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.raw.xz"))
+    assert code == 0 and json.loads(pod.termination)["scratchSpaceRequired"] is False, err
+    # a gzip'd qcow2 cannot be read at random: scratch is required...
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2.gz"))
+    assert code == 0
+    assert json.loads(pod.termination)["scratchSpaceRequired"] is True
+    assert not (pod.data / "disk.img").exists()
+    # ...and the same import succeeds once /scratch is mounted
+    (pod.root / "scratch").mkdir()
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2.gz"))
+    assert code == 0, err
+    assert json.loads(pod.termination)["message"] == "Import Complete"
+    assert same_disk(images.raw, pod.data / "disk.img")
+    assert list((pod.root / "scratch").iterdir()) == []
+
+
+def test_every_invalid_value_reported_at_once(pod: Pod) -> None:
+    code, _ = pod.run(IMPORTER_SOURCE="ftp", PREALLOCATION="maybe", IMPORTER_IMAGE_SIZE="big",
+                      FILESYSTEM_OVERHEAD="x", CACHE_MODE="fast", IMPORTER_CHECKSUM="md5:1")
+    assert code == 2
+    for name in ("IMPORTER_SOURCE", "PREALLOCATION", "IMPORTER_IMAGE_SIZE", "FILESYSTEM_OVERHEAD",
+                 "CACHE_MODE", "IMPORTER_CHECKSUM"):
+        assert name in pod.termination
+
+
+def test_sources_of_later_issues_fail_clearly(pod: Pod) -> None:
+    code, _ = pod.run(IMPORTER_SOURCE="s3", IMPORTER_ENDPOINT="http://127.0.0.1:1/b/k")
+    assert code == 1
+    assert pod.termination.startswith("Unable to connect to s3 data source:")
+
+
+def test_progress_metric_rises_to_100_during_import(pod: Pod, nginx: Nginx) -> None:
+    port = free_port()
+    p = pod.start(IMPORTER_ENDPOINT=nginx.url("crawl/disk.raw.gz"), IMPORTER_METRICS_PORT=str(port))
+    values: list[float] = []
+    other = ""
+    deadline = time.monotonic() + 60
+    with httpx.Client(verify=False, timeout=2) as client:
+        while p.poll() is None and time.monotonic() < deadline:
+            try:
+                body = client.get(f"https://127.0.0.1:{port}/metrics").text
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            m = re.search(CDI_REGEX % "uid-123", body)
+            assert m, body
+            values.append(float(m.group(2)))
+            other = body
+            time.sleep(0.2)
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert len(values) >= 3 and values == sorted(values)  # a counter: it only rises
+    assert 0 < values[-1] < 100 or values[-1] == 100
+    assert any(0 < v < 100 for v in values)
+    for name in ("importer_bytes_read_total", "importer_bytes_written_total",
+                 "importer_zero_bytes_total", "importer_phase{", "importer_transfer_rate"):
+        assert name in other
+    progress_lines = [json.loads(line) for line in err.splitlines() if '"msg": "progress"' in line]
+    assert progress_lines and "percent" in progress_lines[0]
+
+
+def test_sigterm_exits_143_without_success(pod: Pod, nginx: Nginx) -> None:
+    p = pod.start(IMPORTER_ENDPOINT=nginx.url("crawl/disk.raw"))
+    deadline = time.monotonic() + 20
+    while not (pod.data / "disk.img.partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=30)
+    assert p.returncode == 143
+    assert "SIGTERM" in pod.termination and "Import Complete" not in pod.termination
+    assert list(pod.data.iterdir()) == []
+
+
+@pytest.fixture
+def loop_dev(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    backing = tmp_path / "block.img"
+    backing.write_bytes(b"\x77" * (48 << 20))
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    try:
+        yield Path(dev)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_block_volume_import_and_blank(pod: Pod, nginx: Nginx, images: Images, loop_dev: Path
+                                       ) -> None:
+    (pod.root / "dev" / "cdi-block-volume").symlink_to(loop_dev)
+    pod.data.rmdir()
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.raw.xz"), FILESYSTEM_OVERHEAD="0")
+    assert code == 0, err
+    assert json.loads(pod.termination)["message"] == "Import Complete"
+    with open(loop_dev, "rb") as f:
+        assert f.read(SEED_SIZE) == images.raw.read_bytes()
+    code, err = pod.run(IMPORTER_SOURCE="none", PREALLOCATION="true")
+    assert code == 0, err
+    assert pod.termination == '{"preallocationApplied":true,"message":"Import Complete"}'
+    with open(loop_dev, "rb") as f:
+        assert f.read() == bytes(48 << 20)
+    code, _ = pod.run(IMPORTER_SOURCE="none", PREALLOCATION="false")
+    assert code == 0
+    assert pod.termination == '{"preallocationApplied":false,"message":"Import Complete"}'
+
+
+@pytest.mark.parametrize(("overhead", "avail", "usable"), [
+    ("0", 1 * GiB, 1 * GiB),
+    ("0.055", 1 * GiB, 1017118720),  # ceil(2^30 / 1.055) rounded down to 1 MiB
+    ("0.1", 10 * GiB, 9761193984),  # ceil(10 GiB / 1.1) = 9761289310 -> 9309 MiB
+])
+def test_usable_space_formula(overhead: str, avail: int, usable: int) -> None:
+    assert get_usable_space(Decimal(overhead), avail) == usable
+
+
+def test_required_space_formula() -> None:
+    assert get_required_space(Decimal("0.055"), 1 * GiB) == 1132797625  # ceil(2^30 * 1.055)
+    assert get_required_space(Decimal("0"), 1) == 1 << 20
+
+
+def test_termination_messages_fit_4096_bytes() -> None:
+    long = "Unable to process data: " + "x" * 10_000 + "\nsecond line"
+    text = text_message(long)
+    assert len(text.encode()) <= MAX_BYTES and "\n" not in text and text.endswith("...")
+    labels = {f"label{i}.kubevirt.io/key": "v" * 50 for i in range(100)}
+    j = json_message("Import Complete", scratch_space_required=False,
+                     preallocation_applied=True, labels=labels)
+    assert len(j.encode()) <= MAX_BYTES and json.loads(j)["message"] == "Import Complete"
+    j = json_message("é" * 5000)
+    assert len(j.encode()) <= MAX_BYTES and json.loads(j)["message"].endswith("...")
