@@ -51,6 +51,8 @@ class HttpOptions:
     password: str | None = field(default=None, repr=False)
     headers: tuple[Header, ...] = ()
     ca_dir: Path | None = None
+    #: more CA directories (the pod's /proxycerts), trusted like ca_dir
+    extra_ca_dirs: tuple[Path, ...] = ()
     insecure: bool = False
     #: scheme -> proxy URL and "no" -> bypass list, captured from the environment at start
     proxies: Mapping[str, str] = field(default_factory=dict)

@@ -45,6 +45,7 @@ _KLOG = re.compile(r"^--?(v|vmodule|alsologtostderr|logtostderr|stderrthreshold|
                    r"log_file_max_size|add_dir_header|skip_headers|skip_log_headers|one_output|"
                    r"log_backtrace_at)(=.*)?$")
 LOG_EVERY = 5.0  # seconds between progress log lines
+METRICS_LINGER = 1.0  # seconds the metrics stay up after success
 
 
 class JsonLines(logging.Formatter):
@@ -130,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if termination is None:
         termination = _termination_path(env)
     write_termination_message(termination, message)
+    if code == 0 and not cancel.is_set():
+        progress.finish()
+        time.sleep(METRICS_LINGER)  # so that a last scrape sees 100
     metrics.close()
     return code
 

@@ -180,10 +180,13 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
 
     proxies = {k[:-6].lower(): v for k, v in env.items()
                if k.lower() in ("http_proxy", "https_proxy", "no_proxy") and v}
+    proxy_certs = root / "proxycerts"  # CDI reads this fixed path, not IMPORTER_PROXY_CERT_DIR
     http = HttpOptions(
         username=env.get("IMPORTER_ACCESS_KEY_ID") or None,
         password=env.get("IMPORTER_SECRET_KEY") or None,
-        headers=tuple(headers), ca_dir=ca_dir, insecure=insecure, proxies=proxies)
+        headers=tuple(headers), ca_dir=ca_dir,
+        extra_ca_dirs=(proxy_certs,) if proxy_certs.is_dir() else (),
+        insecure=insecure, proxies=proxies)
     scratch = root / "scratch"
     resize_to = None
     if image_size is not None and not block:

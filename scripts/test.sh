@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/container.sh  # the image for the pod contract suite (tests/container)
+else
+  echo "test: not root: the container contract suite and loop-device tests will be skipped" >&2
+fi
 .venv/bin/ruff check importer tests bench
 .venv/bin/mypy importer
 set +e

@@ -154,6 +154,22 @@ def test_every_invalid_value_reported_at_once(pod: Pod) -> None:
         assert name in pod.termination
 
 
+def test_tls_credentials_and_headers_from_cdi_paths(pod: Pod, nginx: Nginx, images: Images) -> None:
+    # the CA arrives in /proxycerts (any file name), credentials and headers through CDI's env
+    (pod.root / "proxycerts").mkdir()
+    (pod.root / "proxycerts" / "..2026_data").write_bytes(b"ignored dot file")
+    (pod.root / "proxycerts" / "ca.crt").write_bytes((nginx.ca_dir / "test-ca.pem").read_bytes())
+    hdr = pod.root / "extraheaders" / "0"
+    hdr.mkdir(parents=True)
+    (hdr / "token").write_text("X-Secret-Token: hunter2\n")
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.tls_url("disk.qcow2"),
+                        IMPORTER_ACCESS_KEY_ID="tester", IMPORTER_SECRET_KEY="s3cret",
+                        IMPORTER_EXTRA_HEADER_0="X-Public: 1")
+    assert code == 0, err
+    assert same_disk(images.raw, pod.data / "disk.img")
+    assert "s3cret" not in err and "hunter2" not in err and "czNjcmV0" not in err
+
+
 def test_sources_of_later_issues_fail_clearly(pod: Pod) -> None:
     code, _ = pod.run(IMPORTER_SOURCE="s3", IMPORTER_ENDPOINT="http://127.0.0.1:1/b/k")
     assert code == 1

@@ -80,7 +80,8 @@ class HttpSource:
     def __init__(self, url: str, opts: HttpOptions) -> None:
         self.original_url = url
         self.opts = opts
-        self._ctx = make_ssl_context(opts.ca_dir, opts.insecure)
+        ca_dirs = [d for d in (opts.ca_dir, *opts.extra_ca_dirs) if d is not None]
+        self._ctx = make_ssl_context(ca_dirs, opts.insecure)
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()
@@ -189,8 +190,8 @@ class HttpSource:
         except httpx.ConnectError as exc:
             if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
                 raise SourceTLSError(
-                    f"{where}: TLS verification failed ({exc}); give the CA with --ca-dir, or "
-                    "--insecure to skip verification"
+                    f"{where}: TLS verification failed ({exc}); give the CA (--ca-dir, or a "
+                    "cert config map in a pod) or skip verification (--insecure, INSECURE_TLS)"
                 ) from exc
             raise SourceUnavailableError(f"{where}: cannot connect: {exc}") from exc
         except httpx.TimeoutException as exc:

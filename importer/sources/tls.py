@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 _PEM_MARK = "-----BEGIN CERTIFICATE-----"
 
 
-def make_ssl_context(ca_dir: Path | None, insecure: bool) -> ssl.SSLContext:
+def make_ssl_context(ca_dirs: list[Path], insecure: bool) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:
@@ -23,8 +23,12 @@ def make_ssl_context(ca_dir: Path | None, insecure: bool) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
         log.warning("TLS certificate verification is disabled (--insecure)")
         return ctx
-    if ca_dir is None:
-        return ctx
+    for ca_dir in ca_dirs:
+        _load_dir(ctx, ca_dir)
+    return ctx
+
+
+def _load_dir(ctx: ssl.SSLContext, ca_dir: Path) -> None:
     loaded = 0
     # Every non-dot file counts, whatever its name (CDI read only some names: user-needs 13).
     for f in sorted(ca_dir.rglob("*")):
@@ -43,4 +47,3 @@ def make_ssl_context(ca_dir: Path | None, insecure: bool) -> ssl.SSLContext:
             raise ConfigError(f"CA file {f} holds an invalid certificate: {exc.reason}") from exc
         loaded += 1
     log.info("trusting %d CA file(s) from %s in addition to the system store", loaded, ca_dir)
-    return ctx

@@ -1,0 +1,212 @@
+"""The built image run with podman exactly as CDI's controller runs the importer pod: uid 107,
+all capabilities dropped, no-new-privileges, read-only root, CDI's environment, /data or a
+block device at /dev/cdi-block-volume, /dev/termination-log bind-mounted. Needs root, podman and
+the image from scripts/container.sh (scripts/test.sh builds it); skipped with the reason
+otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import ROOT, SEED_SIZE, Images, Nginx, free_port, same_disk
+
+IMAGE = os.environ.get("IMPORTER_IMAGE", "localhost/importer:ci")
+CDI_REGEX = r'(kubevirt_cdi_import_progress_total)\{ownerUID\="%s"\} (\d{1,3}\.?\d*)'
+
+
+def _podman_env() -> dict[str, str] | None:
+    if os.geteuid() != 0 or not shutil.which("podman"):
+        return None
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "container.sh"), "--env"],
+                         capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    for assignment in out.replace("export ", "").split():
+        k, _, v = assignment.partition("=")
+        env[k] = v
+    if subprocess.run(["podman", "image", "exists", IMAGE], env=env).returncode != 0:
+        return None
+    return env
+
+
+PODMAN_ENV = _podman_env()
+pytestmark = pytest.mark.skipif(PODMAN_ENV is None,
+                                reason=f"needs root, podman and {IMAGE} (scripts/container.sh)")
+
+
+@dataclass
+class PodRun:
+    root: Path
+    device: Path | None = None
+    scratch: bool = False
+    name: str = field(default_factory=lambda: f"importer-{uuid.uuid4().hex[:8]}")
+
+    def __post_init__(self) -> None:
+        self.data = self.root / "data"
+        self.data.mkdir()
+        self.term = self.root / "termination-log"
+        self.term.touch()
+        os.chown(self.data, 107, 107)
+        os.chown(self.term, 107, 107)
+
+    def argv(self, env: dict[str, str]) -> list[str]:
+        a = ["podman", "run", "--rm", "--pull", "never", "--name", self.name, "--user", "107",
+             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "host",
+             "--read-only", "--tmpfs", "/tmp", "-v", f"{self.term}:/dev/termination-log:rw"]
+        if self.device is not None:
+            a += ["--device", f"{self.device}:/dev/cdi-block-volume:rwm"]
+        else:
+            a += ["-v", f"{self.data}:/data:rw"]
+        if self.scratch:
+            scratch = self.root / "scratch"
+            scratch.mkdir(exist_ok=True)
+            os.chown(scratch, 107, 107)
+            a += ["-v", f"{scratch}:/scratch:rw"]
+        cdi = {"IMPORTER_SOURCE": "http", "IMPORTER_CONTENTTYPE": "kubevirt", "OWNER_UID": "uid-1",
+               "IMPORTER_IMAGE_SIZE": "64Mi", "FILESYSTEM_OVERHEAD": "0", "PREALLOCATION": "false",
+               "INSECURE_TLS": "false", "IMPORTER_METRICS_PORT": str(free_port()), **env}
+        for k, v in cdi.items():
+            a += ["-e", f"{k}={v}"]
+        return [*a, IMAGE, "-v=1"]
+
+    def run(self, **env: str) -> tuple[int, str]:
+        r = subprocess.run(self.argv(env), capture_output=True, text=True, timeout=300,
+                           env=PODMAN_ENV)
+        return r.returncode, r.stderr
+
+    @property
+    def message(self) -> str:
+        return self.term.read_text()
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> PodRun:
+    return PodRun(tmp_path)
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[Path]:
+    backing = tmp_path / "block.img"
+    backing.write_bytes(b"\x33" * (40 << 20))
+    dev = Path(subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
+                              capture_output=True, text=True).stdout.strip())
+    os.chown(dev, 107, 107)  # kubelet gives the pod user the device
+    try:
+        yield dev
+    finally:
+        os.chown(dev, 0, 6)
+        subprocess.run(["losetup", "-d", str(dev)], check=False)
+
+
+def test_http_qcow2_to_file(pod: PodRun, nginx: Nginx, images: Images) -> None:
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"))
+    assert code == 0, err
+    assert pod.message == ('{"scratchSpaceRequired":false,"preallocationApplied":false,'
+                           '"message":"Import Complete"}')
+    disk = pod.data / "disk.img"
+    assert disk.stat().st_mode & 0o777 == 0o660 and disk.stat().st_size == 64 << 20
+    assert same_disk(images.raw, disk)
+
+
+def test_http_raw_xz_to_block(tmp_path: Path, nginx: Nginx, images: Images, loop: Path) -> None:
+    (tmp_path / "p").mkdir()
+    pod = PodRun(tmp_path / "p", device=loop)
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.raw.xz"))
+    assert code == 0, err
+    with open(loop, "rb") as f:
+        assert f.read(SEED_SIZE) == images.raw.read_bytes()
+    assert "Successfully completed fsync(/dev/cdi-block-volume)" in err
+
+
+def test_archive_to_data(pod: PodRun, nginx: Nginx, images: Images) -> None:
+    import tarfile
+
+    with tarfile.open(images.dir / "contract.tar", "w") as tf:
+        tf.add(images["tiny.raw"], arcname="a/tiny.raw")
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("contract.tar"), IMPORTER_CONTENTTYPE="archive")
+    assert code == 0, err
+    assert (pod.data / "a" / "tiny.raw").read_bytes() == images["tiny.raw"].read_bytes()
+
+
+def test_blank_file_and_block(tmp_path: Path, pod: PodRun, loop: Path) -> None:
+    code, err = pod.run(IMPORTER_SOURCE="none", IMPORTER_IMAGE_SIZE="20Mi")
+    assert code == 0, err
+    assert pod.message == '{"preallocationApplied":false,"message":"Import Complete"}'
+    assert (pod.data / "disk.img").stat().st_size == 20 << 20
+    (tmp_path / "b").mkdir()
+    block = PodRun(tmp_path / "b", device=loop)
+    code, err = block.run(IMPORTER_SOURCE="none", PREALLOCATION="true")
+    assert code == 0, err
+    assert block.message == '{"preallocationApplied":true,"message":"Import Complete"}'
+    with open(loop, "rb") as f:
+        assert f.read() == bytes(40 << 20)
+
+
+def test_failures(pod: PodRun, nginx: Nginx) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("missing.qcow2"))
+    assert code == 1 and pod.message.startswith("Unable to connect to http data source:")
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.raw.gz"),
+                      IMPORTER_CHECKSUM="sha256:" + "0" * 64)
+    assert code == 0 and "checksum mismatch" in json.loads(pod.message)["message"]
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"), IMPORTER_IMAGE_SIZE="4Mi")
+    assert code == 1 and "is larger than the reported available" in pod.message
+    assert list(pod.data.iterdir()) == []
+
+
+def test_scratch_required_then_satisfied(pod: PodRun, nginx: Nginx, images: Images) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("norange/disk.qcow2"))
+    assert code == 0 and json.loads(pod.message)["scratchSpaceRequired"] is True
+    pod.scratch = True
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("norange/disk.qcow2"))
+    assert code == 0, err
+    assert json.loads(pod.message)["scratchSpaceRequired"] is False
+    assert same_disk(images.raw, pod.data / "disk.img")
+
+
+def test_progress_scraped_during_a_rate_limited_import(pod: PodRun, nginx: Nginx) -> None:
+    port = free_port()
+    p = subprocess.Popen(pod.argv({"IMPORTER_ENDPOINT": nginx.url("crawl/disk.raw.gz"),
+                                   "IMPORTER_METRICS_PORT": str(port)}),
+                         env=PODMAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    values: list[float] = []
+    with httpx.Client(verify=False, timeout=2) as client:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline:
+            try:
+                body = client.get(f"https://127.0.0.1:{port}/metrics").text
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            m = re.search(CDI_REGEX % "uid-1", body)
+            assert m, body
+            values.append(float(m.group(2)))
+            time.sleep(0.2)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert values == sorted(values) and any(0 < v < 100 for v in values)
+    assert values[-1] == 100.0
+
+
+def test_sigterm_mid_import(pod: PodRun, nginx: Nginx) -> None:
+    p = subprocess.Popen(pod.argv({"IMPORTER_ENDPOINT": nginx.url("crawl/disk.raw")}),
+                         env=PODMAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (pod.data / "disk.img.partial").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    subprocess.run(["podman", "stop", "-t", "20", pod.name], env=PODMAN_ENV, capture_output=True,
+                   check=True)
+    p.communicate(timeout=60)
+    assert p.returncode == 143
+    assert "SIGTERM" in pod.message and "Import Complete" not in pod.message
+    assert list(pod.data.iterdir()) == []
