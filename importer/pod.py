@@ -16,8 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from types import FrameType
 
 from .config import ImportConfig
@@ -33,7 +32,13 @@ from .errors import (
     SourceTLSError,
 )
 from .metrics import MetricsServer
-from .podconfig import NOT_YET, PodSettings, get_usable_space, read_pod_environment
+from .podconfig import (
+    NOT_YET,
+    PodSettings,
+    early_settings,
+    get_usable_space,
+    read_pod_environment,
+)
 from .progress import Progress
 from .sinks.blank import create_blank
 from .termination import json_message, text_message, write_termination_message
@@ -109,16 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, on_signal)
     progress = Progress()
-    env = os.environ
-    metrics = MetricsServer(progress, env.get("OWNER_UID", ""),
-                            int(env.get("IMPORTER_METRICS_PORT", "8443"))
-                            if env.get("IMPORTER_METRICS_PORT", "8443").isdigit() else 8443)
+    early = early_settings(os.environ)
+    metrics = MetricsServer(progress, early.owner_uid, early.metrics_port)
     stop_logging = threading.Event()
     threading.Thread(target=_progress_logger, args=(progress, stop_logging), daemon=True).start()
-    termination: Path | None = None
     try:
-        settings, config = read_pod_environment(env, verbosity)
-        termination = settings.termination_log
+        settings, config = read_pod_environment(os.environ, verbosity)
         code, message = _run(settings, config, progress, cancel)
     except ConfigError as exc:
         code, message = exc.exit_code, text_message(f"Invalid configuration: {exc}")
@@ -128,18 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
     finally:
         stop_logging.set()
-    if termination is None:
-        termination = _termination_path(env)
-    write_termination_message(termination, message)
+    write_termination_message(early.termination_log, message)
     if code == 0 and not cancel.is_set():
         progress.finish()
         time.sleep(METRICS_LINGER)  # so that a last scrape sees 100
     metrics.close()
     return code
-
-
-def _termination_path(env: Mapping[str, str]) -> Path:
-    return Path(env.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log"
 
 
 def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,

@@ -22,7 +22,14 @@ from .config import ContentType, Header, HttpOptions, ImportConfig, read_header_
 from .errors import ConfigError
 from .quantity import parse_quantity
 
-__all__ = ["PodSettings", "get_required_space", "get_usable_space", "read_pod_environment"]
+__all__ = [
+    "EarlySettings",
+    "PodSettings",
+    "early_settings",
+    "get_required_space",
+    "get_usable_space",
+    "read_pod_environment",
+]
 
 MiB = 1 << 20
 SOURCES = ("http", "s3", "gcs", "registry", "imageio", "vddk", "none")
@@ -50,13 +57,30 @@ class PodSettings:
     block: bool  # volume mode, decided by the presence of /dev/cdi-block-volume
     dest: Path
     data_dir: Path
-    termination_log: Path
     image_size: int | None  # IMPORTER_IMAGE_SIZE in bytes
     overhead: Decimal
     available: int  # the "available space" of contract 3.3, measured before any write
     preallocation: bool
     metrics_port: int
     verbosity: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarlySettings:
+    """What the pod needs before the full validation: the metrics endpoint starts first
+    (contract 1.5) and the termination log must be writable even when validation fails."""
+
+    owner_uid: str
+    metrics_port: int
+    termination_log: Path
+
+
+def early_settings(env: Mapping[str, str]) -> EarlySettings:
+    port = env.get("IMPORTER_METRICS_PORT", "8443")
+    return EarlySettings(
+        owner_uid=env.get("OWNER_UID", ""),
+        metrics_port=int(port) if port.isdigit() else 8443,  # validated again, with a message
+        termination_log=Path(env.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log")
 
 
 def _parse_bool(name: str, value: str, problems: list[str]) -> bool:
@@ -172,7 +196,7 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
 
     settings = PodSettings(
         source=source, owner_uid=env.get("OWNER_UID", ""), content_type=ctype, block=block,
-        dest=dest, data_dir=data_dir, termination_log=root / "dev" / "termination-log",
+        dest=dest, data_dir=data_dir,
         image_size=image_size, overhead=overhead, available=available,
         preallocation=preallocation, metrics_port=metrics_port, verbosity=verbosity)
     if source == "none":
