@@ -3,6 +3,7 @@ tests (range, no-range, basic auth, TLS, rate-limited locations), and helpers to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import os
@@ -215,6 +216,54 @@ def importer_cli(*args: str | Path, timeout: float = 300, **kw: object
     sees them."""
     return subprocess.run([sys.executable, "-m", "importer", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+CDI_PROGRESS = r'(kubevirt_cdi_import_progress_total)\{ownerUID\="%s"\} (\d{1,3}\.?\d*)'
+
+
+def scrape_progress(proc: subprocess.Popen[str], port: int, owner_uid: str,
+                    timeout: float = 120) -> tuple[list[float], str]:
+    """Scrape the pod's metrics endpoint as CDI's controller does (TLS unverified, CDI's
+    regex) until the process exits; the values seen, and the last whole body."""
+    import re
+
+    import httpx
+
+    values: list[float] = []
+    body = ""
+    with httpx.Client(verify=False, timeout=2) as client:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                text = client.get(f"https://127.0.0.1:{port}/metrics").text
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            m = re.search(CDI_PROGRESS % owner_uid, text)
+            assert m, text
+            values.append(float(m.group(2)))
+            body = text
+            time.sleep(0.2)
+    return values, body
+
+
+@contextlib.contextmanager
+def loop_device(backing: Path, size: int, fill: bytes) -> Iterator[Path]:
+    """A loop device over a new file of `size` bytes of `fill` (root only: skips otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    if subprocess.run(["losetup", "-f"], capture_output=True).returncode != 0:
+        pytest.skip("no free loop device (losetup -f failed)")
+    with open(backing, "wb") as f:
+        chunk = fill * (1 << 20)
+        for _ in range(size >> 20):
+            f.write(chunk)
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    try:
+        yield Path(dev)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def same_disk(a: Path, b: Path) -> bool:

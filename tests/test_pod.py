@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,16 +15,23 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
 import pytest
 
 from importer.podconfig import get_required_space, get_usable_space
 from importer.termination import MAX_BYTES, json_message, text_message
 
-from .conftest import ROOT, SEED_SIZE, Images, Nginx, free_port, same_disk
+from .conftest import (
+    ROOT,
+    SEED_SIZE,
+    Images,
+    Nginx,
+    free_port,
+    loop_device,
+    same_disk,
+    scrape_progress,
+)
 
 GiB = 1 << 30
-CDI_REGEX = r'(kubevirt_cdi_import_progress_total)\{ownerUID\="%s"\} (\d{1,3}\.?\d*)'
 
 
 @dataclass
@@ -179,21 +185,7 @@ def test_sources_of_later_issues_fail_clearly(pod: Pod) -> None:
 def test_progress_metric_rises_to_100_during_import(pod: Pod, nginx: Nginx) -> None:
     port = free_port()
     p = pod.start(IMPORTER_ENDPOINT=nginx.url("crawl/disk.raw.gz"), IMPORTER_METRICS_PORT=str(port))
-    values: list[float] = []
-    other = ""
-    deadline = time.monotonic() + 60
-    with httpx.Client(verify=False, timeout=2) as client:
-        while p.poll() is None and time.monotonic() < deadline:
-            try:
-                body = client.get(f"https://127.0.0.1:{port}/metrics").text
-            except httpx.HTTPError:
-                time.sleep(0.1)
-                continue
-            m = re.search(CDI_REGEX % "uid-123", body)
-            assert m, body
-            values.append(float(m.group(2)))
-            other = body
-            time.sleep(0.2)
+    values, other = scrape_progress(p, port, "uid-123")
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert len(values) >= 3 and values == sorted(values)  # a counter: it only rises
@@ -220,16 +212,8 @@ def test_sigterm_exits_143_without_success(pod: Pod, nginx: Nginx) -> None:
 
 @pytest.fixture
 def loop_dev(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("loop devices need root")
-    backing = tmp_path / "block.img"
-    backing.write_bytes(b"\x77" * (48 << 20))
-    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    try:
-        yield Path(dev)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+    with loop_device(tmp_path / "block.img", 48 << 20, b"\x77") as dev:
+        yield dev
 
 
 def test_block_volume_import_and_blank(pod: Pod, nginx: Nginx, images: Images, loop_dev: Path

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -17,13 +16,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-from ..conftest import ROOT, SEED_SIZE, Images, Nginx, free_port, same_disk
+from ..conftest import (
+    ROOT,
+    SEED_SIZE,
+    Images,
+    Nginx,
+    free_port,
+    loop_device,
+    same_disk,
+    scrape_progress,
+)
 
 IMAGE = os.environ.get("IMPORTER_IMAGE", "localhost/importer:ci")
-CDI_REGEX = r'(kubevirt_cdi_import_progress_total)\{ownerUID\="%s"\} (\d{1,3}\.?\d*)'
 
 
 def _podman_env() -> dict[str, str] | None:
@@ -97,16 +103,12 @@ def pod(tmp_path: Path) -> PodRun:
 
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[Path]:
-    backing = tmp_path / "block.img"
-    backing.write_bytes(b"\x33" * (40 << 20))
-    dev = Path(subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
-                              capture_output=True, text=True).stdout.strip())
-    os.chown(dev, 107, 107)  # kubelet gives the pod user the device
-    try:
-        yield dev
-    finally:
-        os.chown(dev, 0, 6)
-        subprocess.run(["losetup", "-d", str(dev)], check=False)
+    with loop_device(tmp_path / "block.img", 40 << 20, b"\x33") as dev:
+        os.chown(dev, 107, 107)  # kubelet gives the pod user the device
+        try:
+            yield dev
+        finally:
+            os.chown(dev, 0, 6)
 
 
 def test_http_qcow2_to_file(pod: PodRun, nginx: Nginx, images: Images) -> None:
@@ -179,19 +181,7 @@ def test_progress_scraped_during_a_rate_limited_import(pod: PodRun, nginx: Nginx
     p = subprocess.Popen(pod.argv({"IMPORTER_ENDPOINT": nginx.url("crawl/disk.raw.gz"),
                                    "IMPORTER_METRICS_PORT": str(port)}),
                          env=PODMAN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    values: list[float] = []
-    with httpx.Client(verify=False, timeout=2) as client:
-        deadline = time.monotonic() + 120
-        while p.poll() is None and time.monotonic() < deadline:
-            try:
-                body = client.get(f"https://127.0.0.1:{port}/metrics").text
-            except httpx.HTTPError:
-                time.sleep(0.1)
-                continue
-            m = re.search(CDI_REGEX % "uid-1", body)
-            assert m, body
-            values.append(float(m.group(2)))
-            time.sleep(0.2)
+    values, _body = scrape_progress(p, port, "uid-1")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert values == sorted(values) and any(0 < v < 100 for v in values)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,36 +12,16 @@ from importer.config import build_config
 from importer.engine import run_import
 from importer.errors import ChecksumMismatchError, TargetTooSmallError
 
-from ..conftest import SEED_SIZE, Images, Nginx
+from ..conftest import SEED_SIZE, Images, Nginx, loop_device
 
 pytestmark = pytest.mark.root
 
 
-def _loop_available() -> str | None:
-    if os.geteuid() != 0:
-        return "loop devices need root"
-    if subprocess.run(["losetup", "-f"], capture_output=True).returncode != 0:
-        return "no free loop device (losetup -f failed)"
-    return None
-
-
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[Path]:
-    reason = _loop_available()
-    if reason:
-        pytest.skip(reason)
-    backing = tmp_path / "backing.img"
     # old content everywhere: a block target must end up exactly like the image, zeros included
-    with open(backing, "wb") as f:
-        chunk = b"\xa5" * (1 << 20)
-        for _ in range(32):
-            f.write(chunk)
-    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    try:
-        yield Path(dev)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
+    with loop_device(tmp_path / "backing.img", 32 << 20, b"\xa5") as dev:
+        yield dev
 
 
 def device_head(dev: Path, n: int) -> bytes:
@@ -72,26 +50,17 @@ def test_block_preallocation_writes_every_byte(nginx: Nginx, images: Images, loo
 
 def test_block_device_too_small_fails_before_writing(nginx: Nginx, images: Images, tmp_path: Path
                                                      ) -> None:
-    reason = _loop_available()
-    if reason:
-        pytest.skip(reason)
-    backing = tmp_path / "small.img"
-    backing.write_bytes(b"\x5a" * (8 << 20))
-    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    try:
+    with loop_device(tmp_path / "small.img", 8 << 20, b"\x5a") as dev:
         for name in ("disk.qcow2", "disk.raw"):
             with pytest.raises(TargetTooSmallError, match=f"{SEED_SIZE} bytes"):
-                run_import(build_config(source=nginx.url(name), dest=dev))
+                run_import(build_config(source=nginx.url(name), dest=str(dev)))
         # a compressed raw image's size is unknown up front: the write past the end is caught
         with pytest.raises(TargetTooSmallError):
-            run_import(build_config(source=nginx.url("disk-1block.raw.xz"), dest=dev))
+            run_import(build_config(source=nginx.url("disk-1block.raw.xz"), dest=str(dev)))
         with open(dev, "rb") as f:
             head = f.read(8 << 20)
         # the refused imports wrote nothing; the one that ran over had its writes zeroed
         assert head == bytes(8 << 20)
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def test_block_checksum_mismatch_zeroes_what_was_written(nginx: Nginx, images: Images,
