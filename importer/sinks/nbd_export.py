@@ -95,7 +95,7 @@ class NbdExport:
             magic, opt, length = struct.unpack(">QII", _recv(conn, 16))
             if magic != IHAVEOPT or length > MAX_OPTION:
                 return False
-            data = _recv(conn, length)
+            _recv(conn, length)  # the option's payload: one export, so names are not looked at
             if opt == OPT_EXPORT_NAME:
                 conn.sendall(struct.pack(">QH", self.size, tx_flags) + (b"" if no_zeroes else bytes(124)))
                 return True
@@ -114,7 +114,6 @@ class NbdExport:
                 return False
             else:  # structured replies, meta contexts, TLS: declined
                 _reply(conn, opt, REP_ERR_UNSUP)
-            del data
 
     # ----------------------------------------------------------------- transmission
 
