@@ -94,6 +94,10 @@ class ImportConfig:
     cache_mode: str | None = None
     #: parallel ranged reads for random-access sources
     connections: int = 4
+    #: what SOURCE is when its scheme cannot tell (a path-style S3 endpoint is plain https)
+    source_kind: str = "auto"
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
 
 
 def read_header_files(path: Path) -> list[Header]:
@@ -148,6 +152,9 @@ def build_config(
     connections: int = 4,
     max_retries: int = 8,
     read_timeout: float = 120.0,
+    source_kind: str = "auto",
+    s3_endpoint: str | None = None,
+    s3_region: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ImportConfig:
     """Validate raw option values into an ImportConfig, or raise one ConfigError listing all
@@ -156,10 +163,12 @@ def build_config(
     problems: list[str] = []
 
     parts = urlsplit(source)
-    if parts.scheme not in ("http", "https", "file", ""):
+    if source_kind not in ("auto", "http", "s3"):
+        problems.append(f"--source {source_kind!r}: use http or s3 (gcs and registry come later)")
+    if parts.scheme not in ("http", "https", "file", "s3", ""):
         problems.append(
             f"source {source!r}: unsupported scheme {parts.scheme!r}; use http://, https://, "
-            "file:// or a local path"
+            "s3://, file:// or a local path"
         )
     elif parts.scheme in ("http", "https") and not parts.hostname:
         problems.append(f"source {source!r}: the URL has no host")
@@ -268,4 +277,7 @@ def build_config(
         http=http,
         cache_mode=cache_mode,
         connections=connections,
+        source_kind="s3" if parts.scheme == "s3" else source_kind,
+        s3_endpoint=s3_endpoint,
+        s3_region=s3_region,
     )

@@ -100,6 +100,7 @@ class _Run:
         # the sequential stream alone, closed early when a plan reads at random instead
         self.stream_closer = contextlib.ExitStack()
         self.stack.callback(self.stream_closer.close)
+        self.spec = config.checksum  # the checksum to verify: the user's, or the object's own
         self.hasher = config.checksum.new_hash() if config.checksum else None
 
     # ---------------------------------------------------------------- opening
@@ -109,6 +110,8 @@ class _Run:
         self.stack.callback(src.close)
         info = src.info()
         self.progress.total = info.size
+        if self.spec is None and info.checksum is not None:
+            self.spec, self.hasher = info.checksum, info.checksum.new_hash()
         counting = CountingStream(src.open_stream(0), self.progress, self.hasher)
         stream = ThreadedReader(counting)
         self.stream_closer.callback(stream.close)
@@ -117,7 +120,7 @@ class _Run:
         return src, detected, counting
 
     def verify_checksum(self, counting: CountingStream) -> str | None:
-        spec = self.config.checksum
+        spec = self.spec
         if spec is None:
             return None
         counting.drain()
@@ -151,6 +154,9 @@ class _Run:
         else:
             self.stream_raw(src, det, counting, target, result)
         result.bytes_read = self.progress.n
+        if self.spec is not None and result.checksum is None and cfg.checksum is None:
+            log.info("the object's own %s checksum was not verified: the %s plan reads it at "
+                     "random (give --checksum to verify in order)", self.spec.algorithm, result.path)
         return result
 
     def archive(self, det: Detected, counting: CountingStream, result: ImportResult

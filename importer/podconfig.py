@@ -34,7 +34,7 @@ __all__ = [
 MiB = 1 << 20
 SOURCES = ("http", "s3", "gcs", "registry", "imageio", "vddk", "none")
 #: sources whose transports later issues add; until then they fail with a clear message
-NOT_YET = {"s3", "gcs", "registry", "imageio", "vddk"}
+NOT_YET = {"gcs", "registry", "imageio", "vddk"}
 
 
 def get_usable_space(overhead: Decimal, available: int) -> int:
@@ -219,7 +219,7 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         source=endpoint, dest=dest, content_type=ctype, image_size=resize_to,
         size_limit=available, preallocation=preallocation, checksum=checksum,
         scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
-        cache_mode=None)
+        cache_mode=None, source_kind="s3" if source == "s3" else "http")
     return settings, config
 
 

@@ -14,6 +14,11 @@ __all__ = ["RandomAccessFile", "Source", "SourceInfo", "open_source"]
 
 def open_source(config: ImportConfig) -> Source:
     scheme = urlsplit(config.source).scheme
+    if config.source_kind == "s3" or scheme == "s3":
+        from .s3 import S3Source
+
+        return S3Source(config.source, config.http, endpoint=config.s3_endpoint,
+                        region=config.s3_region)
     if scheme in ("http", "https"):
         from .http import HttpSource
 

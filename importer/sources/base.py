@@ -7,6 +7,8 @@ import io
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ..checksum import ChecksumSpec
+
 __all__ = ["RandomAccessFile", "Source", "SourceInfo"]
 
 
@@ -17,6 +19,9 @@ class SourceInfo:
     name: str  # for logs only: never decide a format from a name
     #: the transport's own description of the object version (ETag), for logs and pinning
     version: str | None = None
+    #: a checksum the object carries (an S3 SHA-256 field, GCS crc32c/md5), verified when the
+    #: plan reads every byte in order
+    checksum: ChecksumSpec | None = None
 
 
 @runtime_checkable
