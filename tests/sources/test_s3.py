@@ -5,6 +5,7 @@ later suite (docs/test-servers.md 2b); everything else is real S3 protocol."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import socket
@@ -104,7 +105,7 @@ def test_anonymous_reads_public_objects_only(moto: Moto, images: Images, tmp_pat
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     _import(moto, "public.raw.gz", tmp_path / "d.img")
     assert same_disk(images.raw, tmp_path / "d.img")
-    with pytest.raises(SourceAuthError, match="s3://disks/disk.qcow2.*access key"):
+    with pytest.raises(SourceAuthError, match=r"s3://disks/disk.qcow2.*access key"):
         _import(moto, "disk.qcow2", tmp_path / "e.img")
 
 
@@ -121,7 +122,7 @@ def test_archive_from_s3(moto: Moto, images: Images, tmp_path: Path) -> None:
 
 
 def test_missing_object_and_bucket(moto: Moto, tmp_path: Path) -> None:
-    with pytest.raises(SourceNotFoundError, match="s3://disks/nope.img.*object does not exist"):
+    with pytest.raises(SourceNotFoundError, match=r"s3://disks/nope.img.*object does not exist"):
         _import(moto, "nope.img", tmp_path / "d.img")
     with pytest.raises(SourceNotFoundError, match="s3://nobucket/x"):
         run_import(build_config(source="s3://nobucket/x", dest=str(tmp_path / "d.img"),
@@ -210,10 +211,8 @@ class DroppingProxy:
         except OSError:
             pass
         for s in (a, b):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def close(self) -> None:
