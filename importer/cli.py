@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--ca-dir", metavar="DIR", help="directory of extra CA certificates (PEM)")
         g.add_argument("--insecure", action="store_true", help="skip TLS certificate verification")
         g.add_argument("--retries", type=int, default=8, help="retries after network errors")
-        g.add_argument("--source", dest="source_kind", choices=("auto", "http", "s3"),
+        g.add_argument("--source", dest="source_kind", choices=("auto", "http", "s3", "gcs"),
                        default="auto",
                        help="what SOURCE is when its scheme cannot tell (an https URL of a "
                             "path-style S3 endpoint)")
@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="S3 endpoint for s3:// URLs (default AWS); credentials from "
                             "--username/--password-file or the standard AWS chain, else anonymous")
         g.add_argument("--s3-region", metavar="REGION", help="S3 region (default from the URL)")
+        g.add_argument("--gcs-credentials", metavar="FILE",
+                       help="GCS service-account key (default: Google's default credentials, "
+                            "else anonymous)")
         g.add_argument("--read-timeout", type=float, default=120.0,
                        help="seconds without data before a connection is resumed")
 
@@ -176,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             source_kind=args.source_kind,
             s3_endpoint=args.s3_endpoint,
             s3_region=args.s3_region,
+            gcs_credentials=args.gcs_credentials,
         )
         result: dict[str, Any]
         if args.command == "inspect":

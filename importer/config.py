@@ -98,6 +98,7 @@ class ImportConfig:
     source_kind: str = "auto"
     s3_endpoint: str | None = None
     s3_region: str | None = None
+    gcs_credentials: Path | None = None  # service-account key file
 
 
 def read_header_files(path: Path) -> list[Header]:
@@ -155,6 +156,7 @@ def build_config(
     source_kind: str = "auto",
     s3_endpoint: str | None = None,
     s3_region: str | None = None,
+    gcs_credentials: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ImportConfig:
     """Validate raw option values into an ImportConfig, or raise one ConfigError listing all
@@ -163,12 +165,14 @@ def build_config(
     problems: list[str] = []
 
     parts = urlsplit(source)
-    if source_kind not in ("auto", "http", "s3"):
-        problems.append(f"--source {source_kind!r}: use http or s3 (gcs and registry come later)")
-    if parts.scheme not in ("http", "https", "file", "s3", ""):
+    if source_kind not in ("auto", "http", "s3", "gcs"):
+        problems.append(f"--source {source_kind!r}: use http, s3 or gcs (registry comes later)")
+    if gcs_credentials and not Path(gcs_credentials).is_file():
+        problems.append(f"--gcs-credentials {gcs_credentials}: no such file")
+    if parts.scheme not in ("http", "https", "file", "s3", "gs", ""):
         problems.append(
             f"source {source!r}: unsupported scheme {parts.scheme!r}; use http://, https://, "
-            "s3://, file:// or a local path"
+            "s3://, gs://, file:// or a local path"
         )
     elif parts.scheme in ("http", "https") and not parts.hostname:
         problems.append(f"source {source!r}: the URL has no host")
@@ -277,7 +281,8 @@ def build_config(
         http=http,
         cache_mode=cache_mode,
         connections=connections,
-        source_kind="s3" if parts.scheme == "s3" else source_kind,
+        source_kind={"s3": "s3", "gs": "gcs"}.get(parts.scheme, source_kind),
         s3_endpoint=s3_endpoint,
         s3_region=s3_region,
+        gcs_credentials=Path(gcs_credentials) if gcs_credentials else None,
     )

@@ -34,7 +34,7 @@ __all__ = [
 MiB = 1 << 20
 SOURCES = ("http", "s3", "gcs", "registry", "imageio", "vddk", "none")
 #: sources whose transports later issues add; until then they fail with a clear message
-NOT_YET = {"gcs", "registry", "imageio", "vddk"}
+NOT_YET = {"registry", "imageio", "vddk"}
 
 
 def get_usable_space(overhead: Decimal, available: int) -> int:
@@ -212,6 +212,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         extra_ca_dirs=(proxy_certs,) if proxy_certs.is_dir() else (),
         insecure=insecure, proxies=proxies)
     scratch = root / "scratch"
+    gcs_key = None
+    if source == "gcs" and env.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        gcs_key = root / env["GOOGLE_APPLICATION_CREDENTIALS"].lstrip("/")
     resize_to = None
     if image_size is not None and not block:
         resize_to = min(get_usable_space(overhead, available), image_size)
@@ -219,7 +222,8 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         source=endpoint, dest=dest, content_type=ctype, image_size=resize_to,
         size_limit=available, preallocation=preallocation, checksum=checksum,
         scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
-        cache_mode=None, source_kind="s3" if source == "s3" else "http")
+        cache_mode=None, source_kind=source if source in ("s3", "gcs") else "http",
+        gcs_credentials=gcs_key)
     return settings, config
 
 

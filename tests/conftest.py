@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,6 +265,55 @@ def loop_device(backing: Path, size: int, fill: bytes) -> Iterator[Path]:
         yield Path(dev)
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+class DroppingProxy:
+    """A TCP proxy that cuts the server's answer after `cut` bytes on the connections it is
+    told to (by number), to test resume against a real S3 server."""
+
+    def __init__(self, target_port: int, cut: int, victims: set[int]) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.target = target_port
+        self.cut = cut
+        self.victims = victims
+        self.count = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            n = self.count
+            self.count += 1
+            server = socket.create_connection(("127.0.0.1", self.target))
+            limit = self.cut if n in self.victims else None
+            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := a.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    b.sendall(data[: limit - sent])
+                    break
+                b.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def same_disk(a: Path, b: Path) -> bool:

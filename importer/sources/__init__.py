@@ -19,6 +19,10 @@ def open_source(config: ImportConfig) -> Source:
 
         return S3Source(config.source, config.http, endpoint=config.s3_endpoint,
                         region=config.s3_region)
+    if config.source_kind == "gcs" or scheme == "gs":
+        from .gcs import GcsSource
+
+        return GcsSource(config.source, config.http, credentials_file=config.gcs_credentials)
     if scheme in ("http", "https"):
         from .http import HttpSource
 

@@ -15,15 +15,11 @@ import base64
 import contextlib
 import io
 import logging
-import os
 import random
 import re
-import ssl
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -45,6 +41,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo
+from .tls import ca_bundle_file
 
 __all__ = ["S3Location", "S3Source", "parse_s3_url"]
 
@@ -99,7 +96,6 @@ class S3Source:
         self.loc = parse_s3_url(url, endpoint, region)
         self.opts = opts
         self._closed = threading.Event()
-        self._bundle: str | None = None
         self.client = self._make_client()
         with self._errors("opening"):
             head = self.client.head_object(Bucket=self.loc.bucket, Key=self.loc.key,
@@ -138,29 +134,11 @@ class S3Source:
                               config=config, verify=self._verify(), **creds)
 
     def _verify(self) -> bool | str:
-        """boto3 wants one CA bundle file: the system store plus every PEM file of the CA
-        directories, written to a private temporary file."""
-        opts = self.opts
-        if opts.insecure:
+        """boto3 wants one CA bundle file rather than an SSLContext."""
+        if self.opts.insecure:
             return False
-        dirs = [d for d in (opts.ca_dir, *opts.extra_ca_dirs) if d is not None]
-        if not dirs:
-            return True
-        pems = []
-        system = ssl.get_default_verify_paths().cafile
-        if system and os.path.exists(system):
-            pems.append(Path(system).read_text())
-        for d in dirs:
-            for f in sorted(d.rglob("*")):
-                if f.is_file() and not any(p.startswith(".") for p in f.relative_to(d).parts):
-                    text = f.read_text(errors="replace")
-                    if "-----BEGIN CERTIFICATE-----" in text:
-                        pems.append(text)
-        fd, name = tempfile.mkstemp(prefix="importer-ca-", suffix=".pem")
-        with os.fdopen(fd, "w") as out:
-            out.write("\n".join(pems))
-        self._bundle = name
-        return name
+        dirs = [d for d in (self.opts.ca_dir, *self.opts.extra_ca_dirs) if d is not None]
+        return ca_bundle_file(dirs) if dirs else True
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -253,10 +231,6 @@ class S3Source:
 
     def close(self) -> None:
         self._closed.set()
-        if self._bundle:
-            with contextlib.suppress(OSError):
-                os.unlink(self._bundle)
-            self._bundle = None
 
 
 class _S3Stream(io.RawIOBase):

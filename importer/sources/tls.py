@@ -3,13 +3,17 @@ http.client for bulk data), so a CA directory or --insecure means the same thing
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
 import ssl
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["make_ssl_context"]
+__all__ = ["ca_bundle_file", "make_ssl_context"]
 
 log = logging.getLogger(__name__)
 _PEM_MARK = "-----BEGIN CERTIFICATE-----"
@@ -31,9 +35,7 @@ def make_ssl_context(ca_dirs: list[Path], insecure: bool) -> ssl.SSLContext:
 def _load_dir(ctx: ssl.SSLContext, ca_dir: Path) -> None:
     loaded = 0
     # Every non-dot file counts, whatever its name (CDI read only some names: user-needs 13).
-    for f in sorted(ca_dir.rglob("*")):
-        if any(p.startswith(".") for p in f.relative_to(ca_dir).parts) or not f.is_file():
-            continue
+    for f in _pem_files(ca_dir):
         try:
             text = f.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
@@ -47,3 +49,40 @@ def _load_dir(ctx: ssl.SSLContext, ca_dir: Path) -> None:
             raise ConfigError(f"CA file {f} holds an invalid certificate: {exc.reason}") from exc
         loaded += 1
     log.info("trusting %d CA file(s) from %s in addition to the system store", loaded, ca_dir)
+
+
+def _pem_files(ca_dir: Path) -> list[Path]:
+    return [f for f in sorted(ca_dir.rglob("*"))
+            if f.is_file() and not any(p.startswith(".") for p in f.relative_to(ca_dir).parts)]
+
+
+def ca_bundle_file(ca_dirs: list[Path]) -> str:
+    """One PEM bundle file (the system store plus every certificate of the directories), for
+    libraries that take a file rather than an SSLContext (boto3, requests). Written once per
+    set of directories to a private temporary file, removed at exit."""
+    key = tuple(str(d) for d in ca_dirs)
+    if key in _BUNDLES:
+        return _BUNDLES[key]
+    pems = []
+    system = ssl.get_default_verify_paths().cafile
+    if system and os.path.exists(system):
+        pems.append(Path(system).read_text())
+    for d in ca_dirs:
+        for f in _pem_files(d):
+            text = f.read_text(errors="replace")
+            if _PEM_MARK in text:
+                pems.append(text)
+    fd, name = tempfile.mkstemp(prefix="importer-ca-", suffix=".pem")
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(pems))
+    atexit.register(_remove, name)
+    _BUNDLES[key] = name
+    return name
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_BUNDLES: dict[tuple[str, ...], str] = {}

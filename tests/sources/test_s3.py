@@ -5,13 +5,10 @@ later suite (docs/test-servers.md 2b); everything else is real S3 protocol."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ from importer.engine import run_import
 from importer.errors import ConfigError, SourceContentError, SourceNotFoundError
 from importer.sources.s3 import S3Source, parse_s3_url
 
-from ..conftest import Images, free_port, same_disk, wait_port
+from ..conftest import DroppingProxy, Images, free_port, same_disk, wait_port
 
 
 @dataclass
@@ -168,55 +165,6 @@ def test_pod_imports_from_s3(moto: Moto, images: Images, tmp_path: Path) -> None
     assert msg["message"] == "Import Complete" and msg["scratchSpaceRequired"] is False
     assert same_disk(images.raw, tmp_path / "data" / "disk.img")
     assert "testing" not in r.stderr.replace("s3://disks", "")
-
-
-class DroppingProxy:
-    """A TCP proxy that cuts the server's answer after `cut` bytes on the connections it is
-    told to (by number), to test resume against a real S3 server."""
-
-    def __init__(self, target_port: int, cut: int, victims: set[int]) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.target = target_port
-        self.cut = cut
-        self.victims = victims
-        self.count = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            n = self.count
-            self.count += 1
-            server = socket.create_connection(("127.0.0.1", self.target))
-            limit = self.cut if n in self.victims else None
-            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, limit), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket, limit: int | None) -> None:
-        sent = 0
-        try:
-            while data := a.recv(65536):
-                if limit is not None and sent + len(data) > limit:
-                    b.sendall(data[: limit - sent])
-                    break
-                b.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_resume_after_dropped_connections(moto: Moto, images: Images, tmp_path: Path) -> None:
