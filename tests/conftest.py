@@ -40,7 +40,12 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 def run(*argv: str | Path, **kw: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, **kw)  # type: ignore[call-overload,no-any-return]
+    r: subprocess.CompletedProcess[bytes] = subprocess.run(  # type: ignore[call-overload]
+        [str(a) for a in argv], check=False, capture_output=True, **kw)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, argv))} failed ({r.returncode}): "
+                             f"{r.stderr.decode(errors='replace')[-1000:]}")
+    return r
 
 
 def run_to(out: Path, *argv: str | Path) -> None:

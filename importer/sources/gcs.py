@@ -29,6 +29,7 @@ import google.api_core.exceptions as gexc
 import google.auth
 import google.auth.exceptions
 import requests
+import urllib3.exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
@@ -156,7 +157,8 @@ class GcsSource:
             raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA with "
                                  "--ca-dir or skip verification with --insecure") from exc
         except (gexc.ServerError, gexc.TooManyRequests, requests.exceptions.ConnectionError,
-                requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError, OSError) as exc:  # resets, short bodies
             raise SourceUnavailableError(f"{where}: {exc}") from exc
         except gexc.GoogleAPICallError as exc:
             raise SourceError(f"{where}: {exc} while {action}") from exc
