@@ -96,10 +96,19 @@ class S3Source:
         self.loc = parse_s3_url(url, endpoint, region)
         self.opts = opts
         self._closed = threading.Event()
+        self._anonymous = False
         self.client = self._make_client()
-        with self._errors("opening"):
-            head = self.client.head_object(Bucket=self.loc.bucket, Key=self.loc.key,
-                                           ChecksumMode="ENABLED")
+        with self._refused_anonymous(), self._errors("opening"):
+            try:
+                head = self.client.head_object(Bucket=self.loc.bucket, Key=self.loc.key,
+                                               ChecksumMode="ENABLED")
+            except botocore.exceptions.ClientError as exc:
+                # A HEAD answer has no body, so no S3 error code (Swift's s3api answers a bare
+                # 400 to an unsigned HEAD): ask once more with a 1-byte GET to learn why.
+                if exc.response.get("Error", {}).get("Code", "").isdigit():
+                    self.client.get_object(Bucket=self.loc.bucket, Key=self.loc.key,
+                                           Range="bytes=0-0")
+                raise
         self._size = int(head["ContentLength"])
         self._etag: str = head["ETag"]
         self._checksum = _object_checksum(head)
@@ -119,6 +128,7 @@ class S3Source:
         elif session.get_credentials() is None:
             log.info("no S3 credentials found: reading %s anonymously", self.loc)
             signature = UNSIGNED
+            self._anonymous = True
         proxies = {k: v for k, v in opts.proxies.items() if k in ("http", "https")}
         endpoint = self.loc.endpoint
         if endpoint and opts.proxy_for(endpoint) is None:
@@ -139,6 +149,19 @@ class S3Source:
             return False
         dirs = [d for d in (self.opts.ca_dir, *self.opts.extra_ca_dirs) if d is not None]
         return ca_bundle_file(dirs) if dirs else True
+
+    @contextlib.contextmanager
+    def _refused_anonymous(self) -> Iterator[None]:
+        """Some servers (Swift's s3api) answer unsigned requests with a bare 400 that names no
+        S3 error code; for an anonymous reader that can only mean anonymous access is refused."""
+        try:
+            yield
+        except SourceError as exc:
+            if self._anonymous and type(exc) is SourceError and ": 400" in str(exc):
+                raise SourceAuthError(
+                    f"{self.loc}: the server refused anonymous access (HTTP 400); give the "
+                    "access key and secret") from exc
+            raise
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
