@@ -88,6 +88,7 @@ class GcsSource:
         self._local = threading.local()
         self._credentials_file = credentials_file
         with self._errors("opening"):
+            self._creds, self._project = self._credentials()
             client = self._client()
             blob = client.bucket(self.loc.bucket).get_blob(self.loc.name)
         if blob is None:
@@ -107,21 +108,7 @@ class GcsSource:
         session.proxies = {k: v for k, v in self.opts.proxies.items() if k in ("http", "https")}
         session.verify = _verify(self.opts)
         options = {"api_endpoint": self.loc.endpoint} if self.loc.endpoint else None
-        scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
-        creds: Any = None
-        project = "anonymous"
-        if self._credentials_file is not None:
-            from google.oauth2 import service_account
-
-            creds = service_account.Credentials.from_service_account_file(
-                str(self._credentials_file), scopes=scopes)
-            project = creds.project_id
-        else:
-            try:
-                creds, found = google.auth.default(scopes=scopes)
-                project = found or project
-            except google.auth.exceptions.DefaultCredentialsError:
-                log.info("no Google credentials found: reading %s anonymously", self.loc)
+        creds, project = self._creds, self._project
         if creds is None:
             client = storage.Client(project=project, credentials=AnonymousCredentials(),
                                     _http=session, client_options=options)
@@ -134,6 +121,22 @@ class GcsSource:
                                     client_options=options)
         self._local.client = client
         return client
+
+    def _credentials(self) -> tuple[Any, str]:
+        """Loaded once and shared by every thread's client, so the token is fetched once."""
+        scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+        if self._credentials_file is not None:
+            from google.oauth2 import service_account
+
+            creds = service_account.Credentials.from_service_account_file(
+                str(self._credentials_file), scopes=scopes)
+            return creds, str(creds.project_id)
+        try:
+            creds, found = google.auth.default(scopes=scopes)
+            return creds, found or "anonymous"
+        except google.auth.exceptions.DefaultCredentialsError:
+            log.info("no Google credentials found: reading %s anonymously", self.loc)
+            return None, "anonymous"
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:

@@ -21,7 +21,7 @@ from importer.engine import run_import
 from importer.errors import ConfigError, SourceContentError, SourceNotFoundError
 from importer.sources.s3 import S3Source, parse_s3_url
 
-from ..conftest import DroppingProxy, Images, free_port, same_disk, wait_port
+from ..conftest import DroppingProxy, Images, Nginx, free_port, same_disk, wait_port
 
 
 @dataclass
@@ -210,3 +210,51 @@ def test_url_forms(url: str, bucket: str, key: str, endpoint: str | None, region
 def test_bad_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         parse_s3_url(url)
+
+
+@pytest.fixture(scope="session")
+def moto_tls(nginx: Nginx, images: Images) -> Iterator[str]:
+    """A second moto_server speaking TLS with the test CA's certificate for 127.0.0.1."""
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("moto_server is not installed")
+    pki = nginx.ca_dir.parent
+    port = free_port()
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port), "-c", str(pki / "server.pem"),
+                             "-k", str(pki / "server.key")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)
+        endpoint = f"https://127.0.0.1:{port}"
+        c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", verify=False,
+                         aws_access_key_id="testing", aws_secret_access_key="testing")
+        c.create_bucket(Bucket="disks")
+        c.put_object(Bucket="disks", Key="disk.raw.gz", Body=images["disk.raw.gz"].read_bytes())
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_tls_with_ca_dir_and_insecure(moto_tls: str, nginx: Nginx, images: Images,
+                                      tmp_path: Path) -> None:
+    from importer.errors import SourceTLSError
+
+    def run(**kw: object) -> None:
+        run_import(build_config(source="s3://disks/disk.raw.gz", dest=str(tmp_path / "d.img"),
+                                s3_endpoint=moto_tls, max_retries=1, **kw))  # type: ignore[arg-type]
+
+    with pytest.raises(SourceTLSError, match=r"s3://disks/disk.raw.gz.*--ca-dir"):
+        run()
+    run(ca_dir=str(nginx.ca_dir))
+    assert same_disk(images.raw, tmp_path / "d.img")
+    run(insecure=True)
+    assert same_disk(images.raw, tmp_path / "d.img")
+
+
+def test_unreachable_endpoint(tmp_path: Path) -> None:
+    from importer.errors import SourceUnavailableError
+
+    with pytest.raises(SourceUnavailableError, match="s3://disks/x"):
+        run_import(build_config(source="s3://disks/x", dest=str(tmp_path / "d.img"),
+                                s3_endpoint=f"http://127.0.0.1:{free_port()}", max_retries=1))
