@@ -17,7 +17,6 @@ import base64
 import contextlib
 import io
 import logging
-import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo
+from .retry import backoff
 
 __all__ = ["GcsLocation", "GcsSource", "parse_gcs_url"]
 
@@ -167,12 +167,7 @@ class GcsSource:
             raise SourceError(f"{where}: {exc} while {action}") from exc
 
     def _backoff(self, attempt: int, exc: Exception) -> None:
-        if self._closed.is_set() or attempt > self.opts.max_retries:
-            raise exc
-        delay = min(self.opts.retry_backoff * 2 ** (attempt - 1), 30.0) * random.uniform(0.8, 1.2)
-        log.warning("%s; retry %d/%d in %.1f s", exc, attempt, self.opts.max_retries, delay)
-        if self._closed.wait(delay):
-            raise exc
+        backoff(self.opts, self._closed, attempt, exc)
 
     def info(self) -> SourceInfo:
         return SourceInfo(size=self._size, random_access=True, name=self.loc.name,

@@ -22,7 +22,6 @@ import contextlib
 import http.client
 import io
 import logging
-import random
 import re
 import socket
 import ssl
@@ -45,6 +44,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo
+from .retry import backoff
 from .tls import make_ssl_context
 
 __all__ = ["HttpSource"]
@@ -202,12 +202,7 @@ class HttpSource:
             raise SourceError(f"{where}: invalid URL: {exc}") from exc
 
     def _sleep_backoff(self, attempt: int, exc: Exception) -> None:
-        if self._closed.is_set():  # the import is over (failed or cancelled): no more retries
-            raise exc
-        delay = min(self.opts.retry_backoff * 2 ** (attempt - 1), 30.0) * random.uniform(0.8, 1.2)
-        log.warning("%s; retry %d/%d in %.1f s", exc, attempt, self.opts.max_retries, delay)
-        if self._closed.wait(delay):
-            raise exc
+        backoff(self.opts, self._closed, attempt, exc)
 
     # ----------------------------------------------------------------- bulk (http.client)
 

@@ -15,7 +15,6 @@ import base64
 import contextlib
 import io
 import logging
-import random
 import re
 import threading
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo
+from .retry import backoff
 from .tls import ca_bundle_file
 
 __all__ = ["S3Location", "S3Source", "parse_s3_url"]
@@ -211,12 +211,7 @@ class S3Source:
                                           IfMatch=self._etag)["Body"]
 
     def _backoff(self, attempt: int, exc: Exception) -> None:
-        if self._closed.is_set() or attempt > self.opts.max_retries:
-            raise exc
-        delay = min(self.opts.retry_backoff * 2 ** (attempt - 1), 30.0) * random.uniform(0.8, 1.2)
-        log.warning("%s; retry %d/%d in %.1f s", exc, attempt, self.opts.max_retries, delay)
-        if self._closed.wait(delay):
-            raise exc
+        backoff(self.opts, self._closed, attempt, exc)
 
     # ------------------------------------------------------------------ Source
 
