@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from ..checksum import ChecksumSpec
 
-__all__ = ["RandomAccessFile", "Source", "SourceInfo"]
+__all__ = ["RandomAccessFile", "Source", "SourceInfo", "read_via_readinto"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,16 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def read_via_readinto(source: Source, offset: int, size: int) -> bytes:
+    """read_at for sources whose primitive is readinto_at: clipped to the object's end."""
+    total = source.info().size
+    if total is not None:
+        size = max(0, min(size, total - offset))
+    buf = bytearray(size)
+    n = source.readinto_at(offset, buf)
+    return bytes(buf) if n == size else bytes(buf[:n])
 
 
 class RandomAccessFile(io.RawIOBase):

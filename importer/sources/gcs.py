@@ -44,7 +44,7 @@ from ..errors import (
     SourceTLSError,
     SourceUnavailableError,
 )
-from .base import SourceInfo
+from .base import SourceInfo, read_via_readinto
 from .retry import backoff
 
 __all__ = ["GcsLocation", "GcsSource", "parse_gcs_url"]
@@ -198,9 +198,7 @@ class GcsSource:
                 self._backoff(attempt, exc)
 
     def read_at(self, offset: int, size: int) -> bytes:
-        buf = bytearray(max(0, min(size, self._size - offset)))
-        n = self.readinto_at(offset, buf)
-        return bytes(buf[:n])
+        return read_via_readinto(self, offset, size)
 
     def open_stream(self, offset: int = 0) -> io.RawIOBase:
         return _ChunkedStream(self, offset)

@@ -43,7 +43,7 @@ from ..errors import (
     SourceTLSError,
     SourceUnavailableError,
 )
-from .base import SourceInfo
+from .base import SourceInfo, read_via_readinto
 from .retry import backoff
 from .tls import make_ssl_context
 
@@ -297,9 +297,7 @@ class HttpSource:
         return _ResumingStream(self, offset)
 
     def read_at(self, offset: int, size: int) -> bytes:
-        buf = bytearray(size)
-        n = self.readinto_at(offset, buf)
-        return bytes(buf) if n == size else bytes(buf[:n])
+        return read_via_readinto(self, offset, size)
 
     def readinto_at(self, offset: int, buf: bytearray) -> int:
         """Fill buf from `offset` with ranged GETs on this thread's kept-alive connection,

@@ -39,7 +39,7 @@ from ..errors import (
     SourceTLSError,
     SourceUnavailableError,
 )
-from .base import SourceInfo
+from .base import SourceInfo, read_via_readinto
 from .retry import backoff
 from .tls import ca_bundle_file
 
@@ -243,9 +243,7 @@ class S3Source:
         return got
 
     def read_at(self, offset: int, size: int) -> bytes:
-        buf = bytearray(max(0, min(size, self._size - offset)))
-        n = self.readinto_at(offset, buf)
-        return bytes(buf[:n])
+        return read_via_readinto(self, offset, size)
 
     def close(self) -> None:
         self._closed.set()
