@@ -63,6 +63,11 @@ class HttpOptions:
     retry_backoff: float = 1.0
     max_redirects: int = 10
 
+    @property
+    def ca_dirs(self) -> list[Path]:
+        """Every CA directory to trust beside the system store."""
+        return [d for d in (self.ca_dir, *self.extra_ca_dirs) if d is not None]
+
     def proxy_for(self, url: str) -> str | None:
         """The proxy for `url`, honouring no_proxy; loopback is never proxied (CDI quirk Q10)."""
         parts = urlsplit(url)

@@ -46,6 +46,7 @@ from ..errors import (
 )
 from .base import SourceInfo, read_via_readinto
 from .retry import backoff
+from .tls import verify_setting
 
 __all__ = ["GcsLocation", "GcsSource", "parse_gcs_url"]
 
@@ -106,7 +107,7 @@ class GcsSource:
         session = requests.Session()
         session.trust_env = False  # proxies come from our configuration, read once
         session.proxies = {k: v for k, v in self.opts.proxies.items() if k in ("http", "https")}
-        session.verify = _verify(self.opts)
+        session.verify = verify_setting(self.opts)
         options = {"api_endpoint": self.loc.endpoint} if self.loc.endpoint else None
         creds, project = self._creds, self._project
         if creds is None:
@@ -230,15 +231,6 @@ class _ChunkedStream(io.RawIOBase):
         b[:n] = self._have[:n]
         self._have = self._have[n:]
         return n
-
-
-def _verify(opts: HttpOptions) -> bool | str:
-    if opts.insecure:
-        return False
-    from .tls import ca_bundle_file
-
-    dirs = [d for d in (opts.ca_dir, *opts.extra_ca_dirs) if d is not None]
-    return ca_bundle_file(dirs) if dirs else True
 
 
 def _object_checksum(blob: Any) -> ChecksumSpec | None:

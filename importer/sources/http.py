@@ -80,8 +80,7 @@ class HttpSource:
     def __init__(self, url: str, opts: HttpOptions) -> None:
         self.original_url = url
         self.opts = opts
-        ca_dirs = [d for d in (opts.ca_dir, *opts.extra_ca_dirs) if d is not None]
-        self._ctx = make_ssl_context(ca_dirs, opts.insecure)
+        self._ctx = make_ssl_context(opts.ca_dirs, opts.insecure)
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from .base import SourceInfo, read_via_readinto
 from .retry import backoff
-from .tls import ca_bundle_file
+from .tls import verify_setting
 
 __all__ = ["S3Location", "S3Source", "parse_s3_url"]
 
@@ -141,14 +141,7 @@ class S3Source:
             connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
             max_pool_connections=32)
         return session.client("s3", endpoint_url=endpoint, region_name=self.loc.region or "us-east-1",
-                              config=config, verify=self._verify(), **creds)
-
-    def _verify(self) -> bool | str:
-        """boto3 wants one CA bundle file rather than an SSLContext."""
-        if self.opts.insecure:
-            return False
-        dirs = [d for d in (self.opts.ca_dir, *self.opts.extra_ca_dirs) if d is not None]
-        return ca_bundle_file(dirs) if dirs else True
+                              config=config, verify=verify_setting(opts), **creds)
 
     @contextlib.contextmanager
     def _refused_anonymous(self) -> Iterator[None]:

@@ -11,9 +11,10 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from ..config import HttpOptions
 from ..errors import ConfigError
 
-__all__ = ["ca_bundle_file", "make_ssl_context"]
+__all__ = ["ca_bundle_file", "make_ssl_context", "verify_setting"]
 
 log = logging.getLogger(__name__)
 _PEM_MARK = "-----BEGIN CERTIFICATE-----"
@@ -78,6 +79,14 @@ def ca_bundle_file(ca_dirs: list[Path]) -> str:
     atexit.register(_remove, name)
     _BUNDLES[key] = name
     return name
+
+
+def verify_setting(opts: HttpOptions) -> bool | str:
+    """The `verify` value of libraries that take a CA bundle file rather than an SSLContext
+    (boto3, requests): False with --insecure, a bundle with CA directories, else True."""
+    if opts.insecure:
+        return False
+    return ca_bundle_file(opts.ca_dirs) if opts.ca_dirs else True
 
 
 def _remove(path: str) -> None:
