@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-o", "--output", choices=("text", "json"), default="text",
                         help="result format on stdout")
         g = sp.add_argument_group("source access")
-        g.add_argument("--username", help="HTTP basic-auth user")
+        g.add_argument("--username", help="user for HTTP basic auth, S3 (access key) or a registry")
         g.add_argument("--password-file", metavar="FILE",
                        help="file holding the password (or set IMPORTER_PASSWORD); never on argv")
         g.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--ca-dir", metavar="DIR", help="directory of extra CA certificates (PEM)")
         g.add_argument("--insecure", action="store_true", help="skip TLS certificate verification")
         g.add_argument("--retries", type=int, default=8, help="retries after network errors")
-        g.add_argument("--source", dest="source_kind", choices=("auto", "http", "s3", "gcs"),
+        g.add_argument("--source", dest="source_kind",
+                       choices=("auto", "http", "s3", "gcs", "registry"),
                        default="auto",
                        help="what SOURCE is when its scheme cannot tell (an https URL of a "
                             "path-style S3 endpoint)")
@@ -65,11 +66,19 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--gcs-credentials", metavar="FILE",
                        help="GCS service-account key (default: Google's default credentials, "
                             "else anonymous)")
+        g.add_argument("--arch", dest="registry_arch", metavar="ARCH",
+                       help="architecture to pick from a multi-arch container image (default: "
+                            "this host's)")
+        g.add_argument("--registry-auth-file", metavar="FILE",
+                       help="docker/podman credentials file (default: $REGISTRY_AUTH_FILE, "
+                            "containers/auth.json, ~/.docker/config.json)")
         g.add_argument("--read-timeout", type=float, default=120.0,
                        help="seconds without data before a connection is resumed")
 
     imp = sub.add_parser("import", help="import SOURCE into DEST")
-    imp.add_argument("source", metavar="SOURCE", help="http(s) URL, file:// URL or local path")
+    imp.add_argument("source", metavar="SOURCE",
+                     help="http(s)://, s3://, gs://, docker://host/repo:tag, oci-archive:PATH, "
+                          "file:// URL or local path")
     imp.add_argument("dest", metavar="DEST", help="file, block device, or directory (archive)")
     imp.add_argument("--content-type", choices=("kubevirt", "archive"), default="kubevirt",
                      help="kubevirt: a disk image (default); archive: a tar to extract")
@@ -180,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             s3_endpoint=args.s3_endpoint,
             s3_region=args.s3_region,
             gcs_credentials=args.gcs_credentials,
+            registry_arch=args.registry_arch,
+            registry_auth_file=args.registry_auth_file,
         )
         result: dict[str, Any]
         if args.command == "inspect":

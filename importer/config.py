@@ -9,6 +9,7 @@ in one go.
 from __future__ import annotations
 
 import os
+import re
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,10 @@ class ImportConfig:
     s3_endpoint: str | None = None
     s3_region: str | None = None
     gcs_credentials: Path | None = None  # service-account key file
+    #: architecture to pick from a multi-arch image index (default: the host's)
+    registry_arch: str | None = None
+    #: docker/podman credentials file consulted for registry logins
+    registry_auth_file: Path | None = None
 
 
 def read_header_files(path: Path) -> list[Header]:
@@ -162,6 +167,8 @@ def build_config(
     s3_endpoint: str | None = None,
     s3_region: str | None = None,
     gcs_credentials: str | None = None,
+    registry_arch: str | None = None,
+    registry_auth_file: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ImportConfig:
     """Validate raw option values into an ImportConfig, or raise one ConfigError listing all
@@ -170,14 +177,25 @@ def build_config(
     problems: list[str] = []
 
     parts = urlsplit(source)
-    if source_kind not in ("auto", "http", "s3", "gcs"):
-        problems.append(f"--source {source_kind!r}: use http, s3 or gcs (registry comes later)")
+    if source_kind not in ("auto", "http", "s3", "gcs", "registry"):
+        problems.append(f"--source {source_kind!r}: use http, s3, gcs or registry")
+    registry = parts.scheme in ("docker", "oci-archive") or source_kind == "registry"
+    if registry:
+        from .sources.oci.reference import parse_reference
+
+        try:
+            parse_reference(source)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if registry_arch is not None and not re.fullmatch(r"[a-z0-9_]{1,32}", registry_arch):
+        problems.append(f"--arch {registry_arch!r}: use an OCI architecture such as amd64, "
+                        "arm64, s390x or ppc64le")
     if gcs_credentials and not Path(gcs_credentials).is_file():
         problems.append(f"--gcs-credentials {gcs_credentials}: no such file")
-    if parts.scheme not in ("http", "https", "file", "s3", "gs", ""):
+    if parts.scheme not in ("http", "https", "file", "s3", "gs", "docker", "oci-archive", ""):
         problems.append(
             f"source {source!r}: unsupported scheme {parts.scheme!r}; use http://, https://, "
-            "s3://, gs://, file:// or a local path"
+            "s3://, gs://, docker://, oci-archive:, file:// or a local path"
         )
     elif parts.scheme in ("http", "https") and not parts.hostname:
         problems.append(f"source {source!r}: the URL has no host")
@@ -187,6 +205,9 @@ def build_config(
     except ValueError:
         problems.append(f"--content-type {content_type!r}: use 'kubevirt' (a disk image) or 'archive'")
         ctype = ContentType.KUBEVIRT
+    if registry and ctype is ContentType.ARCHIVE:
+        problems.append("--content-type archive is not possible with a container image: its "
+                        "disk is imported as a disk image")
 
     size: int | None = None
     if image_size:
@@ -257,6 +278,14 @@ def build_config(
     elif not dest_path.exists() and not dest_path.parent.is_dir():
         problems.append(f"destination {dest}: the directory {dest_path.parent} does not exist")
 
+    auth_file: Path | None = None
+    if registry_auth_file:
+        auth_file = Path(registry_auth_file)
+        if not auth_file.is_file():
+            problems.append(f"--registry-auth-file {registry_auth_file}: no such file")
+    elif registry:
+        auth_file = default_registry_auth_file(env)
+
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -286,8 +315,27 @@ def build_config(
         http=http,
         cache_mode=cache_mode,
         connections=connections,
-        source_kind={"s3": "s3", "gs": "gcs"}.get(parts.scheme, source_kind),
+        source_kind="registry" if registry else {"s3": "s3", "gs": "gcs"}.get(parts.scheme,
+                                                                              source_kind),
         s3_endpoint=s3_endpoint,
         s3_region=s3_region,
         gcs_credentials=Path(gcs_credentials) if gcs_credentials else None,
+        registry_arch=registry_arch,
+        registry_auth_file=auth_file,
     )
+
+
+def default_registry_auth_file(env: Mapping[str, str]) -> Path | None:
+    """Where podman, skopeo and docker keep registry logins, in their order of precedence:
+    $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, $DOCKER_CONFIG/config.json,
+    ~/.docker/config.json. The first that exists."""
+    candidates = []
+    if env.get("REGISTRY_AUTH_FILE"):
+        candidates.append(Path(env["REGISTRY_AUTH_FILE"]))
+    if env.get("XDG_RUNTIME_DIR"):
+        candidates.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    if env.get("DOCKER_CONFIG"):
+        candidates.append(Path(env["DOCKER_CONFIG"]) / "config.json")
+    if env.get("HOME"):
+        candidates.append(Path(env["HOME"]) / ".docker" / "config.json")
+    return next((c for c in candidates if c.is_file()), None)

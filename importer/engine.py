@@ -82,6 +82,8 @@ class ImportResult:
     zero_bytes_skipped: int = 0
     preallocated: bool = False
     checksum: str | None = None
+    #: labels the source carries for the caller (a container disk's KUBEVIRT_IO_ entries)
+    labels: dict[str, str] = field(default_factory=dict)
     duration_seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -141,9 +143,10 @@ class _Run:
         info = det.info
         result = ImportResult(
             source=_redact(cfg.source), destination=str(cfg.dest), target_kind="file",
-            format=info.format, compression=det.codecs, virtual_size=info.virtual_size, path="")
+            format=info.format, compression=det.codecs, virtual_size=info.virtual_size, path="",
+            labels=dict(src.info().labels))
         if cfg.content_type is ContentType.ARCHIVE:
-            return self.archive(det, counting, result)
+            return self.archive(src, det, counting, result)
         if info.format == "tar":
             raise FormatError("the data is a tar archive; use --content-type archive to extract "
                               "it into a directory")
@@ -159,7 +162,7 @@ class _Run:
                      "random (give --checksum to verify in order)", self.spec.algorithm, result.path)
         return result
 
-    def archive(self, det: Detected, counting: CountingStream, result: ImportResult
+    def archive(self, src: Source, det: Detected, counting: CountingStream, result: ImportResult
                 ) -> ImportResult:
         if det.info.format != "tar":
             raise FormatError(f"--content-type archive needs a tar archive, but the data is "
@@ -170,6 +173,7 @@ class _Run:
         extraction, stats = extract_tar(det.stream, self.config.dest, self.progress)
         try:
             result.checksum = self.verify_checksum(counting)
+            src.verify()
             extraction.commit()
         except BaseException:
             extraction.abort()
@@ -240,6 +244,7 @@ class _Run:
             if cfg.preallocation and not target.is_block:
                 target.preallocate(target.current_size())
             result.preallocated = cfg.preallocation
+            src.verify()
             target.commit()
         except BaseException:
             target.abort(writer.high_water)
@@ -362,7 +367,7 @@ class _Run:
         if cfg.checksum:
             why_stage = "a checksum must be verified before the target is written"
         elif not sinfo.random_access:
-            why_stage = "the server does not support range requests"
+            why_stage = sinfo.sequential_reason or "the server does not support range requests"
         elif det.codecs == []:
             assert sinfo.size is not None
             cache = ReadAheadCache(readinto_at, sinfo.size, workers=cfg.connections)
@@ -413,6 +418,7 @@ class _Run:
                 raise
             self._finish_size(target, vsize)
             result.preallocated = cfg.preallocation
+            src.verify()
             target.commit()
         except BaseException:
             target.abort(vsize if target.is_block else None)

@@ -14,6 +14,11 @@ __all__ = ["RandomAccessFile", "Source", "SourceInfo", "open_source"]
 
 def open_source(config: ImportConfig) -> Source:
     scheme = urlsplit(config.source).scheme
+    if config.source_kind == "registry" or scheme in ("docker", "oci-archive"):
+        from .registry import RegistrySource
+
+        return RegistrySource(config.source, config.http, arch=config.registry_arch,
+                              auth_file=config.registry_auth_file)
     if config.source_kind == "s3" or scheme == "s3":
         from .s3 import S3Source
 

@@ -4,7 +4,7 @@ transport allows it) random access. A request body is just another stream."""
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..checksum import ChecksumSpec
@@ -22,6 +22,10 @@ class SourceInfo:
     #: a checksum the object carries (an S3 SHA-256 field, GCS crc32c/md5), verified when the
     #: plan reads every byte in order
     checksum: ChecksumSpec | None = None
+    #: metadata the source carries for the caller (a container image's KUBEVIRT_IO_ labels)
+    labels: dict[str, str] = field(default_factory=dict)
+    #: why random access is impossible, for the log when the plan has to stage
+    sequential_reason: str | None = None
 
 
 @runtime_checkable
@@ -39,6 +43,12 @@ class Source(Protocol):
 
     def readinto_at(self, offset: int, buf: bytearray) -> int:
         """read_at into a caller's (reused) buffer; returns the number of bytes."""
+        ...
+
+    def verify(self) -> None:
+        """Called after the plan read all it needs and before the target is committed: a
+        source that checks integrity out of band (a registry blob's digest over bytes read at
+        random) raises here. Others do nothing."""
         ...
 
     def close(self) -> None: ...

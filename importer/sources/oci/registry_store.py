@@ -1,0 +1,403 @@
+"""Blobs and manifests from a registry (distribution API v2) through oras-py.
+
+oras supplies the protocol pieces: the token (Bearer) and basic auth backends with their
+Www-Authenticate handshake, and the API URLs. Three things are done on top of it, each because
+oras lacks it for an import that streams gigabytes:
+* do_request is replaced: oras's version retries every failure with sleeps of up to 83 s, sets
+  no timeouts, and is not safe for several threads sharing one token; retries here follow the
+  importer's one back-off policy (sources/retry.py) and resume where the bytes stopped;
+* blobs are streamed from a byte offset (Range), resumed after a dropped connection, and read at
+  random for qemu-img; oras only downloads whole blobs to files;
+* the backend is chosen by the registry's own challenge on /v2/ (Bearer -> token, Basic ->
+  basic): oras's token backend cannot answer a Basic challenge, and its basic backend fails
+  with an AttributeError when no credentials are set.
+Digests are verified by the caller (digest.VerifyingStream / InOrderVerifier), since only it
+knows whether the bytes arrive in order."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import oras.auth
+import oras.auth.utils
+import oras.container
+import oras.provider
+import requests
+import requests.adapters
+import urllib3.exceptions
+
+from ... import __version__
+from ...config import HttpOptions
+from ...errors import (
+    ImporterError,
+    SourceAuthError,
+    SourceContentError,
+    SourceError,
+    SourceNotFoundError,
+    SourceTLSError,
+    SourceUnavailableError,
+)
+from ..retry import backoff
+from ..tls import verify_setting
+from .credentials import Credentials
+from .digest import Digest, check_bytes
+from .manifest import ACCEPT, MAX_MANIFEST, Descriptor
+from .reference import ImageReference
+
+__all__ = ["RegistryStore"]
+
+log = logging.getLogger(__name__)
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+              urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError)
+
+
+class _Oras(oras.provider.Registry):  # type: ignore[misc]
+    """oras's Registry with a request method fit for parallel, resumable transfers."""
+
+    timeout: tuple[float, float] = (30.0, 120.0)
+
+    def __init__(self, hostname: str, insecure: bool, tls_verify: bool | str) -> None:
+        super().__init__(hostname=hostname, insecure=insecure, tls_verify=tls_verify,
+                         auth_backend="token")
+        self.auth_header: dict[str, str] = {}
+        self.auth_lock = threading.Lock()
+
+    def use_backend(self, name: str, creds: Credentials | None) -> None:
+        self.auth = oras.auth.get_auth_backend(name, self.session, self.prefix == "http",
+                                               tls_verify=self._tls_verify)
+        if creds is not None:
+            self.auth.set_basic_auth(creds.username, creds.password)
+
+    def do_request(self, url: str, method: str = "GET", data: Any = None,
+                   headers: dict[str, str] | None = None, json: Any = None,
+                   stream: bool = False) -> requests.Response:
+        # only reads pass through here (oras's push paths, which send data/json, are unused)
+        headers = dict(headers or {})
+        sent = dict(self.auth_header)
+        resp = self._send(method, url, {**headers, **sent}, stream)
+        if resp.status_code != 401 or not resp.headers.get("Www-Authenticate"):
+            return resp
+        resp.close()
+        with self.auth_lock:
+            if self.auth_header == sent:  # no other thread has renewed it meanwhile
+                new, changed = self.auth.authenticate_request(resp, {}, refresh=True)
+                if not changed or "Authorization" not in new:
+                    return resp
+                self.auth_header = {"Authorization": new["Authorization"]}
+            sent = dict(self.auth_header)
+        return self._send(method, url, {**headers, **sent}, stream)
+
+    def _send(self, method: str, url: str, headers: dict[str, str], stream: bool
+              ) -> requests.Response:
+        session: requests.Session = self.session
+        return session.request(method, url, headers=headers, stream=stream,
+                               verify=self._tls_verify, timeout=self.timeout)
+
+
+def _registry_errors(resp: requests.Response) -> str:
+    """distribution's error codes (MANIFEST_UNKNOWN, UNAUTHORIZED, ...) for messages."""
+    with contextlib.suppress(Exception):
+        body = json.loads(resp.content[:65536])
+        codes = [f"{e.get('code')}: {e.get('message')}" for e in body.get("errors", [])]
+        if codes:
+            return "; ".join(codes)
+    return resp.reason or ""
+
+
+class RegistryStore:
+    random_access = True
+
+    def __init__(self, ref: ImageReference, opts: HttpOptions, creds: Credentials | None) -> None:
+        self.ref = ref
+        self.where = f"{ref.domain}/{ref.repository}"
+        self._opts = opts
+        self._creds = creds
+        self._closed = threading.Event()
+        verify = verify_setting(opts)
+        self._reg = _Oras(ref.api_host, insecure=False, tls_verify=verify)
+        self._reg.timeout = (opts.connect_timeout, opts.read_timeout)
+        session = self._reg.session
+        session.trust_env = False  # proxies come from the configuration layer only
+        session.headers["User-Agent"] = f"importer/{__version__}"
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        self._container = oras.container.Container(f"{ref.api_host}/{ref.repository}",
+                                                   registry=ref.api_host)
+        self._ping()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _set_scheme(self, scheme: str) -> str:
+        self._reg.prefix = scheme
+        base = f"{scheme}://{self.ref.api_host}/v2/"
+        proxy = self._opts.proxy_for(base)
+        self._reg.session.proxies = {scheme: proxy} if proxy else {}
+        return base
+
+    def _ping(self) -> None:
+        """GET /v2/ (the API's version check) tells the scheme, and which auth the registry
+        wants. Plain HTTP is tried only when insecure access was asked for."""
+        base = self._set_scheme("https")
+        try:
+            resp = self._attempt(lambda: self._reg.session.get(
+                base, verify=self._reg._tls_verify, timeout=self._reg.timeout), "connecting")
+        except SourceTLSError:
+            if not self._opts.insecure:
+                raise
+            log.warning("%s does not speak TLS; using plain HTTP as insecure access was asked "
+                        "for", self.ref.api_host)
+            base = self._set_scheme("http")
+            resp = self._attempt(lambda: self._reg.session.get(base, timeout=self._reg.timeout),
+                                 "connecting")
+        challenge = resp.headers.get("Www-Authenticate", "")
+        resp.close()
+        scheme = challenge.split(" ", 1)[0].lower()
+        if resp.status_code == 401 and scheme == "basic":
+            if self._creds is None:
+                raise SourceAuthError(f"{self.where}: the registry requires a user name and "
+                                      "password, and none were given (--username/--password-file, "
+                                      "a credentials file, or the pod's secret)")
+            self._reg.use_backend("basic", self._creds)
+            # sent up front: a Basic registry would otherwise answer 401 to every request first
+            basic = oras.auth.utils.get_basic_auth(self._creds.username, self._creds.password)
+            self._reg.auth_header = {"Authorization": f"Basic {basic}"}
+        elif resp.status_code == 401 and scheme == "bearer":
+            self._reg.use_backend("token", self._creds)
+        elif resp.status_code not in (200, 401):
+            log.warning("%s answered %d to GET /v2/; trying anyway", self.ref.api_host,
+                        resp.status_code)
+        if self._creds is not None:
+            log.info("registry credentials from %s", self._creds.origin)
+
+    # ------------------------------------------------------------------ requests
+
+    def _attempt(self, call: Any, action: str) -> requests.Response:
+        """One request with transport errors translated, retried with back-off when transient."""
+        attempt = 0
+        while True:
+            if self._closed.is_set():
+                raise SourceError(f"{self.where}: the import was stopped")
+            try:
+                resp: requests.Response = call()
+                if resp.status_code in _RETRY_STATUS:
+                    detail = _registry_errors(resp)
+                    resp.close()
+                    raise SourceUnavailableError(f"{self.where}: {action}: HTTP {resp.status_code} "
+                                                 f"{detail}")
+                return resp
+            except requests.exceptions.SSLError as exc:
+                if "WRONG_VERSION_NUMBER" in str(exc):
+                    raise SourceTLSError(
+                        f"{self.where}: TLS handshake failed ({_reason(exc)}): the registry "
+                        "serves plain HTTP; ask for insecure access (--insecure, or list it in "
+                        "CDI's insecureRegistries) if that is intended") from exc
+                raise SourceTLSError(
+                    f"{self.where}: TLS handshake or verification failed ({_reason(exc)}); give the "
+                    "registry's "
+                    "CA with --ca-dir (pod: the cert config map), or insecure access if the "
+                    "registry is trusted otherwise") from exc
+            except _TRANSIENT as exc:
+                err: SourceUnavailableError = SourceUnavailableError(
+                    f"{self.where}: {action}: {_reason(exc)}")
+            except SourceUnavailableError as exc:
+                err = exc
+            attempt += 1
+            backoff(self._opts, self._closed, attempt, err)
+
+    def _get(self, url: str, action: str, headers: dict[str, str], stream: bool) -> requests.Response:
+        resp = self._attempt(lambda: self._reg.do_request(url, "GET", headers=dict(headers),
+                                                          stream=stream), action)
+        if resp.status_code in (200, 206):
+            return resp
+        detail = _registry_errors(resp)
+        resp.close()
+        code = resp.status_code
+        if code == 401:
+            who = (f"the credentials from {self._creds.origin}" if self._creds
+                   else "anonymous access")
+            raise SourceAuthError(f"{self.where}: {action}: the registry refused {who} (401 "
+                                  f"{detail}); check the user name and password")
+        if code == 403:
+            raise SourceAuthError(f"{self.where}: {action}: access denied (403 {detail})")
+        if code == 404:
+            raise SourceNotFoundError(f"{self.where}: {action}: not found (404 {detail})")
+        if code == 416:
+            raise SourceContentError(f"{self.where}: {action}: range not satisfiable (416)")
+        raise SourceError(f"{self.where}: {action}: HTTP {code} {detail}")
+
+    # ------------------------------------------------------------------ manifests
+
+    def root_manifest(self) -> tuple[bytes, str, Digest | None]:
+        """The manifest or index the reference names, its media type and, when pulled by
+        digest, the digest it must have (verified here)."""
+        ref = self.ref
+        url = f"{self._reg.prefix}://{self._container.manifest_url(ref.reference)}"
+        what = f"manifest {ref.reference} of {self.where}"
+        try:
+            resp = self._get(url, f"fetching {what}", {"Accept": ", ".join(ACCEPT)}, stream=True)
+        except SourceNotFoundError as exc:
+            raise SourceNotFoundError(
+                f"{self.where}: {'digest' if ref.digest else 'tag'} {ref.reference!r} not found "
+                f"({str(exc).rsplit('(', 1)[-1].rstrip(')')}); check the image name") from exc
+        data = self._read_limited(resp, MAX_MANIFEST, what)
+        mtype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        if ref.digest:
+            check_bytes(data, ref.digest, None, what)
+        served = resp.headers.get("Docker-Content-Digest")
+        digest = ref.digest or Digest.of(data)
+        if served and not ref.digest and served != str(digest):
+            log.warning("%s: the registry says the manifest is %s but its bytes hash to %s",
+                        self.where, served, digest)
+        return data, mtype, digest
+
+    def fetch_manifest(self, desc: Descriptor) -> bytes:
+        url = f"{self._reg.prefix}://{self._container.manifest_url(str(desc.digest))}"
+        what = f"manifest {desc.digest.short()} of {self.where}"
+        resp = self._get(url, f"fetching {what}", {"Accept": ", ".join(ACCEPT)}, stream=True)
+        data = self._read_limited(resp, max(desc.size, 1), what)
+        check_bytes(data, desc.digest, desc.size, what)
+        return data
+
+    def fetch_blob(self, desc: Descriptor) -> bytes:
+        what = f"blob {desc.digest.short()} of {self.where}"
+        resp = self._get(self._blob_url(desc), f"fetching {what}", {}, stream=True)
+        data = self._read_limited(resp, max(desc.size, 1), what)
+        check_bytes(data, desc.digest, desc.size, what)
+        return data
+
+    def _read_limited(self, resp: requests.Response, limit: int, what: str) -> bytes:
+        with resp:
+            try:
+                data = resp.raw.read(limit + 1, decode_content=True)
+            except _TRANSIENT as exc:
+                raise SourceUnavailableError(f"{what}: {_reason(exc)}") from exc
+        if len(data) > limit:
+            raise SourceContentError(f"{what} is larger than {limit} bytes; refusing it")
+        return bytes(data)
+
+    # ------------------------------------------------------------------ blobs
+
+    def _blob_url(self, desc: Descriptor) -> str:
+        return f"{self._reg.prefix}://{self._container.get_blob_url(str(desc.digest))}"
+
+    def supports_ranges(self, desc: Descriptor) -> bool:
+        resp = self._get(self._blob_url(desc), "probing range support", {"Range": "bytes=0-0"},
+                         stream=True)
+        resp.close()
+        return resp.status_code == 206
+
+    def open_blob(self, desc: Descriptor, offset: int = 0) -> io.RawIOBase:
+        return _BlobStream(self, desc, offset)
+
+    def _open_at(self, desc: Descriptor, offset: int, end: int | None) -> requests.Response:
+        headers = {}
+        if offset or end is not None:
+            headers["Range"] = f"bytes={offset}-{'' if end is None else end}"
+        resp = self._get(self._blob_url(desc), f"reading blob {desc.digest.short()}", headers,
+                         stream=True)
+        if "Range" in headers:
+            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if resp.status_code != 206 or not m or int(m.group(1)) != offset:
+                resp.close()
+                raise SourceContentError(f"{self.where}: the registry ignored a range request for "
+                                         f"blob {desc.digest.short()}")
+        return resp
+
+    def readinto_blob(self, desc: Descriptor, offset: int, buf: bytearray | memoryview) -> int:
+        size = max(0, min(len(buf), desc.size - offset))
+        view = memoryview(buf)
+        got = 0
+        attempt = 0
+        while got < size:
+            try:
+                with self._open_at(desc, offset + got, offset + size - 1) as resp, \
+                        self._transient(f"reading blob {desc.digest.short()}"):
+                    while got < size:
+                        n = resp.raw.readinto(view[got:size])
+                        if not n:
+                            raise SourceUnavailableError(f"{self.where}: short answer to a range")
+                        got += n
+            except SourceUnavailableError as exc:
+                attempt += 1
+                backoff(self._opts, self._closed, attempt, exc)
+        return got
+
+    @contextlib.contextmanager
+    def _transient(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except _TRANSIENT as exc:
+            raise SourceUnavailableError(f"{self.where}: {action}: {_reason(exc)}") from exc
+
+    def backoff(self, attempt: int, exc: Exception) -> None:
+        backoff(self._opts, self._closed, attempt, exc)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class _BlobStream(io.RawIOBase):
+    """A blob's bytes from `offset`, reopened at the first missing byte after a dropped
+    connection; the count must reach the blob's size (the digest is checked by the caller)."""
+
+    def __init__(self, store: RegistryStore, desc: Descriptor, offset: int) -> None:
+        self._store = store
+        self._desc = desc
+        self._pos = offset
+        self._resp: requests.Response | None = None
+        self._attempt = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._pos >= self._desc.size or len(b) == 0:
+            return 0
+        while True:
+            try:
+                if self._resp is None:
+                    self._resp = self._store._open_at(self._desc, self._pos, None)
+                with self._store._transient(f"reading blob {self._desc.digest.short()}"):
+                    n = self._resp.raw.readinto(b)
+                if not n:
+                    raise SourceUnavailableError(
+                        f"{self._store.where}: blob {self._desc.digest.short()} ended at byte "
+                        f"{self._pos} of {self._desc.size}")
+                self._pos += n
+                self._attempt = 0
+                return int(n)
+            except SourceUnavailableError as exc:
+                self._drop()
+                self._attempt += 1
+                self._store.backoff(self._attempt, exc)
+
+    def _drop(self) -> None:
+        if self._resp is not None:
+            with contextlib.suppress(Exception):
+                self._resp.close()
+        self._resp = None
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests/urllib3 error, without the URL noise."""
+    seen = exc
+    while seen.__context__ is not None and not isinstance(seen, ImporterError):
+        seen = seen.__context__
+    text = str(seen) or type(seen).__name__
+    m = re.search(r"\[SSL: [A-Z_]+\][^')\"]*|certificate verify failed[^')\"]*|Connection refused|"
+                  r"Name or service not known|timed out|Connection reset by peer", text)
+    return m.group(0) if m else text[:300]

@@ -1,0 +1,192 @@
+"""Real registries for the tests: Debian's docker-registry (distribution v2.8) on loopback,
+plain HTTP, TLS with a test CA plus htpasswd, or Bearer tokens from a small token server in
+this process (distribution verifies the tokens' RS256 signatures against a certificate it is
+given, as with any production token service). Images are pushed with skopeo
+--preserve-digests."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import http.server
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from .conftest import free_port, run, wait_port
+
+USER, PASSWORD = "tester", "s3cret"
+
+
+@dataclasses.dataclass
+class Registry:
+    port: int
+    storage: Path
+    tls: bool = False
+    auth: str | None = None  # None, "basic" or "token"
+    ca_dir: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def ref(self, repo: str, tag: str = "v1") -> str:
+        return f"docker://{self.host}/{repo}:{tag}"
+
+    def push(self, layout: Path, tag: str, repo: str, *, all_images: bool = False) -> None:
+        args = ["skopeo", "copy", "-q", "--preserve-digests"]
+        if all_images:
+            args.append("--all")
+        if self.tls:
+            args += ["--dest-cert-dir", str(self.ca_dir)]
+        else:
+            args.append("--dest-tls-verify=false")
+        if self.auth:
+            args += ["--dest-creds", f"{USER}:{PASSWORD}"]
+        run(*args, f"oci:{layout}:{tag}", f"docker://{self.host}/{repo}:{tag}")
+
+    def blob_file(self, digest: str) -> Path:
+        hexd = digest.split(":", 1)[1]
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+
+
+def _config(port: int, storage: Path, extra: str) -> str:
+    return (f"version: 0.1\nlog: {{level: warn, formatter: text}}\n"
+            f"storage:\n  filesystem: {{rootdirectory: {storage}}}\n  delete: {{enabled: true}}\n"
+            f"http:\n  addr: 127.0.0.1:{port}\n{extra}")
+
+
+@contextmanager
+def registry_server(work: Path, *, tls: bool = False, auth: str | None = None,
+                    ca: object = None) -> Iterator[Registry]:
+    if not shutil.which("docker-registry") or not shutil.which("skopeo"):
+        pytest.skip("docker-registry and skopeo are not installed (run scripts/setup.sh)")
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    extra = ""
+    ca_dir = None
+    token: TokenServer | None = None
+    if tls:
+        import trustme
+
+        assert isinstance(ca, trustme.CA)
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert.private_key_and_cert_chain_pem.write_to_path(str(work / "server.pem"))
+        cert.private_key_pem.write_to_path(str(work / "server.key"))
+        ca_dir = work / "certs"
+        ca_dir.mkdir()
+        ca.cert_pem.write_to_path(str(ca_dir / "ca.crt"))  # skopeo's cert-dir takes *.crt
+        extra += (f"  tls: {{certificate: {work / 'server.pem'}, key: {work / 'server.key'}}}\n")
+    if auth == "basic":
+        run("htpasswd", "-Bbc", work / "htpasswd", USER, PASSWORD)
+        extra += f"auth:\n  htpasswd: {{realm: test-realm, path: {work / 'htpasswd'}}}\n"
+    elif auth == "token":
+        token = TokenServer(work)
+        extra += (f"auth:\n  token: {{realm: 'http://127.0.0.1:{token.port}/token', "
+                  f"service: test-registry, issuer: test-issuer, "
+                  f"rootcertbundle: {token.cert_file}}}\n")
+    (work / "config.yml").write_text(_config(port, work / "storage", extra))
+    log = open(work / "registry.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port)
+        yield Registry(port, work / "storage", tls, auth, ca_dir)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        if token:
+            token.close()
+
+
+class TokenServer:
+    """A Docker token service (distribution's token auth spec): checks Basic credentials at
+    GET /token and issues an RS256 JWT granting the scope asked for; `issued` counts tokens."""
+
+    def __init__(self, work: Path) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-signer")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .sign(self._key, hashes.SHA256()))
+        self.cert_file = work / "token-signer.pem"
+        self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        spki = self._key.public_key().public_bytes(serialization.Encoding.DER,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        # libtrust's key ID, which distribution matches against the "kid" header
+        b32 = base64.b32encode(hashlib.sha256(spki).digest()[:30]).decode().rstrip("=")
+        self._kid = ":".join(b32[i:i + 4] for i in range(0, 48, 4))
+        self.issued = 0
+        self.refused = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                q = parse_qs(urlsplit(self.path).query)
+                want = f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode()).decode()}"
+                if self.headers.get("Authorization") != want:
+                    server.refused += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": server.token(q.get("scope", [""])[0])}).encode()
+                server.issued += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def token(self, scope: str) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        access = []
+        if scope.startswith("repository:"):
+            _, name, actions = scope.split(":")
+            access.append({"type": "repository", "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": "test-issuer", "sub": USER, "aud": "test-registry", "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8), "access": access}
+        header = {"typ": "JWT", "alg": "RS256", "kid": self._kid}
+
+        def b64(obj: object) -> str:
+            return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+        signing = f"{b64(header)}.{b64(claims)}"
+        sig = self._key.sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing}.{base64.urlsafe_b64encode(sig).decode().rstrip('=')}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+
+

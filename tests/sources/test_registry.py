@@ -1,0 +1,435 @@
+"""Registry source against a real registry (Debian's docker-registry, distribution v2) started
+by the tests: plain HTTP, TLS with a test CA and htpasswd, and Bearer tokens. Every image is
+built here (oci_images) and pushed with skopeo --preserve-digests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from importer.config import build_config
+from importer.engine import ImportResult, run_import
+from importer.errors import (
+    FormatError,
+    SourceAuthError,
+    SourceNotFoundError,
+    SourceTLSError,
+    UnsafeImageError,
+)
+from importer.sources.oci.digest import BlobDigestError
+
+from ..conftest import DroppingProxy, Images, importer_cli, same_disk
+from ..registry_server import PASSWORD, USER, Registry, registry_server
+from . import oci_images as oci
+from .oci_images import Entry, Image, Layer, disk_layer
+
+
+@pytest.fixture(scope="session")
+def ca() -> object:
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with registry_server(tmp_path_factory.mktemp("registry-plain")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def secure(tmp_path_factory: pytest.TempPathFactory, ca: object) -> Iterator[Registry]:
+    with registry_server(tmp_path_factory.mktemp("registry-tls"), tls=True, auth="basic",
+                         ca=ca) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with registry_server(tmp_path_factory.mktemp("registry-token"), auth="token") as reg:
+        yield reg
+
+
+@dataclass
+class Disks:
+    """The layout every test image lives in, and small raw disks A and B to tell apart."""
+
+    layout: Path
+    a: Path
+    b: Path
+
+
+def _small(path: Path, fill: bytes) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)
+        f.write(fill * 4096)
+        f.seek(3 << 20)
+        f.write(fill * 8192)
+    return path
+
+
+@pytest.fixture(scope="session")
+def disks(images: Images, plain: Registry, tmp_path_factory: pytest.TempPathFactory) -> Disks:
+    d = tmp_path_factory.mktemp("cdisks")
+    a, b = _small(d / "a.img", b"A"), _small(d / "b.img", b"B")
+    qcow = images["disk.qcow2"]
+    specs: dict[str, Image | list[Image]] = {
+        "raw": Image([disk_layer(images.raw, "disk.img")]),
+        "qcow2": Image([disk_layer(qcow)]),
+        "qcow2-gz": Image([disk_layer(qcow, compression="gzip")]),
+        "raw-zst": Image([disk_layer(images.raw, "disk.img", compression="zstd")]),
+        "raw-gz-file": Image([disk_layer(images["disk.raw.gz"])]),
+        "multi": [Image([disk_layer(qcow)], "amd64"), Image([disk_layer(a)], "arm64")],
+        "replaced": Image([disk_layer(a, "disk.img"), disk_layer(b, "disk.img")]),
+        "whiteout": Image([disk_layer(a, "old.img"),
+                           Layer([Entry("disk/.wh.old.img", source=b""),
+                                  Entry("disk/new.img", source=b)], "gzip")]),
+        "opaque": Image([Layer([Entry("disk", "dir"), Entry("disk/x.img", source=a),
+                                Entry("disk/y.img", source=a)]),
+                         Layer([Entry("disk/.wh..wh..opq", source=b""),
+                                Entry("disk/z.img", source=b)])]),
+        "two": Image([Layer([Entry("disk", "dir"), Entry("disk/a.img", source=a),
+                             Entry("disk/b.img", source=b)])]),
+        "lower-extra": Image([disk_layer(a, "extra.img"), disk_layer(b, "disk.img")]),
+        "lower-extra-gz": Image([disk_layer(a, "extra.img"),
+                                 disk_layer(b, "disk.img", compression="gzip")]),
+        "nodisk": Image([Layer([Entry("etc", "dir"), Entry("etc/hostname", source=b"vm\n")])]),
+        "subdir": Image([Layer([Entry("disk", "dir"), Entry("disk/sub", "dir"),
+                                Entry("disk/sub/x.img", source=a)])]),
+        "symlink": Image([Layer([Entry("disk", "dir"), Entry("disk/x.img", "symlink",
+                                                             link="/etc/passwd")])]),
+        "climb": Image([Layer([Entry("disk", "dir"), Entry("disk/../../x.img", source=a)])]),
+        "labels": Image([disk_layer(a)], env=[
+            "PATH=/usr/bin", "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small",
+            "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora"]),
+        "bootc": Image([disk_layer(a)], labels={"containers.bootc": "1"}),
+        # layers of their own (blobs are shared by digest): tampering must touch no other test
+        "tamper": Image([disk_layer(qcow, "tamper.qcow2")]),
+        "tamper-gz": Image([disk_layer(images.raw, "tamper.img", compression="gzip")]),
+    }
+    layout = oci.build(d / "layout", specs).root
+    for tag, spec in specs.items():
+        plain.push(layout, tag, "cd", all_images=isinstance(spec, list))
+    return Disks(layout, a, b)
+
+
+def _import(ref: str, dest: Path, **kw: object) -> ImportResult:
+    kw.setdefault("insecure", True)
+    return run_import(build_config(source=ref, dest=str(dest), **kw))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- plans
+
+
+def test_raw_in_uncompressed_layer_is_read_in_place(plain: Registry, disks: Disks, images: Images,
+                                                    tmp_path: Path) -> None:
+    r = _import(plain.ref("cd", "raw"), tmp_path / "out.img")
+    assert r.path == "ranges" and r.format == "raw"
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
+def test_qcow2_in_uncompressed_layer_goes_to_qemu_img_without_scratch(
+        plain: Registry, disks: Disks, images: Images, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    r = _import(plain.ref("cd", "qcow2"), tmp_path / "out.img")
+    assert (r.path, r.format, r.staged_bytes) == ("nbd", "qcow2", 0)
+    assert same_disk(images.raw, tmp_path / "out.img")
+    assert "layer digest verified" in caplog.text
+
+
+def test_qcow2_in_gzip_layer_is_staged_and_says_why(plain: Registry, disks: Disks, images: Images,
+                                                     tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    r = _import(plain.ref("cd", "qcow2-gz"), tmp_path / "out.img")
+    assert r.path == "staged" and r.format == "qcow2"
+    assert "the disk is inside a gzip-compressed layer" in caplog.text
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
+def test_raw_in_zstd_layer_streams(plain: Registry, disks: Disks, images: Images,
+                                   tmp_path: Path) -> None:
+    r = _import(plain.ref("cd", "raw-zst"), tmp_path / "out.img")
+    assert r.path == "stream"
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
+def test_compressed_disk_file_is_decompressed(plain: Registry, disks: Disks, images: Images,
+                                              tmp_path: Path) -> None:
+    # CDI would write the .gz bytes as a raw disk (quirk Q13)
+    r = _import(plain.ref("cd", "raw-gz-file"), tmp_path / "out.img")
+    assert r.compression == ["gzip"]
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
+def test_pull_by_digest(plain: Registry, disks: Disks, images: Images, tmp_path: Path) -> None:
+    index = json.loads((disks.layout / "index.json").read_text())
+    digest = next(m["digest"] for m in index["manifests"]
+                  if m["annotations"]["org.opencontainers.image.ref.name"] == "qcow2")
+    r = _import(f"docker://{plain.host}/cd@{digest}", tmp_path / "out.img")
+    assert r.format == "qcow2"
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
+# ---------------------------------------------------------------------- platforms
+
+
+def test_index_resolves_to_the_host_architecture_or_the_one_asked(
+        plain: Registry, disks: Disks, images: Images, tmp_path: Path) -> None:
+    r = _import(plain.ref("cd", "multi"), tmp_path / "amd.img")
+    assert r.format == "qcow2"  # this host is amd64
+    assert same_disk(images.raw, tmp_path / "amd.img")
+    _import(plain.ref("cd", "multi"), tmp_path / "arm.img", registry_arch="arm64")
+    assert (tmp_path / "arm.img").read_bytes() == disks.a.read_bytes()
+
+
+def test_missing_architecture_lists_what_the_index_has(plain: Registry, disks: Disks,
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFoundError, match=r"no image for linux/s390x .*linux/amd64, "
+                                                  r"linux/arm64"):
+        _import(plain.ref("cd", "multi"), tmp_path / "out.img", registry_arch="s390x")
+
+
+def test_architecture_of_a_single_image_is_checked_when_asked(plain: Registry, disks: Disks,
+                                                              tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFoundError, match='manifest image architecture: "amd64" '
+                                                  "doesn't match requested architecture: "
+                                                  '"arm64"'):
+        _import(plain.ref("cd", "raw"), tmp_path / "out.img", registry_arch="arm64")
+
+
+# ---------------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize("tag", ["replaced", "whiteout", "opaque"])
+def test_the_topmost_disk_wins_and_whiteouts_count(plain: Registry, disks: Disks, tmp_path: Path,
+                                                   tag: str) -> None:
+    _import(plain.ref("cd", tag), tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == disks.b.read_bytes()
+
+
+@pytest.mark.parametrize("tag, message", [
+    ("two", r"must hold exactly one regular file, but it holds: disk/a.img \(regular file, "
+            r"4.0 MiB, layer 1\); disk/b.img"),
+    ("lower-extra", r"disk/disk.img .*layer 2\); disk/extra.img .*layer 1\)"),
+    ("lower-extra-gz", r"disk/disk.img .*layer 2\); disk/extra.img .*layer 1\)"),
+    ("nodisk", r"failed to find a VM disk image file .* nothing under /disk/"),
+    ("subdir", r"disk/sub \(directory, layer 1\)"),
+    ("symlink", r"disk/x.img \(symlink to '/etc/passwd'"),
+])
+def test_disk_directory_must_hold_one_regular_file(plain: Registry, disks: Disks, tmp_path: Path,
+                                                   tag: str, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        _import(plain.ref("cd", tag), tmp_path / "out.img")
+    assert list(tmp_path.iterdir()) == []  # nothing written, no partial left
+
+
+def test_entries_climbing_out_are_refused(plain: Registry, disks: Disks, tmp_path: Path) -> None:
+    with pytest.raises(UnsafeImageError, match=r"'disk/\.\./\.\./x\.img' climbs out"):
+        _import(plain.ref("cd", "climb"), tmp_path / "out.img")
+
+
+def test_kubevirt_labels_from_the_image_environment(plain: Registry, disks: Disks,
+                                                    tmp_path: Path) -> None:
+    r = _import(plain.ref("cd", "labels"), tmp_path / "out.img")
+    assert r.labels == {"instancetype.kubevirt.io/default-instancetype": "u1.small",
+                        "instancetype.kubevirt.io/default-preference": "fedora"}
+
+
+def test_bootc_images_are_refused_with_cdis_message(plain: Registry, disks: Disks,
+                                                    tmp_path: Path) -> None:
+    with pytest.raises(FormatError, match=r"^bootc image detected: this image contains an "
+                                          r"ostree-based bootable OS"):
+        _import(plain.ref("cd", "bootc"), tmp_path / "out.img")
+
+
+# ---------------------------------------------------------------------- integrity
+
+
+def _tamper(plain: Registry, layout: Path, tag: str, at: int) -> None:
+    index = json.loads((layout / "index.json").read_text())
+    mdigest = next(m["digest"] for m in index["manifests"]
+                   if m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+    manifest = json.loads((layout / "blobs/sha256" / mdigest.split(":")[1]).read_text())
+    blob = plain.blob_file(manifest["layers"][0]["digest"])
+    data = bytearray(blob.read_bytes())
+    data[at] ^= 0xFF  # same size, one byte changed: only the digest can tell
+    blob.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("tag, at", [("tamper", 1 << 20), ("tamper-gz", -100)])
+def test_a_tampered_blob_fails_and_nothing_is_imported(plain: Registry, disks: Disks,
+                                                       tmp_path: Path, tag: str, at: int) -> None:
+    _tamper(plain, disks.layout, tag, at)
+    with pytest.raises(BlobDigestError, match=r"does not match its digest sha256:"):
+        _import(plain.ref("cd", tag), tmp_path / "out.img")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_tag_and_repository(plain: Registry, disks: Disks, tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFoundError, match=r"tag 'v9' not found \(404 MANIFEST_UNKNOWN"):
+        _import(plain.ref("cd", "v9"), tmp_path / "out.img")
+    with pytest.raises(SourceNotFoundError, match=r"/nothere: tag .v1. not found"):
+        _import(plain.ref("nothere", "v1"), tmp_path / "out.img")
+
+
+def test_resumes_after_dropped_connections(plain: Registry, disks: Disks, images: Images,
+                                           tmp_path: Path) -> None:
+    for tag in ("qcow2-gz", "qcow2"):
+        proxy = DroppingProxy(plain.port, cut=3 << 20, victims={0, 1, 2})
+        try:
+            r = _import(f"docker://127.0.0.1:{proxy.port}/cd:{tag}", tmp_path / f"{tag}.img",
+                        read_timeout=10)
+        finally:
+            proxy.close()
+        assert r.format == "qcow2"
+        assert same_disk(images.raw, tmp_path / f"{tag}.img")
+
+
+def test_plain_http_needs_insecure(plain: Registry, disks: Disks, tmp_path: Path) -> None:
+    with pytest.raises(SourceTLSError, match="WRONG_VERSION_NUMBER.*serves plain HTTP"):
+        _import(plain.ref("cd", "raw"), tmp_path / "out.img", insecure=False)
+
+
+# ---------------------------------------------------------------------- TLS and auth
+
+
+@pytest.fixture(scope="session")
+def secure_image(secure: Registry, disks: Disks) -> str:
+    secure.push(disks.layout, "qcow2", "cd")
+    return secure.ref("cd", "qcow2")
+
+
+def _password(tmp_path: Path, text: str = PASSWORD) -> str:
+    (tmp_path / "pw").write_text(text + "\n")
+    return str(tmp_path / "pw")
+
+
+def test_tls_registry_with_ca_dir_and_basic_auth(secure: Registry, secure_image: str,
+                                                 images: Images, tmp_path: Path) -> None:
+    assert secure.ca_dir is not None
+    r = _import(secure_image, tmp_path / "out.img", insecure=False, ca_dir=str(secure.ca_dir),
+                username=USER, password_file=_password(tmp_path))
+    assert r.format == "qcow2"
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
+def test_tls_registry_without_ca_fails_clearly(secure: Registry, secure_image: str,
+                                               tmp_path: Path) -> None:
+    with pytest.raises(SourceTLSError, match="CERTIFICATE_VERIFY_FAILED.*--ca-dir"):
+        _import(secure_image, tmp_path / "out.img", insecure=False, username=USER,
+                password_file=_password(tmp_path))
+
+
+def test_tls_registry_insecure_skips_verification(secure: Registry, secure_image: str,
+                                                  tmp_path: Path) -> None:
+    r = _import(secure_image, tmp_path / "out.img", username=USER,
+                password_file=_password(tmp_path))
+    assert r.format == "qcow2"
+
+
+def test_wrong_or_missing_password(secure: Registry, secure_image: str, tmp_path: Path) -> None:
+    with pytest.raises(SourceAuthError, match=r"refused the credentials from the given user "
+                                              r"name and password \(401 UNAUTHORIZED"):
+        _import(secure_image, tmp_path / "out.img", username=USER,
+                password_file=_password(tmp_path, "wrong"))
+    with pytest.raises(SourceAuthError, match="requires a user name and password"):
+        _import(secure_image, tmp_path / "out.img")
+
+
+def test_credentials_from_a_docker_config_file(secure: Registry, secure_image: str,
+                                               images: Images, tmp_path: Path) -> None:
+    import base64
+
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"auths": {secure.host: {"auth": auth}}}))
+    r = _import(secure_image, tmp_path / "a.img", registry_auth_file=str(cfg))
+    assert r.format == "qcow2"
+    # podman's auth.json, found through REGISTRY_AUTH_FILE like podman and skopeo do
+    pod = tmp_path / "auth.json"
+    pod.write_text(json.dumps({"auths": {f"https://{secure.host}": {
+        "username": USER, "password": PASSWORD}}}))
+    r = run_import(build_config(source=secure_image, dest=str(tmp_path / "b.img"), insecure=True,
+                                environ={"REGISTRY_AUTH_FILE": str(pod)}))
+    assert same_disk(images.raw, tmp_path / "b.img")
+
+
+def test_bearer_token_registry(token: Registry, disks: Disks, images: Images,
+                               tmp_path: Path) -> None:
+    from ..registry_server import TokenServer  # noqa: F401 - documents where tokens come from
+
+    token.push(disks.layout, "qcow2", "cd")
+    r = _import(token.ref("cd", "qcow2"), tmp_path / "out.img", username=USER,
+                password_file=_password(tmp_path))
+    assert r.path == "nbd"
+    assert same_disk(images.raw, tmp_path / "out.img")
+    with pytest.raises(SourceAuthError, match="401"):
+        _import(token.ref("cd", "qcow2"), tmp_path / "bad.img", username=USER,
+                password_file=_password(tmp_path, "wrong"))
+    with pytest.raises(SourceAuthError, match="anonymous access"):
+        _import(token.ref("cd", "qcow2"), tmp_path / "anon.img")
+
+
+# ---------------------------------------------------------------------- oci-archive and CLI
+
+
+@pytest.fixture(scope="session")
+def archive(disks: Disks, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("archive") / "images.tar"
+    with tarfile.open(out, "w") as tf:
+        for p in sorted(disks.layout.rglob("*")):
+            tf.add(p, arcname=str(p.relative_to(disks.layout)), recursive=False)
+    return out
+
+
+def test_oci_archive(archive: Path, images: Images, disks: Disks, tmp_path: Path) -> None:
+    r = _import(f"oci-archive:{archive}:qcow2", tmp_path / "q.img")
+    assert (r.path, r.format) == ("nbd", "qcow2")
+    assert same_disk(images.raw, tmp_path / "q.img")
+    _import(f"oci-archive:{archive}:whiteout", tmp_path / "w.img")
+    assert (tmp_path / "w.img").read_bytes() == disks.b.read_bytes()
+    with pytest.raises(SourceNotFoundError, match=r"no image named 'v9' in the archive \(it has: "
+                                                  r"bootc, climb"):
+        _import(f"oci-archive:{archive}:v9", tmp_path / "x.img")
+
+
+def test_cli_import_and_errors(plain: Registry, disks: Disks, tmp_path: Path) -> None:
+    out = tmp_path / "out.img"
+    r = importer_cli("import", plain.ref("cd", "labels"), out, "--insecure", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["labels"]["instancetype.kubevirt.io/default-instancetype"] == \
+        "u1.small"
+    r = importer_cli("import", plain.ref("cd", "two"), tmp_path / "x.img", "--insecure")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and "exactly one regular file" in r.stderr
+    r = importer_cli("import", "docker:/bad", tmp_path / "y.img")
+    assert r.returncode == 2 and "docker://host/repo:tag" in r.stderr
+    r = importer_cli("import", plain.ref("cd", "raw"), tmp_path / "z", "--content-type", "archive")
+    assert r.returncode == 2 and "not possible with a container image" in r.stderr
+
+
+def test_inspect(plain: Registry, disks: Disks) -> None:
+    r = importer_cli("inspect", plain.ref("cd", "qcow2-gz"), "--insecure", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["format"] == "qcow2" and info["range_requests"] is False
+
+
+def test_skopeo_sees_the_same_image(plain: Registry, disks: Disks) -> None:
+    """The pushed manifest is the one the layout names: --preserve-digests kept it."""
+    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
+                          f"docker://{plain.host}/cd:qcow2"], capture_output=True, check=True)
+    index = json.loads((disks.layout / "index.json").read_text())
+    digest = next(m["digest"] for m in index["manifests"]
+                  if m["annotations"]["org.opencontainers.image.ref.name"] == "qcow2")
+    import hashlib
+
+    assert "sha256:" + hashlib.sha256(out.stdout).hexdigest() == digest
