@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import http.server
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -125,7 +124,7 @@ class TokenServer:
 
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "token-signer")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                 .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(days=1))
@@ -143,7 +142,7 @@ class TokenServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 q = parse_qs(urlsplit(self.path).query)
                 want = f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode()).decode()}"
                 if self.headers.get("Authorization") != want:

@@ -294,7 +294,7 @@ def test_resumes_after_dropped_connections(plain: Registry, disks: Disks, images
 
 
 def test_plain_http_needs_insecure(plain: Registry, disks: Disks, tmp_path: Path) -> None:
-    with pytest.raises(SourceTLSError, match="WRONG_VERSION_NUMBER.*serves plain HTTP"):
+    with pytest.raises(SourceTLSError, match=r"WRONG_VERSION_NUMBER.*serves plain HTTP"):
         _import(plain.ref("cd", "raw"), tmp_path / "out.img", insecure=False)
 
 
@@ -323,7 +323,7 @@ def test_tls_registry_with_ca_dir_and_basic_auth(secure: Registry, secure_image:
 
 def test_tls_registry_without_ca_fails_clearly(secure: Registry, secure_image: str,
                                                tmp_path: Path) -> None:
-    with pytest.raises(SourceTLSError, match="CERTIFICATE_VERIFY_FAILED.*--ca-dir"):
+    with pytest.raises(SourceTLSError, match=r"CERTIFICATE_VERIFY_FAILED.*--ca-dir"):
         _import(secure_image, tmp_path / "out.img", insecure=False, username=USER,
                 password_file=_password(tmp_path))
 
