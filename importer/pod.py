@@ -30,6 +30,7 @@ from .errors import (
     SourceAuthError,
     SourceNotFoundError,
     SourceTLSError,
+    SourceUnavailableError,
 )
 from .metrics import MetricsServer
 from .podconfig import (
@@ -161,8 +162,14 @@ def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,
         # exit 0 on purpose: the controller marks the import failed for good (no restart loop)
         log.error("%s", exc)
         return 0, json_message(f"Unable to process data: checksum validation failed: {exc}")
-    except (SourceNotFoundError, SourceAuthError, SourceTLSError) as exc:
+    except (SourceNotFoundError, SourceAuthError, SourceTLSError, SourceUnavailableError) as exc:
         log.error("%s", exc)
+        if src == "registry":
+            # the controller gives the DataVolume reason ImagePullFailed on this phrase
+            return exc.exit_code, text_message(f"Unable to process data: failed to pull image: "
+                                               f"{exc}")
+        if isinstance(exc, SourceUnavailableError):
+            return exc.exit_code, text_message(f"Unable to process data: {exc}")
         return exc.exit_code, text_message(f"Unable to connect to {src} data source: {exc}")
     except CancelledError:
         raise
@@ -173,7 +180,7 @@ def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,
         os.chmod(settings.dest, 0o660)  # CDI's functional tests check -rw-rw----
     log.info("import complete", extra={"fields": result.as_dict()})
     return 0, json_message("Import Complete", scratch_space_required=False,
-                           preallocation_applied=result.preallocated)
+                           preallocation_applied=result.preallocated, labels=result.labels or None)
 
 
 def _blank(settings: PodSettings) -> tuple[int, str]:

@@ -34,7 +34,7 @@ __all__ = [
 MiB = 1 << 20
 SOURCES = ("http", "s3", "gcs", "registry", "imageio", "vddk", "none")
 #: sources whose transports later issues add; until then they fail with a clear message
-NOT_YET = {"registry", "imageio", "vddk"}
+NOT_YET = {"imageio", "vddk"}
 
 
 def get_usable_space(overhead: Decimal, available: int) -> int:
@@ -205,9 +205,13 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
     proxies = {k[:-6].lower(): v for k, v in env.items()
                if k.lower() in ("http_proxy", "https_proxy", "no_proxy") and v}
     proxy_certs = root / "proxycerts"  # CDI reads this fixed path, not IMPORTER_PROXY_CERT_DIR
+    username = env.get("IMPORTER_ACCESS_KEY_ID") or None
+    password = env.get("IMPORTER_SECRET_KEY") or None
+    if source == "registry" and not (username and password):
+        username = password = None  # CDI: registry credentials count only as a pair
     http = HttpOptions(
-        username=env.get("IMPORTER_ACCESS_KEY_ID") or None,
-        password=env.get("IMPORTER_SECRET_KEY") or None,
+        username=username,
+        password=password,
         headers=tuple(headers), ca_dir=ca_dir,
         extra_ca_dirs=(proxy_certs,) if proxy_certs.is_dir() else (),
         insecure=insecure, proxies=proxies)
@@ -222,8 +226,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         source=endpoint, dest=dest, content_type=ctype, image_size=resize_to,
         size_limit=available, preallocation=preallocation, checksum=checksum,
         scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
-        cache_mode=None, source_kind=source if source in ("s3", "gcs") else "http",
-        gcs_credentials=gcs_key)
+        cache_mode=None, source_kind=source if source in ("s3", "gcs", "registry") else "http",
+        gcs_credentials=gcs_key,
+        registry_arch=env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
     return settings, config
 
 

@@ -27,6 +27,7 @@ from importer.sources.oci.digest import BlobDigestError
 
 from ..conftest import DroppingProxy, Images, importer_cli, same_disk
 from ..registry_server import PASSWORD, USER, Registry, registry_server
+from ..test_pod import Pod
 from . import oci_images as oci
 from .oci_images import Entry, Image, Layer, disk_layer
 
@@ -433,3 +434,81 @@ def test_skopeo_sees_the_same_image(plain: Registry, disks: Disks) -> None:
     import hashlib
 
     assert "sha256:" + hashlib.sha256(out.stdout).hexdigest() == digest
+
+
+# ---------------------------------------------------------------------- the CDI pod
+
+
+def _pod(tmp_path: Path) -> Pod:
+    (tmp_path / "data").mkdir(parents=True)
+    (tmp_path / "dev").mkdir()
+    return Pod(tmp_path)
+
+
+def test_pod_registry_import_with_labels_and_architecture(plain: Registry, disks: Disks,
+                                                          tmp_path: Path) -> None:
+    pod = _pod(tmp_path / "a")
+    code, err = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=plain.ref("cd", "labels"),
+                        INSECURE_TLS="true")
+    assert code == 0, err
+    assert pod.termination == (
+        '{"scratchSpaceRequired":false,"preallocationApplied":false,"labels":{'
+        '"instancetype.kubevirt.io/default-instancetype":"u1.small",'
+        '"instancetype.kubevirt.io/default-preference":"fedora"},"message":"Import Complete"}')
+    assert (pod.data / "disk.img").read_bytes()[: 4 << 20] == disks.a.read_bytes()
+    pod = _pod(tmp_path / "b")
+    code, err = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=plain.ref("cd", "multi"),
+                        INSECURE_TLS="true", IMPORTER_REGISTRY_IMAGE_ARCHITECTURE="arm64")
+    assert code == 0, err
+    assert (pod.data / "disk.img").read_bytes()[: 4 << 20] == disks.a.read_bytes()
+
+
+def test_pod_registry_tls_and_credentials(secure: Registry, secure_image: str, images: Images,
+                                          tmp_path: Path) -> None:
+    pod = _pod(tmp_path)
+    assert secure.ca_dir is not None
+    certs = pod.root / "certs"
+    certs.mkdir()
+    (certs / "ca.pem").write_bytes((secure.ca_dir / "ca.crt").read_bytes())
+    code, err = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=secure_image,
+                        IMPORTER_CERT_DIR="/certs", IMPORTER_ACCESS_KEY_ID=USER,
+                        IMPORTER_SECRET_KEY=PASSWORD)
+    assert code == 0, err
+    assert same_disk(images.raw, pod.data / "disk.img")
+    assert PASSWORD not in err
+
+
+def test_pod_pull_failures_say_failed_to_pull_image(secure: Registry, secure_image: str,
+                                                    plain: Registry, disks: Disks,
+                                                    tmp_path: Path) -> None:
+    pod = _pod(tmp_path / "a")
+    code, _ = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=plain.ref("cd", "v9"),
+                      INSECURE_TLS="true")
+    assert code == 1
+    assert pod.termination.startswith("Unable to process data: failed to pull image: ")
+    assert "tag 'v9' not found" in pod.termination
+    pod = _pod(tmp_path / "b")
+    code, _ = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=secure_image,
+                      INSECURE_TLS="true", IMPORTER_ACCESS_KEY_ID=USER)  # no secret: anonymous
+    assert code == 1
+    assert "failed to pull image" in pod.termination and "requires a user name" in \
+        pod.termination
+    pod = _pod(tmp_path / "c")
+    code, _ = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=plain.ref("cd", "two"),
+                      INSECURE_TLS="true")
+    assert code == 1 and pod.termination.startswith("Unable to process data: ")
+    assert list((pod.data).iterdir()) == []
+
+
+@pytest.mark.root
+def test_pod_registry_raw_to_block_device(plain: Registry, disks: Disks, images: Images,
+                                          tmp_path: Path) -> None:
+    from ..conftest import loop_device
+
+    pod = _pod(tmp_path)
+    with loop_device(tmp_path / "backing", images.raw.stat().st_size, b"\xaa") as dev:
+        (pod.root / "dev" / "cdi-block-volume").symlink_to(dev)
+        code, err = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=plain.ref("cd", "raw-zst"),
+                            INSECURE_TLS="true", FILESYSTEM_OVERHEAD="0")
+        assert code == 0, err
+        assert same_disk(images.raw, dev)
