@@ -1,4 +1,5 @@
-"""Real registries for the tests: Debian's docker-registry (distribution v2.8) on loopback,
+"""Real registries for the tests (fixtures ca, plain, secure, token, disks; registered by
+conftest.pytest_plugins): Debian's docker-registry (distribution v2.8) on loopback,
 plain HTTP, TLS with a test CA plus htpasswd, or Bearer tokens from a small token server in
 this process (distribution verifies the tokens' RS256 signatures against a certificate it is
 given, as with any production token service). Images are pushed with skopeo
@@ -23,7 +24,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .conftest import free_port, run, wait_port
+from . import oci_images as oci
+from .conftest import Images, free_port, run, wait_port
+from .oci_images import Entry, Image, Layer, disk_layer
 
 USER, PASSWORD = "tester", "s3cret"
 
@@ -189,3 +192,95 @@ class TokenServer:
         self._httpd.shutdown()
 
 
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def ca() -> object:
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with registry_server(tmp_path_factory.mktemp("registry-plain")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def secure(tmp_path_factory: pytest.TempPathFactory, ca: object) -> Iterator[Registry]:
+    with registry_server(tmp_path_factory.mktemp("registry-tls"), tls=True, auth="basic",
+                         ca=ca) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with registry_server(tmp_path_factory.mktemp("registry-token"), auth="token") as reg:
+        yield reg
+
+
+@dataclasses.dataclass
+class Disks:
+    """The layout every test image lives in, and small raw disks A and B to tell apart."""
+
+    layout: Path
+    a: Path
+    b: Path
+
+
+def _small(path: Path, fill: bytes) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)
+        f.write(fill * 4096)
+        f.seek(3 << 20)
+        f.write(fill * 8192)
+    return path
+
+
+@pytest.fixture(scope="session")
+def disks(images: Images, plain: Registry, tmp_path_factory: pytest.TempPathFactory) -> Disks:
+    d = tmp_path_factory.mktemp("cdisks")
+    a, b = _small(d / "a.img", b"A"), _small(d / "b.img", b"B")
+    qcow = images["disk.qcow2"]
+    specs: dict[str, Image | list[Image]] = {
+        "raw": Image([disk_layer(images.raw, "disk.img")]),
+        "qcow2": Image([disk_layer(qcow)]),
+        "qcow2-gz": Image([disk_layer(qcow, compression="gzip")]),
+        "raw-zst": Image([disk_layer(images.raw, "disk.img", compression="zstd")]),
+        "raw-gz-file": Image([disk_layer(images["disk.raw.gz"])]),
+        "multi": [Image([disk_layer(qcow)], "amd64"), Image([disk_layer(a)], "arm64")],
+        "replaced": Image([disk_layer(a, "disk.img"), disk_layer(b, "disk.img")]),
+        "whiteout": Image([disk_layer(a, "old.img"),
+                           Layer([Entry("disk/.wh.old.img", source=b""),
+                                  Entry("disk/new.img", source=b)], "gzip")]),
+        "opaque": Image([Layer([Entry("disk", "dir"), Entry("disk/x.img", source=a),
+                                Entry("disk/y.img", source=a)]),
+                         Layer([Entry("disk/.wh..wh..opq", source=b""),
+                                Entry("disk/z.img", source=b)])]),
+        "two": Image([Layer([Entry("disk", "dir"), Entry("disk/a.img", source=a),
+                             Entry("disk/b.img", source=b)])]),
+        "lower-extra": Image([disk_layer(a, "extra.img"), disk_layer(b, "disk.img")]),
+        "lower-extra-gz": Image([disk_layer(a, "extra.img"),
+                                 disk_layer(b, "disk.img", compression="gzip")]),
+        "nodisk": Image([Layer([Entry("etc", "dir"), Entry("etc/hostname", source=b"vm\n")])]),
+        "subdir": Image([Layer([Entry("disk", "dir"), Entry("disk/sub", "dir"),
+                                Entry("disk/sub/x.img", source=a)])]),
+        "symlink": Image([Layer([Entry("disk", "dir"), Entry("disk/x.img", "symlink",
+                                                             link="/etc/passwd")])]),
+        "climb": Image([Layer([Entry("disk", "dir"), Entry("disk/../../x.img", source=a)])]),
+        "labels": Image([disk_layer(a)], env=[
+            "PATH=/usr/bin", "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small",
+            "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora"]),
+        "bootc": Image([disk_layer(a)], labels={"containers.bootc": "1"}),
+        # layers of their own (blobs are shared by digest): tampering must touch no other test
+        "tamper": Image([disk_layer(qcow, "tamper.qcow2")]),
+        "tamper-gz": Image([disk_layer(images.raw, "tamper.img", compression="gzip")]),
+    }
+    layout = oci.build(d / "layout", specs).root
+    for tag, spec in specs.items():
+        plain.push(layout, tag, "cd", all_images=isinstance(spec, list))
+    return Disks(layout, a, b)

@@ -28,6 +28,7 @@ from ..conftest import (
     same_disk,
     scrape_progress,
 )
+from ..registry_server import Disks, Registry
 
 IMAGE = os.environ.get("IMPORTER_IMAGE", "localhost/importer:ci")
 
@@ -129,6 +130,23 @@ def test_http_raw_xz_to_block(tmp_path: Path, nginx: Nginx, images: Images, loop
     with open(loop, "rb") as f:
         assert f.read(SEED_SIZE) == images.raw.read_bytes()
     assert "Successfully completed fsync(/dev/cdi-block-volume)" in err
+
+
+def test_registry_qcow2_with_labels_and_a_tampered_blob(tmp_path: Path, plain: Registry,
+                                                        disks: Disks, images: Images) -> None:
+    """oras, requests and the whole registry path work inside the image as the pod user."""
+    (tmp_path / "a").mkdir()
+    pod = PodRun(tmp_path / "a")
+    code, err = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=plain.ref("cd", "qcow2"),
+                        INSECURE_TLS="true")
+    assert code == 0, err
+    assert same_disk(images.raw, pod.data / "disk.img")
+    (tmp_path / "b").mkdir()
+    pod = PodRun(tmp_path / "b")
+    code, err = pod.run(IMPORTER_SOURCE="registry", IMPORTER_ENDPOINT=plain.ref("cd", "labels"),
+                        INSECURE_TLS="true")
+    assert code == 0, err
+    assert '"labels":{"instancetype.kubevirt.io/default-instancetype":"u1.small"' in pod.message
 
 
 def test_archive_to_data(pod: PodRun, nginx: Nginx, images: Images) -> None:

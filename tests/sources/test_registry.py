@@ -8,8 +8,6 @@ import json
 import logging
 import subprocess
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,99 +24,8 @@ from importer.errors import (
 from importer.sources.oci.digest import BlobDigestError
 
 from ..conftest import DroppingProxy, Images, importer_cli, same_disk
-from ..registry_server import PASSWORD, USER, Registry, registry_server
+from ..registry_server import PASSWORD, USER, Disks, Registry
 from ..test_pod import Pod
-from . import oci_images as oci
-from .oci_images import Entry, Image, Layer, disk_layer
-
-
-@pytest.fixture(scope="session")
-def ca() -> object:
-    import trustme
-
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with registry_server(tmp_path_factory.mktemp("registry-plain")) as reg:
-        yield reg
-
-
-@pytest.fixture(scope="session")
-def secure(tmp_path_factory: pytest.TempPathFactory, ca: object) -> Iterator[Registry]:
-    with registry_server(tmp_path_factory.mktemp("registry-tls"), tls=True, auth="basic",
-                         ca=ca) as reg:
-        yield reg
-
-
-@pytest.fixture(scope="session")
-def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with registry_server(tmp_path_factory.mktemp("registry-token"), auth="token") as reg:
-        yield reg
-
-
-@dataclass
-class Disks:
-    """The layout every test image lives in, and small raw disks A and B to tell apart."""
-
-    layout: Path
-    a: Path
-    b: Path
-
-
-def _small(path: Path, fill: bytes) -> Path:
-    with open(path, "wb") as f:
-        f.truncate(4 << 20)
-        f.write(fill * 4096)
-        f.seek(3 << 20)
-        f.write(fill * 8192)
-    return path
-
-
-@pytest.fixture(scope="session")
-def disks(images: Images, plain: Registry, tmp_path_factory: pytest.TempPathFactory) -> Disks:
-    d = tmp_path_factory.mktemp("cdisks")
-    a, b = _small(d / "a.img", b"A"), _small(d / "b.img", b"B")
-    qcow = images["disk.qcow2"]
-    specs: dict[str, Image | list[Image]] = {
-        "raw": Image([disk_layer(images.raw, "disk.img")]),
-        "qcow2": Image([disk_layer(qcow)]),
-        "qcow2-gz": Image([disk_layer(qcow, compression="gzip")]),
-        "raw-zst": Image([disk_layer(images.raw, "disk.img", compression="zstd")]),
-        "raw-gz-file": Image([disk_layer(images["disk.raw.gz"])]),
-        "multi": [Image([disk_layer(qcow)], "amd64"), Image([disk_layer(a)], "arm64")],
-        "replaced": Image([disk_layer(a, "disk.img"), disk_layer(b, "disk.img")]),
-        "whiteout": Image([disk_layer(a, "old.img"),
-                           Layer([Entry("disk/.wh.old.img", source=b""),
-                                  Entry("disk/new.img", source=b)], "gzip")]),
-        "opaque": Image([Layer([Entry("disk", "dir"), Entry("disk/x.img", source=a),
-                                Entry("disk/y.img", source=a)]),
-                         Layer([Entry("disk/.wh..wh..opq", source=b""),
-                                Entry("disk/z.img", source=b)])]),
-        "two": Image([Layer([Entry("disk", "dir"), Entry("disk/a.img", source=a),
-                             Entry("disk/b.img", source=b)])]),
-        "lower-extra": Image([disk_layer(a, "extra.img"), disk_layer(b, "disk.img")]),
-        "lower-extra-gz": Image([disk_layer(a, "extra.img"),
-                                 disk_layer(b, "disk.img", compression="gzip")]),
-        "nodisk": Image([Layer([Entry("etc", "dir"), Entry("etc/hostname", source=b"vm\n")])]),
-        "subdir": Image([Layer([Entry("disk", "dir"), Entry("disk/sub", "dir"),
-                                Entry("disk/sub/x.img", source=a)])]),
-        "symlink": Image([Layer([Entry("disk", "dir"), Entry("disk/x.img", "symlink",
-                                                             link="/etc/passwd")])]),
-        "climb": Image([Layer([Entry("disk", "dir"), Entry("disk/../../x.img", source=a)])]),
-        "labels": Image([disk_layer(a)], env=[
-            "PATH=/usr/bin", "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small",
-            "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora"]),
-        "bootc": Image([disk_layer(a)], labels={"containers.bootc": "1"}),
-        # layers of their own (blobs are shared by digest): tampering must touch no other test
-        "tamper": Image([disk_layer(qcow, "tamper.qcow2")]),
-        "tamper-gz": Image([disk_layer(images.raw, "tamper.img", compression="gzip")]),
-    }
-    layout = oci.build(d / "layout", specs).root
-    for tag, spec in specs.items():
-        plain.push(layout, tag, "cd", all_images=isinstance(spec, list))
-    return Disks(layout, a, b)
 
 
 def _import(ref: str, dest: Path, **kw: object) -> ImportResult:
