@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -33,6 +34,8 @@ class Entry:
 class Layer:
     entries: list[Entry]
     compression: str = "none"  # none, gzip, zstd
+    #: an uncompressed tar made elsewhere (GNU tar's sparse members), used instead of entries
+    prebuilt: Path | None = None
 
 
 @dataclasses.dataclass
@@ -47,6 +50,17 @@ def disk_layer(disk: Path, name: str | None = None, compression: str = "none") -
     """KubeVirt's containerDisk layout: disk/ (0555) and disk/<name> (0440), uid/gid 107."""
     return Layer([Entry("disk", "dir"), Entry(f"disk/{name or disk.name}", "file", disk)],
                  compression)
+
+
+def sparse_layer(disk: Path, work: Path, fmt: str) -> Layer:
+    """disk/disk.img as GNU tar writes a sparse file (--sparse, in `fmt`: gnu or posix)."""
+    root = work / f"sparse-{fmt}"
+    (root / "disk").mkdir(parents=True)
+    subprocess.run(["cp", "--sparse=always", str(disk), str(root / "disk" / "disk.img")], check=True)
+    tar = work / f"sparse-{fmt}.tar"
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "--owner=107", "--group=107", "-cf",
+                    str(tar), "-C", str(root), "disk"], check=True)
+    return Layer([], prebuilt=tar)
 
 
 def _tar(layer: Layer, out: Path) -> None:
@@ -104,7 +118,10 @@ class Layout:
         layers, diff_ids = [], []
         for i, layer in enumerate(image.layers):
             tar = work / f"layer{i}.tar"
-            _tar(layer, tar)
+            if layer.prebuilt is not None:
+                shutil.copyfile(layer.prebuilt, tar)
+            else:
+                _tar(layer, tar)
             diff_ids.append(f"sha256:{_sha(tar)}")
             if layer.compression == "gzip":
                 packed = work / f"layer{i}.tar.gz"

@@ -277,6 +277,8 @@ def disks(images: Images, plain: Registry, tmp_path_factory: pytest.TempPathFact
             "INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=fedora"]),
         "bootc": Image([disk_layer(a)], labels={"containers.bootc": "1"}),
         # layers of their own (blobs are shared by digest): tampering must touch no other test
+        "sparse-gnu": Image([oci.sparse_layer(images.raw, d, "gnu")]),
+        "sparse-posix": Image([oci.sparse_layer(images.raw, d, "posix")]),
         "tamper": Image([disk_layer(qcow, "tamper.qcow2")]),
         "tamper-gz": Image([disk_layer(images.raw, "tamper.img", compression="gzip")]),
     }

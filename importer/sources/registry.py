@@ -182,7 +182,9 @@ class RegistrySource:
         self._winner = winner
         log.info("%s: the disk is %s in %s", self.where, winner.disk.describe(),
                  self._layer_where(winner.index))
-        self._random = winner.codec is None and self.store.supports_ranges(winner.desc)
+        # a sparse tar member is not one run of bytes: it is streamed (tarfile maps it)
+        self._random = (winner.codec is None and not winner.disk.sparse
+                        and self.store.supports_ranges(winner.desc))
         self._tail: Members | None = None
         if self._random:
             self._tail = self._list_after_disk()
@@ -271,6 +273,7 @@ class RegistrySource:
             labels=self.labels,
             sequential_reason=None if self._random else (
                 f"the disk is inside a {w.codec}-compressed layer" if w.codec
+                else "the disk is a sparse tar entry" if w.disk.sparse
                 else "the registry does not serve byte ranges"))
 
     def open_stream(self, offset: int = 0) -> io.RawIOBase:

@@ -69,6 +69,14 @@ def test_raw_in_zstd_layer_streams(plain: Registry, disks: Disks, images: Images
     assert same_disk(images.raw, tmp_path / "out.img")
 
 
+@pytest.mark.parametrize("tag", ["sparse-gnu", "sparse-posix"])
+def test_sparse_tar_entries_are_streamed_through_their_map(
+        plain: Registry, disks: Disks, images: Images, tmp_path: Path, tag: str) -> None:
+    r = _import(plain.ref("cd", tag), tmp_path / "out.img")
+    assert r.path == "stream"  # in place would read the packed bytes at the wrong offsets
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
 def test_compressed_disk_file_is_decompressed(plain: Registry, disks: Disks, images: Images,
                                               tmp_path: Path) -> None:
     # CDI would write the .gz bytes as a raw disk (quirk Q13)

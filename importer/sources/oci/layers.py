@@ -77,6 +77,8 @@ class DiskEntry:
     #: where the file's bytes start in the layer's uncompressed tar stream
     offset_data: int = 0
     member_offset: int = 0
+    #: a GNU/PAX sparse member: its bytes are not one contiguous run in the tar
+    sparse: bool = False
 
     @property
     def path(self) -> str:
@@ -106,7 +108,8 @@ class DiskView:
         if (child is None or not child[1] or not m.isreg() or child[0].startswith(WHITEOUT)
                 or not self.visible(child[0])):
             return None
-        return DiskEntry(child[0], "regular file", layer, m.size, m.offset_data, m.offset)
+        return DiskEntry(child[0], "regular file", layer, m.size, m.offset_data, m.offset,
+                         sparse=m.sparse is not None)
 
     def apply(self, layer: int, members: list[tuple[str, tarfile.TarInfo]], where: str) -> None:
         """Add one layer's entries below the layers already applied."""
