@@ -290,6 +290,21 @@ STORE_ROWS = [
     ("gcs raw.gz", "gcs", "small.raw.gz",
      GCS_DOWNLOAD + " && pigz -dc {scratch} | dd of={out} bs=1M conv=sparse status=none && sync {out}"),
 ]
+# Container disks: one layer holding disk/<file>, pushed to a local docker-registry. The baseline
+# is what a registry import amounts to without importer (and what CDI does): skopeo copies the
+# image to a directory, tar extracts the disk file, then qemu-img converts or dd writes it.
+SKOPEO_DIR = "rm -rf {d} && skopeo copy -q --src-tls-verify=false {ref} dir:{d}"
+REGISTRY_ROWS = [
+    ("registry qcow2", "qcow2", "none", "disk.qcow2",
+     SKOPEO_DIR + " && tar -xf {d}/{hex} -C {d} && qemu-img convert -f qcow2 {d}/disk/disk.qcow2"
+     " -O raw {out} && sync {out}"),
+    ("registry qcow2.gz-layer", "qcow2", "gzip", "disk.qcow2",
+     SKOPEO_DIR + " && tar -I pigz -xf {d}/{hex} -C {d} && qemu-img convert -f qcow2 "
+     "{d}/disk/disk.qcow2 -O raw {out} && sync {out}"),
+    ("registry raw.zst-layer", "raw", "zstd", "disk.img",
+     SKOPEO_DIR + " && tar --zstd -xOf {d}/{hex} disk/disk.img | dd of={out} bs=1M conv=sparse"
+     " status=none && sync {out}"),
+]
 MEM_ROWS = ["mem-1g.qcow2", "mem-16g.qcow2", "mem-1g.raw.zst", "mem-16g.raw.zst"]
 
 
@@ -357,6 +372,105 @@ def object_store_rows(files: dict[str, Path], importer: str, out: Path, scratch:
     return results
 
 
+def _registry_image(work: Path, files: dict[str, Path], key: str, compression: str, name: str,
+                    host: str) -> tuple[str, str]:
+    """Build (once; kept in the registry's storage under --work) and push a one-layer container
+    disk; returns its reference and the layer's hex digest."""
+    import hashlib
+    import json
+
+    tag = f"{key.replace('.', '-')}-{compression}"
+    layout = work / "oci" / tag
+    ref = f"docker://{host}/bench/disk:{tag}"
+    if not (layout / "index.json").exists():
+        stage = work / "oci" / f"{tag}-stage"
+        shutil.rmtree(stage, ignore_errors=True)
+        (stage / "disk").mkdir(parents=True)
+        os.link(files[key], stage / "disk" / name)
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        layer = layout / "layer.tmp"
+        pack = {"none": "cat", "gzip": "pigz -1", "zstd": "zstd -q -3 -T2"}[compression]
+        sh(f"tar --owner=107 --group=107 -cf - -C {stage} disk | {pack} > {layer}")
+        shutil.rmtree(stage)
+
+        def put(data: bytes | None = None, path: Path | None = None) -> dict[str, object]:
+            h = hashlib.sha256()
+            if path is not None:
+                with open(path, "rb") as f:
+                    while chunk := f.read(8 << 20):
+                        h.update(chunk)
+                size = path.stat().st_size
+                path.rename(blobs / h.hexdigest())
+            else:
+                assert data is not None
+                h.update(data)
+                size = len(data)
+                (blobs / h.hexdigest()).write_bytes(data)
+            return {"digest": f"sha256:{h.hexdigest()}", "size": size}
+
+        mt = "application/vnd.oci.image.layer.v1.tar" + {"none": "", "gzip": "+gzip",
+                                                         "zstd": "+zstd"}[compression]
+        ldesc = put(path=layer)
+        cfg = put(json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                              "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+        man = put(json.dumps({"schemaVersion": 2,
+                              "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                              "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                         **cfg},
+                              "layers": [{"mediaType": mt, **ldesc}]}).encode())
+        (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", **man,
+             "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs" / "sha256" /
+                           index["manifests"][0]["digest"].split(":")[1]).read_text())
+    sh(f"skopeo copy -q --preserve-digests --dest-tls-verify=false oci:{layout}:{tag} {ref}")
+    return ref, manifest["layers"][0]["digest"].split(":")[1]
+
+
+def registry_rows(work: Path, files: dict[str, Path], importer: str, out: Path, target_dir: Path,
+                  best: Callable[[list[str]], Measure], wanted: set[str] | None
+                  ) -> list[tuple[str, Measure, Measure]]:
+    if not shutil.which("docker-registry") or not shutil.which("skopeo"):
+        print("  registry rows skipped: docker-registry or skopeo missing")
+        return []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    storage = work / "registry"
+    conf = work / "registry.yml"
+    conf.write_text(f"version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: "
+                    f"{{rootdirectory: {storage}}}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    scratch = target_dir / "importer-bench-skopeo"
+    results = []
+    try:
+        for _ in range(300):
+            with socket.socket() as sk:
+                if sk.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        for name, key, compression, fname, baseline in REGISTRY_ROWS:
+            if wanted and name not in wanted:
+                continue
+            ref, hexd = _registry_image(work, files, key, compression, fname, f"127.0.0.1:{port}")
+            base = best(["bash", "-c", baseline.format(d=scratch, ref=ref, hex=hexd, out=out)])
+            shutil.rmtree(scratch, ignore_errors=True)
+            ours = best([importer, "import", ref, str(out), "--insecure", "-q", "-o", "json",
+                         "--scratch-dir", str(target_dir)])
+            results.append((name, ours, base))
+            print(f"  {name}: ours {ours.wall:.1f} s ({plan_of(ours)}), baseline {base.wall:.1f} s",
+                  flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
@@ -365,6 +479,8 @@ def main() -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the 1 GiB / 16 GiB memory rows")
     ap.add_argument("--no-object-stores", action="store_true",
                     help="skip the S3 (moto_server) and GCS (fake-gcs-server) rows")
+    ap.add_argument("--no-registry", action="store_true",
+                    help="skip the container registry (docker-registry + skopeo) rows")
     ap.add_argument("--target-dir", type=Path,
                     help="where targets are written (default /dev/shm: this VM's disk writeback "
                          "varies by seconds between identical runs and would swamp the comparison)")
@@ -411,6 +527,9 @@ def main() -> int:
         store_names = {r[0] for r in STORE_ROWS}
         store_results = [] if args.no_object_stores or (wanted and not wanted & store_names) \
             else object_store_rows(files, importer, out, scratch, best, wanted)
+        reg_names = {r[0] for r in REGISTRY_ROWS}
+        reg_results = [] if args.no_registry or (wanted and not wanted & reg_names) \
+            else registry_rows(work, files, importer, out, target_dir, best, wanted)
         mem = []
         if not args.no_memory and not wanted:
             for name in MEM_ROWS:
@@ -457,6 +576,17 @@ def main() -> int:
             print(f"| {name} | {plan_of(ours)} | {ours.wall:.1f} | {ours.cpu:.1f} | "
                   f"{ours.peak_rss / MiB:.0f} | library download to scratch, then convert | "
                   f"{base.wall:.1f} | {ratio:.2f} |")
+    if reg_results:
+        print()
+        print("container registry (docker-registry on loopback; one-layer container disks of the "
+              "4 GiB image):")
+        print("| row | plan | ours s | CPU s | RSS MiB | baseline | base s | base RSS MiB | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, ours, base in reg_results:
+            ratio = ours.wall / base.wall if base.wall else float("inf")
+            print(f"| {name} | {plan_of(ours)} | {ours.wall:.1f} | {ours.cpu:.1f} | "
+                  f"{ours.peak_rss / MiB:.0f} | skopeo copy to dir, tar -x, convert or dd | "
+                  f"{base.wall:.1f} | {base.peak_rss / MiB:.0f} | {ratio:.2f} |")
     if mem:
         print()
         print("| memory row (0.5 GiB data) | wall s | CPU s | peak RSS MiB (with children) | <= 256 MiB |")

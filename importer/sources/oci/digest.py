@@ -118,10 +118,10 @@ class InOrderVerifier:
     """Verifies a blob that is read at random (qemu-img through NBD, parallel ranges).
 
     A digest needs the bytes in order, so reads that arrive at the hashed position advance the
-    hash at once, reads a little ahead are kept (up to `budget` bytes) until the gap before them
-    fills, and whatever was never read or had to be dropped is fetched in order by finish().
-    qemu-img and the range plan read almost in order, so finish() usually fetches only the
-    bytes no plan needed (a qcow2's refcount blocks, the tar padding)."""
+    hash at once and reads a little ahead are kept (up to `budget` bytes) until the gap before
+    them fills. When the budget is full the gap is fetched at once, so memory stays bounded;
+    finish() fetches whatever no reader needed (a qcow2's refcount blocks, the tar padding).
+    qemu-img and the range plan read almost in order, so little is fetched twice."""
 
     def __init__(self, digest: Digest, size: int, what: str,
                  readinto: Callable[[int, bytearray], int], budget: int = 64 << 20) -> None:
@@ -146,13 +146,33 @@ class InOrderVerifier:
         with self._lock:
             if end <= self._pos or offset >= self._size:
                 return
+            if offset > self._pos and offset not in self._pending:
+                if self._held + len(data) > self._budget:
+                    # the hash is stuck behind a gap (bytes being fetched by another worker, or
+                    # that no reader needs): fetch the gap now rather than drop what comes next
+                    self._fill_to(min(self._pending, default=offset))
+                if end <= self._pos:
+                    return
+                if offset > self._pos:
+                    self._pending[offset] = bytes(data)
+                    self._held += len(data)
+                    return
             if offset <= self._pos:
                 self._hash.update(memoryview(data)[self._pos - offset:])
                 self._pos = end
                 self._advance()
-            elif offset not in self._pending and self._held + len(data) <= self._budget:
-                self._pending[offset] = bytes(data)
-                self._held += len(data)
+
+    def _fill_to(self, stop: int) -> None:
+        buf = bytearray(min(4 << 20, max(stop - self._pos, 1)))
+        while self._pos < min(stop, self._size):
+            view = memoryview(buf)[:min(len(buf), stop - self._pos)]
+            n = self._readinto(self._pos, view)  # type: ignore[arg-type]
+            if n <= 0:
+                return
+            self.refetched += n
+            self._hash.update(view[:n])
+            self._pos += n
+            self._advance()
 
     def _advance(self) -> None:
         while self._pending:
@@ -167,20 +187,12 @@ class InOrderVerifier:
                     self._pos = o + len(chunk)
 
     def finish(self) -> None:
-        buf = bytearray(4 << 20)
         with self._lock:
             while self._pos < self._size:
-                want = min(len(buf), self._size - self._pos)
-                nxt = min((o for o in self._pending if o > self._pos), default=self._size)
-                want = min(want, nxt - self._pos)
-                view = memoryview(buf)[:want]
-                n = self._readinto(self._pos, view)  # type: ignore[arg-type]
-                if n <= 0:
-                    break
-                self.refetched += n
-                self._hash.update(view[:n])
-                self._pos += n
-                self._advance()
+                before = self._pos
+                self._fill_to(min(self._pending, default=self._size))
+                if self._pos == before:
+                    break  # the blob ended early
             self._pending.clear()
             self._held = 0
             got = self._hash.hexdigest()

@@ -54,6 +54,7 @@ from .reference import ImageReference
 __all__ = ["RegistryStore"]
 
 log = logging.getLogger(__name__)
+READ_PIECE = 1 << 20
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
@@ -323,7 +324,9 @@ class RegistryStore:
                 with self._open_at(desc, offset + got, offset + size - 1) as resp, \
                         self._transient(f"reading blob {desc.digest.short()}"):
                     while got < size:
-                        n = resp.raw.readinto(view[got:size])
+                        # urllib3 reads into a new bytes object of the size asked and copies:
+                        # pieces of at most 1 MiB keep that transient memory small
+                        n = resp.raw.readinto(view[got:min(size, got + READ_PIECE)])
                         if not n:
                             raise SourceUnavailableError(f"{self.where}: short answer to a range")
                         got += n

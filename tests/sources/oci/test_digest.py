@@ -58,3 +58,12 @@ def test_verifying_stream_checks_at_eof() -> None:
     short = VerifyingStream(io.BytesIO(DATA[:-1]), DIGEST, len(DATA), "blob")  # type: ignore[arg-type]
     with pytest.raises(BlobDigestError, match="truncated"):
         short.drain()
+
+
+def test_a_full_budget_fetches_the_gap_instead_of_dropping_data() -> None:
+    v, fetched = _verifier(budget=200_000)
+    # everything but the first 64 KiB arrives, in order: the gap is fetched once, early
+    for o in range(65536, len(DATA), 65536):
+        v.observe(o, DATA[o:o + 65536])
+    v.finish()
+    assert sum(fetched) == 65536
