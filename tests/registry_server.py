@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -71,7 +72,7 @@ def _config(port: int, storage: Path, extra: str) -> str:
 
 @contextmanager
 def registry_server(work: Path, *, tls: bool = False, auth: str | None = None,
-                    ca: object = None) -> Iterator[Registry]:
+                    ca: object = None, s3_endpoint: str | None = None) -> Iterator[Registry]:
     if not shutil.which("docker-registry") or not shutil.which("skopeo"):
         pytest.skip("docker-registry and skopeo are not installed (run scripts/setup.sh)")
     work.mkdir(parents=True, exist_ok=True)
@@ -98,10 +99,20 @@ def registry_server(work: Path, *, tls: bool = False, auth: str | None = None,
         extra += (f"auth:\n  token: {{realm: 'http://127.0.0.1:{token.port}/token', "
                   f"service: test-registry, issuer: test-issuer, "
                   f"rootcertbundle: {token.cert_file}}}\n")
-    (work / "config.yml").write_text(_config(port, work / "storage", extra))
+    storage = work / "storage"
+    config = _config(port, storage, extra)
+    if s3_endpoint:  # blobs in S3: the registry answers blob GETs with presigned redirects
+        config = config.replace(
+            f"  filesystem: {{rootdirectory: {storage}}}\n",
+            f"  s3: {{accesskey: testing, secretkey: testing, region: us-east-1, bucket: registry,"
+            f" regionendpoint: '{s3_endpoint}', secure: false, v4auth: true}}\n")
+    (work / "config.yml").write_text(config)
     log = open(work / "registry.log", "wb")  # noqa: SIM115 - closed below
+    # the AWS SDK inside the registry panics on AWS_CA_BUNDLE (set on some machines) with
+    # its custom transport; moto is plain HTTP anyway
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_port(port)
         yield Registry(port, work / "storage", tls, auth, ca_dir)
@@ -215,6 +226,33 @@ def secure(tmp_path_factory: pytest.TempPathFactory, ca: object) -> Iterator[Reg
     with registry_server(tmp_path_factory.mktemp("registry-tls"), tls=True, auth="basic",
                          ca=ca) as reg:
         yield reg
+
+
+@pytest.fixture(scope="session")
+def s3_backed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A registry keeping its blobs in S3 (moto_server), as quay.io and most hosted
+    registries do with their object stores and CDNs: every blob GET is a 307 redirect."""
+    import sys
+
+    import boto3
+
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("moto_server is not installed")
+    port = free_port()
+    moto = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30)
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing"
+                     ).create_bucket(Bucket="registry")
+        with registry_server(tmp_path_factory.mktemp("registry-s3"), s3_endpoint=endpoint) as reg:
+            yield reg
+    finally:
+        moto.terminate()
+        moto.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -209,6 +209,17 @@ def test_resumes_after_dropped_connections(plain: Registry, disks: Disks, images
         assert same_disk(images.raw, tmp_path / f"{tag}.img")
 
 
+def test_registry_redirecting_blobs_to_s3_is_read_there_directly(
+        s3_backed: Registry, disks: Disks, images: Images, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    s3_backed.push(disks.layout, "qcow2", "cd")
+    caplog.set_level(logging.INFO)
+    r = _import(s3_backed.ref("cd", "qcow2"), tmp_path / "out.img")
+    assert r.path == "nbd"
+    assert same_disk(images.raw, tmp_path / "out.img")
+    assert "reading it there directly" in caplog.text
+
+
 def test_plain_http_needs_insecure(plain: Registry, disks: Disks, tmp_path: Path) -> None:
     with pytest.raises(SourceTLSError, match=r"WRONG_VERSION_NUMBER.*serves plain HTTP"):
         _import(plain.ref("cd", "raw"), tmp_path / "out.img", insecure=False)

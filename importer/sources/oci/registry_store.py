@@ -24,6 +24,7 @@ import re
 import threading
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import oras.auth
 import oras.auth.utils
@@ -132,6 +133,7 @@ class RegistryStore:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
+        self._pins: dict[str, str] = {}  # blob digest -> where the registry redirected it
         self._container = oras.container.Container(f"{ref.api_host}/{ref.repository}",
                                                    registry=ref.api_host)
         self._ping()
@@ -304,8 +306,31 @@ class RegistryStore:
         headers = {}
         if offset or end is not None:
             headers["Range"] = f"bytes={offset}-{'' if end is None else end}"
-        resp = self._get(self._blob_url(desc), f"reading blob {desc.digest.short()}", headers,
-                         stream=True)
+        action = f"reading blob {desc.digest.short()}"
+        key = str(desc.digest)
+        resp = None
+        pinned = self._pins.get(key)
+        if pinned is not None:
+            resp = self._attempt(lambda: self._reg.session.get(
+                pinned, headers=headers, stream=True, timeout=self._reg.timeout,
+                verify=self._reg._tls_verify, proxies=self._proxies(pinned),
+                allow_redirects=False), action)
+            if resp.status_code not in (200, 206):
+                # a presigned URL expires: go through the registry again for a fresh one
+                log.info("%s: the pinned blob URL answered %d; asking the registry again",
+                         self.where, resp.status_code)
+                resp.close()
+                self._pins.pop(key, None)
+                resp = None
+        if resp is None:
+            resp = self._get(self._blob_url(desc), action, headers, stream=True)
+            if resp.history and urlsplit(resp.url).netloc != urlsplit(self._blob_url(desc)).netloc:
+                # the registry hands blob reads to storage (S3, a CDN): go there directly for
+                # the next ranges instead of being redirected every time (user-needs 14)
+                if key not in self._pins:
+                    log.info("%s: blob %s is served by %s; reading it there directly",
+                             self.where, desc.digest.short(), urlsplit(resp.url).netloc)
+                self._pins[key] = resp.url
         if "Range" in headers:
             m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if resp.status_code != 206 or not m or int(m.group(1)) != offset:
@@ -313,6 +338,10 @@ class RegistryStore:
                 raise SourceContentError(f"{self.where}: the registry ignored a range request for "
                                          f"blob {desc.digest.short()}")
         return resp
+
+    def _proxies(self, url: str) -> dict[str, str]:
+        proxy = self._opts.proxy_for(url)
+        return {urlsplit(url).scheme: proxy} if proxy else {}
 
     def readinto_blob(self, desc: Descriptor, offset: int, buf: bytearray | memoryview) -> int:
         size = max(0, min(len(buf), desc.size - offset))
