@@ -85,6 +85,10 @@ def verify_setting(opts: HttpOptions) -> bool | str:
     """The `verify` value of libraries that take a CA bundle file rather than an SSLContext
     (boto3, requests): False with --insecure, a bundle with CA directories, else True."""
     if opts.insecure:
+        # asked for explicitly: urllib3's per-request warning would only repeat it on stderr
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         return False
     return ca_bundle_file(opts.ca_dirs) if opts.ca_dirs else True
 
