@@ -9,7 +9,14 @@ from typing import Any
 
 from .progress import Progress
 
-__all__ = ["CountingStream", "ThreadedReader"]
+__all__ = ["CountingStream", "ThreadedReader", "drain"]
+
+
+def drain(stream: io.RawIOBase) -> None:
+    """Read a stream to its end, discarding the bytes (checks that run at EOF then run)."""
+    buf = bytearray(1 << 20)
+    while stream.readinto(buf):
+        pass
 
 
 class CountingStream(io.RawIOBase):
@@ -35,9 +42,7 @@ class CountingStream(io.RawIOBase):
 
     def drain(self) -> None:
         """Read to the end so the checksum covers every byte (tar padding, trailing data)."""
-        buf = bytearray(1 << 20)
-        while self.readinto(buf):
-            pass
+        drain(self)
 
     def close(self) -> None:
         self._raw.close()

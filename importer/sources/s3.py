@@ -40,6 +40,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo, read_via_readinto
+from .resumable import ResumableStream
 from .retry import backoff
 from .tls import verify_setting
 
@@ -213,7 +214,15 @@ class S3Source:
                           version=self._etag, checksum=self._checksum)
 
     def open_stream(self, offset: int = 0) -> io.RawIOBase:
-        return _S3Stream(self, offset)
+        def read(body: Any, b: memoryview) -> int:
+            with self._errors("reading"):
+                chunk = body.read(len(b))
+            b[: len(chunk)] = chunk  # StreamingBody has no readinto: one copy
+            return len(chunk)
+
+        return ResumableStream(offset=offset, size=self._size, where=str(self.loc),
+                               open_at=lambda pos: self._get(pos, None), read=read,
+                               backoff=self._backoff)
 
     def readinto_at(self, offset: int, buf: bytearray) -> int:
         size = max(0, min(len(buf), self._size - offset))
@@ -243,51 +252,6 @@ class S3Source:
 
     def close(self) -> None:
         self._closed.set()
-
-
-class _S3Stream(io.RawIOBase):
-    """Sequential bytes from a ranged GetObject, reopened at the first missing byte after a
-    dropped connection (with back-off); the count must reach the object's size."""
-
-    def __init__(self, src: S3Source, offset: int) -> None:
-        self._src = src
-        self._pos = offset
-        self._body: Any = None
-        self._attempt = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self._src._size or len(b) == 0:
-            return 0
-        while True:
-            try:
-                if self._body is None:
-                    self._body = self._src._get(self._pos, None)
-                with self._src._errors("reading"):
-                    chunk = self._body.read(len(b))
-                if not chunk:
-                    raise SourceUnavailableError(
-                        f"{self._src.loc}: body ended at byte {self._pos} of {self._src._size}")
-                b[: len(chunk)] = chunk
-                self._pos += len(chunk)
-                self._attempt = 0
-                return len(chunk)
-            except SourceUnavailableError as exc:
-                self._drop()
-                self._attempt += 1
-                self._src._backoff(self._attempt, exc)
-
-    def _drop(self) -> None:
-        if self._body is not None:
-            with contextlib.suppress(Exception):
-                self._body.close()
-        self._body = None
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
 
 
 def _object_checksum(head: dict[str, Any]) -> ChecksumSpec | None:

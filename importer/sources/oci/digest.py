@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import SourceContentError
+from ...streams import drain
 
 __all__ = ["BlobDigestError", "Digest", "InOrderVerifier", "VerifyingStream"]
 
@@ -105,9 +106,7 @@ class VerifyingStream(io.RawIOBase):
         return 0
 
     def drain(self) -> None:
-        buf = bytearray(1 << 20)
-        while self.readinto(buf):
-            pass
+        drain(self)
 
     def close(self) -> None:
         self._raw.close()

@@ -20,6 +20,7 @@ from ...errors import FormatError, UnsafeImageError
 from ...formats.codecs import open_decoder, sniff_codec
 from ...formats.peek import PeekableStream
 from ...quantity import format_bytes
+from ...streams import drain
 
 __all__ = ["DiskEntry", "DiskView", "LayerTar", "disk_child", "forget_members", "normalise",
            "relevant"]
@@ -228,10 +229,8 @@ class LayerTar:
     def drain(self) -> None:
         """Read to the very end, so the blob's digest is checked on every byte (tar stops at
         its end-of-archive blocks; padding and compressed trailers follow)."""
-        buf = bytearray(1 << 20)
         with self.blame():
-            while self._data.readinto(buf):
-                pass
+            drain(self._data)
 
     def close(self) -> None:
         self._tar.close()

@@ -45,6 +45,7 @@ from ...errors import (
     SourceTLSError,
     SourceUnavailableError,
 )
+from ..resumable import ResumableStream
 from ..retry import backoff
 from ..tls import verify_setting
 from .credentials import Credentials
@@ -300,7 +301,17 @@ class RegistryStore:
         return resp.status_code == 206
 
     def open_blob(self, desc: Descriptor, offset: int = 0) -> io.RawIOBase:
-        return _BlobStream(self, desc, offset)
+        """The blob's bytes from `offset`, resumed after a dropped connection; the count must
+        reach the blob's size (the digest is checked by the caller)."""
+        action = f"reading blob {desc.digest.short()}"
+
+        def read(resp: requests.Response, b: memoryview) -> int:
+            with self._transient(action):
+                return int(resp.raw.readinto(b))
+
+        return ResumableStream(offset=offset, size=desc.size, where=f"{self.where}: {action}",
+                               open_at=lambda pos: self._open_at(desc, pos, None), read=read,
+                               backoff=self.backoff)
 
     def _open_at(self, desc: Descriptor, offset: int, end: int | None) -> requests.Response:
         headers = {}
@@ -376,52 +387,6 @@ class RegistryStore:
 
     def close(self) -> None:
         self._closed.set()
-
-
-class _BlobStream(io.RawIOBase):
-    """A blob's bytes from `offset`, reopened at the first missing byte after a dropped
-    connection; the count must reach the blob's size (the digest is checked by the caller)."""
-
-    def __init__(self, store: RegistryStore, desc: Descriptor, offset: int) -> None:
-        self._store = store
-        self._desc = desc
-        self._pos = offset
-        self._resp: requests.Response | None = None
-        self._attempt = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._pos >= self._desc.size or len(b) == 0:
-            return 0
-        while True:
-            try:
-                if self._resp is None:
-                    self._resp = self._store._open_at(self._desc, self._pos, None)
-                with self._store._transient(f"reading blob {self._desc.digest.short()}"):
-                    n = self._resp.raw.readinto(b)
-                if not n:
-                    raise SourceUnavailableError(
-                        f"{self._store.where}: blob {self._desc.digest.short()} ended at byte "
-                        f"{self._pos} of {self._desc.size}")
-                self._pos += n
-                self._attempt = 0
-                return int(n)
-            except SourceUnavailableError as exc:
-                self._drop()
-                self._attempt += 1
-                self._store.backoff(self._attempt, exc)
-
-    def _drop(self) -> None:
-        if self._resp is not None:
-            with contextlib.suppress(Exception):
-                self._resp.close()
-        self._resp = None
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
 
 
 def _reason(exc: BaseException) -> str:
