@@ -8,6 +8,7 @@ mismatch, each with its JSON message); 1 failure; 2 configuration; 128+N stopped
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from .errors import (
     SourceUnavailableError,
 )
 from .metrics import MetricsServer
+from .nodepull import fetch_labels, image_url, signal_done, wait_for_ready
 from .podconfig import (
     NOT_YET,
     PodSettings,
@@ -149,6 +151,36 @@ def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,
         log.error(msg)
         return 1, text_message(msg)
     assert config is not None  # every source but `none` has an import config
+    if settings.node_pull:
+        return _node_pull(settings, config, progress, cancel)
+    return _import(settings, config, progress, cancel)
+
+
+def _node_pull(settings: PodSettings, config: ImportConfig, progress: Progress,
+               cancel: threading.Event) -> tuple[int, str]:
+    ready = settings.fs_root / settings.ready_file.lstrip("/")
+    done = settings.fs_root / settings.done_file.lstrip("/")
+    try:
+        name = wait_for_ready(ready, settings.ready_timeout, cancel)
+        if name is None:
+            msg = f"Timeout waiting for file {settings.ready_file}"
+            log.error(msg)
+            return 1, text_message(msg)
+        try:
+            url = image_url(config.source, name)
+        except ImporterError as exc:
+            log.error("%s", exc)
+            return 1, text_message(f"Unable to process data: {exc}")
+        log.info("node pull: the image server serves %s", url)
+        return _import(settings, dataclasses.replace(config, source=url), progress, cancel,
+                       labels_from=config.source)
+    finally:
+        signal_done(done)
+
+
+def _import(settings: PodSettings, config: ImportConfig, progress: Progress,
+            cancel: threading.Event, labels_from: str | None = None) -> tuple[int, str]:
+    src = settings.source
     log.info("importing", extra={"fields": {"source": src, "content_type": settings.content_type.value,
                                             "volume_mode": "block" if settings.block else "filesystem",
                                             "available": settings.available}})
@@ -176,6 +208,12 @@ def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,
     except ImporterError as exc:
         log.error("%s", exc)
         return exc.exit_code, text_message(f"Unable to process data: {exc}")
+    if labels_from is not None:
+        try:
+            result.labels.update(fetch_labels(labels_from))
+        except ImporterError as exc:
+            log.error("%s", exc)
+            return exc.exit_code, text_message(f"Unable to process data: {exc}")
     if not settings.block and settings.content_type.value == "kubevirt":
         os.chmod(settings.dest, 0o660)  # CDI's functional tests check -rw-rw----
     log.info("import complete", extra={"fields": result.as_dict()})

@@ -63,6 +63,14 @@ class PodSettings:
     preallocation: bool
     metrics_port: int
     verbosity: int
+    #: registry node pull (contract 4.4.5): the sidecar's ready and done files, as CDI names
+    #: them (shown in messages) and where they are on this filesystem
+    node_pull: bool = False
+    ready_file: str = ""
+    done_file: str = ""
+    fs_root: Path = Path("/")
+    #: seconds to wait for the ready file (CDI: 60); IMPORTER_READY_TIMEOUT is our extension
+    ready_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,21 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         problems.append(f"neither {block_dev} (block volume) nor the directory {data_dir} "
                         "(filesystem volume) exists: mount the target volume")
 
+    pull_method = env.get("IMPORTER_PULL_METHOD", "")
+    if pull_method not in ("", "node"):
+        problems.append(f"IMPORTER_PULL_METHOD={pull_method!r}: use node or leave it empty")
+    node_pull = pull_method == "node"
+    if node_pull and source != "http":
+        problems.append(f"IMPORTER_PULL_METHOD=node goes with IMPORTER_SOURCE=http, not {source!r}")
+    if node_pull and not (env.get("IMPORTER_READY_FILE") and env.get("IMPORTER_DONE_FILE")):
+        problems.append("IMPORTER_PULL_METHOD=node needs IMPORTER_READY_FILE and IMPORTER_DONE_FILE")
+    ready_timeout = 60.0
+    if env.get("IMPORTER_READY_TIMEOUT"):
+        try:
+            ready_timeout = float(env["IMPORTER_READY_TIMEOUT"])
+        except ValueError:
+            problems.append("IMPORTER_READY_TIMEOUT: use a number of seconds")
+
     cert_dir = env.get("IMPORTER_CERT_DIR")
     ca_dir = None
     if cert_dir:
@@ -198,7 +221,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         source=source, owner_uid=env.get("OWNER_UID", ""), content_type=ctype, block=block,
         dest=dest, data_dir=data_dir,
         image_size=image_size, overhead=overhead, available=available,
-        preallocation=preallocation, metrics_port=metrics_port, verbosity=verbosity)
+        preallocation=preallocation, metrics_port=metrics_port, verbosity=verbosity,
+        node_pull=node_pull, ready_file=env.get("IMPORTER_READY_FILE", ""),
+        done_file=env.get("IMPORTER_DONE_FILE", ""), fs_root=root, ready_timeout=ready_timeout)
     if source == "none":
         return settings, None
 

@@ -209,6 +209,17 @@ class TokenServer:
 
 
 @pytest.fixture(scope="session")
+def containerimage_server(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """native/cdi-containerimage-server.c built static, as the image ships it."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed (run scripts/setup.sh)")
+    out = tmp_path_factory.mktemp("native") / "cdi-containerimage-server"
+    run("gcc", "-O2", "-Wall", "-Werror", "-static", "-o", out,
+        Path(__file__).resolve().parent.parent / "native" / "cdi-containerimage-server.c")
+    return out
+
+
+@pytest.fixture(scope="session")
 def ca() -> object:
     import trustme
 

@@ -57,6 +57,7 @@ class PodRun:
     root: Path
     device: Path | None = None
     scratch: bool = False
+    volumes: list[str] = field(default_factory=list)
     name: str = field(default_factory=lambda: f"importer-{uuid.uuid4().hex[:8]}")
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ class PodRun:
             a += ["--device", f"{self.device}:/dev/cdi-block-volume:rwm"]
         else:
             a += ["-v", f"{self.data}:/data:rw"]
+        for v in self.volumes:
+            a += ["-v", v]
         if self.scratch:
             scratch = self.root / "scratch"
             scratch.mkdir(exist_ok=True)
@@ -147,6 +150,61 @@ def test_registry_qcow2_with_labels_and_a_tampered_blob(tmp_path: Path, plain: R
                         INSECURE_TLS="true")
     assert code == 0, err
     assert '"labels":{"instancetype.kubevirt.io/default-instancetype":"u1.small"' in pod.message
+
+
+def test_registry_node_pull_with_the_sidecar_in_a_scratch_image(
+        tmp_path: Path, plain: Registry, disks: Disks, images: Images) -> None:
+    """CDI's node-pull pod shape: the init container copies the static server out of our image,
+    the sidecar runs it inside the user's FROM-scratch container disk, the importer reads it."""
+    assert PODMAN_ENV is not None
+    cdisk = "localhost/importer-test-cdisk:labels"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{disks.layout}:labels",
+                    f"containers-storage:{cdisk}"], check=True, env=PODMAN_ENV)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, 107, 107)
+    vol = f"{shared}:/shared:rw"
+    subprocess.run(["podman", "run", "--rm", "--pull", "never", "--user", "107", "-v", vol,
+                    "--entrypoint", "/bin/sh", IMAGE, "-c",
+                    "cp /usr/bin/cdi-containerimage-server /shared/server"],
+                   check=True, env=PODMAN_ENV, capture_output=True)
+    port = free_port()
+    sidecar = subprocess.Popen(
+        ["podman", "run", "--rm", "--pull", "never", "--user", "107", "--network", "host",
+         "--read-only", "-v", vol, cdisk, "/shared/server", "-p", str(port), "-image-dir",
+         "/disk", "-ready-file", "/shared/ready", "-done-file", "/shared/done"],
+        env=PODMAN_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        (tmp_path / "p").mkdir()
+        pod = PodRun(tmp_path / "p", volumes=[vol])
+        code, err = pod.run(IMPORTER_SOURCE="http",
+                            IMPORTER_ENDPOINT=f"http://localhost:{port}/disk.img",
+                            IMPORTER_PULL_METHOD="node", IMPORTER_READY_FILE="/shared/ready",
+                            IMPORTER_DONE_FILE="/shared/done")
+        assert code == 0, err
+        assert '"labels":{"instancetype.kubevirt.io/default-instancetype":"u1.small"' in \
+            pod.message
+        assert (pod.data / "disk.img").read_bytes()[: 4 << 20] == disks.a.read_bytes()
+        _out, serr = sidecar.communicate(timeout=30)
+        assert sidecar.returncode == 0, serr
+    finally:
+        if sidecar.poll() is None:
+            sidecar.kill()
+        subprocess.run(["podman", "rmi", "-f", cdisk], env=PODMAN_ENV, capture_output=True)
+
+
+def test_image_size_detection_binary(pod: PodRun, images: Images) -> None:
+    import shutil as sh
+
+    sh.copyfile(images["disk.qcow2"], pod.data / "disk.img")
+    os.chown(pod.data / "disk.img", 107, 107)
+    r = subprocess.run(["podman", "run", "--rm", "--pull", "never", "--user", "107", "--read-only",
+                        "-v", f"{pod.data}:/data:rw", "-v", f"{pod.term}:/dev/termination-log:rw",
+                        "--entrypoint", "/usr/bin/cdi-image-size-detection", IMAGE,
+                        "-image-path", "/data/disk.img"],
+                       capture_output=True, text=True, timeout=120, env=PODMAN_ENV)
+    assert r.returncode == 0, r.stderr
+    assert pod.message == str(SEED_SIZE)
 
 
 def test_archive_to_data(pod: PodRun, nginx: Nginx, images: Images) -> None:
