@@ -498,4 +498,6 @@ def inspect_source(config: ImportConfig) -> dict[str, Any]:
             "safe": True,
             "streamable": not info.needs_conversion or (sinfo.random_access and (
                 not det.codecs or det.codecs == ["xz"])),
+            "version": sinfo.version,
+            "labels": sinfo.labels,
         }

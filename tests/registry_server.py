@@ -126,7 +126,9 @@ def registry_server(work: Path, *, tls: bool = False, auth: str | None = None,
 
 class TokenServer:
     """A Docker token service (distribution's token auth spec): checks Basic credentials at
-    GET /token and issues an RS256 JWT granting the scope asked for; `issued` counts tokens."""
+    GET /token and issues an RS256 JWT granting the scope asked for; without credentials, a
+    pull-only token for repositories under public/ (Docker Hub's and quay's anonymous pulls).
+    `issued` counts tokens."""
 
     def __init__(self, work: Path) -> None:
         import datetime
@@ -159,12 +161,16 @@ class TokenServer:
             def do_GET(self) -> None:
                 q = parse_qs(urlsplit(self.path).query)
                 want = f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode()).decode()}"
-                if self.headers.get("Authorization") != want:
+                scope = q.get("scope", [""])[0]
+                given = self.headers.get("Authorization")
+                if given is None and scope.startswith("repository:public/"):
+                    scope = scope.rsplit(":", 1)[0] + ":pull"  # anonymous: pull public images
+                elif given != want:
                     server.refused += 1
                     self.send_response(401)
                     self.end_headers()
                     return
-                body = json.dumps({"token": server.token(q.get("scope", [""])[0])}).encode()
+                body = json.dumps({"token": server.token(scope)}).encode()
                 server.issued += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -305,6 +305,16 @@ def test_bearer_token_registry(token: Registry, disks: Disks, images: Images,
         _import(token.ref("cd", "qcow2"), tmp_path / "anon.img")
 
 
+def test_bearer_token_registry_anonymous_pull_of_a_public_image(token: Registry, disks: Disks,
+                                                                images: Images,
+                                                                tmp_path: Path) -> None:
+    """The common case of public registries: no credentials, an anonymous pull token."""
+    token.push(disks.layout, "qcow2", "public/cd")
+    r = _import(token.ref("public/cd", "qcow2"), tmp_path / "out.img")
+    assert r.path == "nbd"
+    assert same_disk(images.raw, tmp_path / "out.img")
+
+
 # ---------------------------------------------------------------------- oci-archive and CLI
 
 
@@ -348,6 +358,11 @@ def test_inspect(plain: Registry, disks: Disks) -> None:
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["format"] == "qcow2" and info["range_requests"] is False
+    r = importer_cli("inspect", plain.ref("cd", "labels"), "--insecure", "-o", "json")
+    info = json.loads(r.stdout)
+    assert info["labels"] == {"instancetype.kubevirt.io/default-instancetype": "u1.small",
+                              "instancetype.kubevirt.io/default-preference": "fedora"}
+    assert info["version"].startswith("sha256:")  # the manifest digest, for pinning
 
 
 def test_skopeo_sees_the_same_image(plain: Registry, disks: Disks) -> None:

@@ -16,12 +16,13 @@ import boto3
 import httpx
 import pytest
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from importer.config import build_config
 from importer.engine import run_import
 from importer.errors import SourceAuthError
 
-from ..conftest import Images, free_port, same_disk
+from ..conftest import Images, free_port, same_disk, wait_port
 
 ACCESS, SECRET = "test:tester", "testing"
 
@@ -115,9 +116,22 @@ def swift(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             time.sleep(0.2)
         else:
             raise RuntimeError("swift did not start: " + (w / "log" / "proxy.log").read_text()[-2000:])
+        for name in ("account", "container", "object"):
+            wait_port(ports[name], 60)
         s = Swift(endpoint)
         c = s.client()
-        c.create_bucket(Bucket="disks")
+        # the proxy is healthy before the account and container servers answer it: s3api says
+        # 503 "reduce your request rate" until they do (seen in CI under load)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                c.create_bucket(Bucket="disks")
+                break
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ServiceUnavailable" or \
+                        time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         c.upload_file(str(images["disk.qcow2"]), "disks", "disk.qcow2")
         # a multipart upload: the ETag ends in -N, as for every large object
         c.upload_file(str(images.raw), "disks", "multipart.raw",
