@@ -565,28 +565,10 @@ def main() -> int:
         print(f"| {row.name:14} | {plan_of(ours):9} | {ours.wall:6.1f} | {virtual / ours.wall / 1e6:6.0f} | "
               f"{ours.cpu:5.1f} | {ours.peak_rss / MiB:7.0f} | {label:44} | "
               f"{base.wall:6.1f} | {base.cpu:5.1f} | {base.peak_rss / MiB:7.0f} | {ratio:5.2f} | {verdict} |")
-    if store_results:
-        print()
-        print("object stores (512 MiB virtual, 96 MiB data; moto_server and fake-gcs-server on "
-              "loopback):")
-        print("| row | plan | ours s | CPU s | RSS MiB | baseline | base s | ratio |")
-        print("|---|---|---|---|---|---|---|---|")
-        for name, ours, base in store_results:
-            ratio = ours.wall / base.wall if base.wall else float("inf")
-            print(f"| {name} | {plan_of(ours)} | {ours.wall:.1f} | {ours.cpu:.1f} | "
-                  f"{ours.peak_rss / MiB:.0f} | library download to scratch, then convert | "
-                  f"{base.wall:.1f} | {ratio:.2f} |")
-    if reg_results:
-        print()
-        print("container registry (docker-registry on loopback; one-layer container disks of the "
-              "4 GiB image):")
-        print("| row | plan | ours s | CPU s | RSS MiB | baseline | base s | base RSS MiB | ratio |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for name, ours, base in reg_results:
-            ratio = ours.wall / base.wall if base.wall else float("inf")
-            print(f"| {name} | {plan_of(ours)} | {ours.wall:.1f} | {ours.cpu:.1f} | "
-                  f"{ours.peak_rss / MiB:.0f} | skopeo copy to dir, tar -x, convert or dd | "
-                  f"{base.wall:.1f} | {base.peak_rss / MiB:.0f} | {ratio:.2f} |")
+    _print_pairs("object stores (512 MiB virtual, 96 MiB data; moto_server and fake-gcs-server "
+                 "on loopback):", store_results, "library download to scratch, then convert")
+    _print_pairs("container registry (docker-registry on loopback; one-layer container disks of "
+                 "the 4 GiB image):", reg_results, "skopeo copy to dir, tar -x, convert or dd")
     if mem:
         print()
         print("| memory row (0.5 GiB data) | wall s | CPU s | peak RSS MiB (with children) | <= 256 MiB |")
@@ -598,6 +580,21 @@ def main() -> int:
             print(f"| {name} | {m.wall:.1f} | {m.cpu:.1f} | {m.peak_rss / MiB:.0f} | {verdict} |")
     print(f"\n{failed} target(s) missed")
     return 1 if failed else 0
+
+
+def _print_pairs(title: str, results: list[tuple[str, Measure, Measure]], baseline: str) -> None:
+    """A table of rows with no target: ours against the baseline, measured in the same run."""
+    if not results:
+        return
+    print()
+    print(title)
+    print("| row | plan | ours s | CPU s | RSS MiB | baseline | base s | base RSS MiB | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, ours, base in results:
+        ratio = ours.wall / base.wall if base.wall else float("inf")
+        print(f"| {name} | {plan_of(ours)} | {ours.wall:.1f} | {ours.cpu:.1f} | "
+              f"{ours.peak_rss / MiB:.0f} | {baseline} | {base.wall:.1f} | "
+              f"{base.peak_rss / MiB:.0f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":
