@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from importer.errors import (
 )
 from importer.sources.oci.digest import BlobDigestError
 
-from ..conftest import DroppingProxy, Images, importer_cli, same_disk
+from ..conftest import DroppingProxy, Images, free_port, importer_cli, same_disk, wait_port
 from ..registry_server import PASSWORD, USER, Disks, Registry
 from ..test_pod import Pod
 
@@ -218,6 +219,62 @@ def test_registry_redirecting_blobs_to_s3_is_read_there_directly(
     assert r.path == "nbd"
     assert same_disk(images.raw, tmp_path / "out.img")
     assert "reading it there directly" in caplog.text
+
+
+@pytest.fixture
+def no_range_proxy(plain: Registry, tmp_path: Path) -> Iterator[int]:
+    """nginx in front of the registry, dropping Range on the way in and serving no ranges
+    itself: a registry behind a proxy that cannot do byte ranges."""
+    import os
+    import shutil
+
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed")
+    port = free_port()
+    (tmp_path / "tmp").mkdir()
+    user = "user root root;" if os.geteuid() == 0 else ""
+    (tmp_path / "nginx.conf").write_text(f"""
+{user}
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/tmp; proxy_temp_path {tmp_path}/tmp;
+    fastcgi_temp_path {tmp_path}/tmp; uwsgi_temp_path {tmp_path}/tmp; scgi_temp_path {tmp_path}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        max_ranges 0;
+        location / {{
+            proxy_pass http://127.0.0.1:{plain.port};
+            proxy_set_header Range "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+    conf = ["-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)]
+    subprocess.run(["nginx", *conf], check=True, capture_output=True)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        subprocess.run(["nginx", *conf, "-s", "stop"], check=False, capture_output=True)
+
+
+def test_registry_without_range_support_streams_and_verifies(
+        no_range_proxy: int, disks: Disks, images: Images, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    r = _import(f"docker://127.0.0.1:{no_range_proxy}/cd:qcow2", tmp_path / "q.img",
+                scratch_dir=str(tmp_path))
+    assert r.path == "staged"
+    assert "because the registry does not serve byte ranges" in caplog.text
+    assert same_disk(images.raw, tmp_path / "q.img")
+    r = _import(f"docker://127.0.0.1:{no_range_proxy}/cd:raw", tmp_path / "r.img")
+    assert r.path == "stream"
+    assert same_disk(images.raw, tmp_path / "r.img")
 
 
 def test_plain_http_needs_insecure(plain: Registry, disks: Disks, tmp_path: Path) -> None:
