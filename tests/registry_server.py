@@ -170,6 +170,12 @@ class TokenServer:
                     self.send_response(401)
                     self.end_headers()
                     return
+                if "repository:broken/" in scope:  # a misconfigured realm: an HTML page
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.end_headers()
+                    self.wfile.write(b"<html><body>Sign in</body></html>")
+                    return
                 body = json.dumps({"token": server.token(scope)}).encode()
                 server.issued += 1
                 self.send_response(200)

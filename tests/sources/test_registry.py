@@ -362,6 +362,12 @@ def test_bearer_token_registry(token: Registry, disks: Disks, images: Images,
         _import(token.ref("cd", "qcow2"), tmp_path / "anon.img")
 
 
+def test_token_service_answering_html_is_an_auth_error(token: Registry, tmp_path: Path) -> None:
+    with pytest.raises(SourceAuthError, match=r"token service .* gave no usable token"):
+        _import(token.ref("broken/cd", "v1"), tmp_path / "out.img", username=USER,
+                password_file=_password(tmp_path))
+
+
 def test_bearer_token_registry_anonymous_pull_of_a_public_image(token: Registry, disks: Disks,
                                                                 images: Images,
                                                                 tmp_path: Path) -> None:

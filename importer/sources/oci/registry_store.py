@@ -92,7 +92,14 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
         resp.close()
         with self.auth_lock:
             if self.auth_header == sent:  # no other thread has renewed it meanwhile
-                new, changed = self.auth.authenticate_request(resp, {}, refresh=True)
+                try:
+                    new, changed = self.auth.authenticate_request(resp, {}, refresh=True)
+                except (ValueError, KeyError, AttributeError, TypeError) as exc:
+                    # oras reads the token service's answer as JSON without checking it
+                    raise SourceAuthError(
+                        f"the registry's token service at "
+                        f"{resp.headers.get('Www-Authenticate', '?')[:200]} gave no usable "
+                        f"token ({type(exc).__name__}: {exc})") from exc
                 if not changed or "Authorization" not in new:
                     return resp
                 self.auth_header = {"Authorization": new["Authorization"]}
