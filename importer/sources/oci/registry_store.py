@@ -222,6 +222,8 @@ class RegistryStore:
                     f"{self.where}: {action}: {_reason(exc)}")
             except SourceUnavailableError as exc:
                 err = exc
+            except requests.RequestException as exc:  # redirect loops, invalid URLs, ...
+                raise SourceError(f"{self.where}: {action}: {_reason(exc)}") from exc
             attempt += 1
             backoff(self._opts, self._closed, attempt, err)
 
