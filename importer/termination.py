@@ -33,7 +33,7 @@ def json_message(message: str, *, scratch_space_required: bool | None = None,
         if preallocation_applied is not None:
             obj["preallocationApplied"] = preallocation_applied
         if lab:
-            obj["labels"] = lab
+            obj["labels"] = dict(sorted(lab.items()))  # Go's encoding/json sorts map keys
         obj["message"] = msg
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 

@@ -259,3 +259,8 @@ def test_termination_messages_fit_4096_bytes() -> None:
     assert len(j.encode()) <= MAX_BYTES and json.loads(j)["message"] == "Import Complete"
     j = json_message("é" * 5000)
     assert len(j.encode()) <= MAX_BYTES and json.loads(j)["message"].endswith("...")
+
+
+def test_labels_are_written_in_key_order_as_go_does() -> None:
+    msg = json_message("Import Complete", labels={"b.kubevirt.io/x": "1", "a.kubevirt.io/y": "2"})
+    assert msg == '{"labels":{"a.kubevirt.io/y":"2","b.kubevirt.io/x":"1"},"message":"Import Complete"}'
