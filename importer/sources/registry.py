@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import HttpOptions
-from ..errors import FormatError, SourceContentError
+from ..errors import FormatError, SourceContentError, SourceNotFoundError
 from ..quantity import format_bytes
 from .base import SourceInfo, read_via_readinto
 from .oci.archive_store import ArchiveStore
@@ -102,11 +102,11 @@ class RegistrySource:
         what = self.where
         mtype = media_type_of(data, mtype, what)
         arch = self._arch or host_architecture()
-        for _ in range(2):  # an index may point at one more index (an OCI layout's index.json)
+        for level in range(2):  # an index may point at one more (an OCI layout's index.json)
             if mtype not in INDEX_TYPES:
                 break
             entries = index_entries(data, what)
-            if self.ref.transport == "oci-archive":
+            if self.ref.transport == "oci-archive" and level == 0:
                 entries = self._archive_entries(entries)
             desc = entries[0] if len(entries) == 1 and not entries[0].platform else \
                 select_platform(entries, arch, what)
@@ -126,14 +126,18 @@ class RegistrySource:
         return image
 
     def _archive_entries(self, entries: list[Descriptor]) -> list[Descriptor]:
+        """The index.json entry the reference names; without a name, the archive's only image
+        (as containers/image: several need a name)."""
         want = self.ref.archive_ref
+        names = sorted({e.annotations.get(REF_NAME, "<unnamed>") for e in entries})
         if want is None:
+            if len(entries) > 1:
+                raise SourceNotFoundError(f"{self.where}: the archive holds {len(entries)} "
+                                          f"images ({', '.join(names)}); name one as "
+                                          "oci-archive:PATH:NAME")
             return entries
         chosen = [e for e in entries if e.annotations.get(REF_NAME) == want]
         if not chosen:
-            names = sorted({e.annotations.get(REF_NAME, "<unnamed>") for e in entries})
-            from ..errors import SourceNotFoundError
-
             raise SourceNotFoundError(f"{self.where}: no image named {want!r} in the archive "
                                       f"(it has: {', '.join(names)})")
         return chosen

@@ -399,6 +399,11 @@ def test_oci_archive(archive: Path, images: Images, disks: Disks, tmp_path: Path
     with pytest.raises(SourceNotFoundError, match=r"no image named 'v9' in the archive \(it has: "
                                                   r"bootc, climb"):
         _import(f"oci-archive:{archive}:v9", tmp_path / "x.img")
+    with pytest.raises(SourceNotFoundError, match=r"the archive holds \d+ images \(bootc, climb"):
+        _import(f"oci-archive:{archive}", tmp_path / "y.img")
+    # a multi-arch index inside the archive: the name picks the index, the host its image
+    _import(f"oci-archive:{archive}:multi", tmp_path / "m.img", registry_arch="arm64")
+    assert (tmp_path / "m.img").read_bytes() == disks.a.read_bytes()
 
 
 def test_cli_import_and_errors(plain: Registry, disks: Disks, tmp_path: Path) -> None:
