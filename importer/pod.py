@@ -108,10 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     cancel = threading.Event()
+    answered = threading.Event()  # the outcome is decided: a signal now only ends the linger
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         cancel.set()
-        raise CancelledError(signum)
+        if not answered.is_set():
+            raise CancelledError(signum)
 
     # As PID 1 Python would ignore SIGTERM without a handler (design notes 4).
     for s in (signal.SIGTERM, signal.SIGINT):
@@ -124,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings, config = read_pod_environment(os.environ, verbosity)
         code, message = _run(settings, config, progress, cancel)
+        answered.set()
     except ConfigError as exc:
         code, message = exc.exit_code, text_message(f"Invalid configuration: {exc}")
         log.error("%s", exc)
@@ -131,11 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = exc.exit_code, text_message(f"Unable to process data: {exc}")
         log.error("%s", exc)
     finally:
+        answered.set()
         stop_logging.set()
     write_termination_message(early.termination_log, message)
     if code == 0 and not cancel.is_set():
         progress.finish()
-        time.sleep(METRICS_LINGER)  # so that a last scrape sees 100
+        cancel.wait(METRICS_LINGER)  # so that a last scrape sees 100; a SIGTERM ends it early
     metrics.close()
     return code
 

@@ -276,9 +276,12 @@ def loop_device(backing: Path, size: int, fill: bytes) -> Iterator[Path]:
 
 class DroppingProxy:
     """A TCP proxy that cuts the server's answer after `cut` bytes on the connections it is
-    told to (by number), to test resume against a real S3 server."""
+    told to (by number), to test resume against a real server; optionally slow."""
 
-    def __init__(self, target_port: int, cut: int, victims: set[int]) -> None:
+    def __init__(self, target_port: int, cut: int, victims: set[int], *,
+                 rate: int | None = None) -> None:
+        """`rate`: bytes per second each connection's answers are held to (a slow server)."""
+        self.rate = rate
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -300,18 +303,23 @@ class DroppingProxy:
             server = socket.create_connection(("127.0.0.1", self.target))
             limit = self.cut if n in self.victims else None
             threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, limit), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, limit, self.rate),
+                             daemon=True).start()
 
     @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket, limit: int | None) -> None:
+    def _pipe(a: socket.socket, b: socket.socket, limit: int | None,
+              rate: int | None = None) -> None:
         sent = 0
+        started = time.monotonic()
         try:
-            while data := a.recv(65536):
+            while data := a.recv(16384 if rate else 65536):
                 if limit is not None and sent + len(data) > limit:
                     b.sendall(data[: limit - sent])
                     break
                 b.sendall(data)
                 sent += len(data)
+                if rate:
+                    time.sleep(max(0.0, started + sent / rate - time.monotonic()))
         except OSError:
             pass
         for s in (a, b):

@@ -210,6 +210,22 @@ def test_sigterm_exits_143_without_success(pod: Pod, nginx: Nginx) -> None:
     assert list(pod.data.iterdir()) == []
 
 
+def test_sigterm_after_success_keeps_the_success(pod: Pod, nginx: Nginx) -> None:
+    """The kubelet may stop the pod while the metrics linger after success: the import is done
+    and answered, so the exit stays 0 (it was 1, with a trace, before)."""
+    p = pod.start(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"))
+    term = pod.root / "dev" / "termination-log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (term.exists() and "Import Complete" in
+                                               term.read_text()):
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
+    assert json.loads(pod.termination)["message"] == "Import Complete"
+
+
 @pytest.fixture
 def loop_dev(tmp_path: Path) -> Iterator[Path]:
     with loop_device(tmp_path / "block.img", 48 << 20, b"\x77") as dev:

@@ -509,6 +509,31 @@ def test_pod_pull_failures_say_failed_to_pull_image(secure: Registry, secure_ima
     assert list((pod.data).iterdir()) == []
 
 
+@pytest.mark.parametrize("tag", ["qcow2", "qcow2-gz"])
+def test_pod_sigterm_during_a_registry_import(plain: Registry, disks: Disks, tmp_path: Path,
+                                              tag: str) -> None:
+    """Stopped while reading in place (nbd) or while staging a gzip layer: exit 143, no
+    success, nothing left in /data or /scratch."""
+    import signal
+    import time
+
+    pod = _pod(tmp_path)
+    (pod.root / "scratch").mkdir()
+    proxy = DroppingProxy(plain.port, cut=0, victims=set(), rate=256 << 10)
+    try:
+        p = pod.start(IMPORTER_SOURCE="registry", INSECURE_TLS="true",
+                      IMPORTER_ENDPOINT=f"docker://127.0.0.1:{proxy.port}/cd:{tag}")
+        time.sleep(2)  # the layers are 1.5 to 5 MiB; each connection gets 256 KiB/s
+        assert p.poll() is None
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        proxy.close()
+    assert p.returncode == 143, err
+    assert "SIGTERM" in pod.termination and "Import Complete" not in pod.termination
+    assert list(pod.data.iterdir()) == [] and list((pod.root / "scratch").iterdir()) == []
+
+
 @pytest.mark.root
 def test_pod_registry_raw_to_block_device(plain: Registry, disks: Disks, images: Images,
                                           tmp_path: Path) -> None:
