@@ -158,10 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(args_list)
     _setup_logging(args.verbose, args.quiet)
     cancel = threading.Event()
+    answered = threading.Event()  # the import is done: a late signal must not say otherwise
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         cancel.set()
-        raise CancelledError(signum)
+        if not answered.is_set():
+            raise CancelledError(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     progress = Progress()
@@ -197,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = inspect_source(config)
         else:
             result = run_import(config, progress, cancel).as_dict()
+        answered.set()
         bar.close()
         _print_result(args.command, result, args.output)
         return 0
