@@ -63,7 +63,7 @@ def sparse_layer(disk: Path, work: Path, fmt: str) -> Layer:
     return Layer([], prebuilt=tar)
 
 
-def _tar(layer: Layer, out: Path) -> None:
+def write_tar(layer: Layer, out: Path) -> None:
     with open(out, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for e in layer.entries:
             ti = tarfile.TarInfo(e.name)
@@ -121,7 +121,7 @@ class Layout:
             if layer.prebuilt is not None:
                 shutil.copyfile(layer.prebuilt, tar)
             else:
-                _tar(layer, tar)
+                write_tar(layer, tar)
             diff_ids.append(f"sha256:{_sha(tar)}")
             if layer.compression == "gzip":
                 packed = work / f"layer{i}.tar.gz"

@@ -546,3 +546,28 @@ def test_pod_registry_raw_to_block_device(plain: Registry, disks: Disks, images:
                             INSECURE_TLS="true", FILESYSTEM_OVERHEAD="0")
         assert code == 0, err
         assert same_disk(images.raw, dev)
+
+
+def test_image_pushed_with_oras(plain: Registry, images: Images, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """oras writes its own manifest shape (title annotations, an empty annotations map)."""
+    import hashlib
+
+    import oras.client
+
+    from .. import oci_images as oci
+
+    layer = tmp_path / "layer.tar"
+    oci.write_tar(oci.disk_layer(images["disk.qcow2"]), layer)
+    diff_id = "sha256:" + hashlib.sha256(layer.read_bytes()).hexdigest()
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {"Env": ["KUBEVIRT_IO_OS=fedora"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}}))
+    monkeypatch.chdir(tmp_path)  # oras takes paths under the working directory
+    client = oras.client.OrasClient(hostname=plain.host, insecure=True)
+    client.push(target=f"{plain.host}/cd/oras:v1",
+                files=["layer.tar:application/vnd.oci.image.layer.v1.tar"],
+                manifest_config="config.json:application/vnd.oci.image.config.v1+json")
+    r = _import(f"docker://{plain.host}/cd/oras:v1", tmp_path / "out.img")
+    assert (r.path, r.labels) == ("nbd", {"kubevirt.io/os": "fedora"})
+    assert same_disk(images.raw, tmp_path / "out.img")
