@@ -28,7 +28,6 @@ __all__ = ["DiskEntry", "DiskView", "LayerTar", "disk_child", "forget_members", 
 DISK = "disk"
 OPAQUE = ".wh..wh..opq"
 WHITEOUT = ".wh."
-TAR_BUFSIZE = 1 << 20  # tarfile's stream mode reads 10 KiB at a time by default
 
 
 def _kind(m: tarfile.TarInfo) -> str:
@@ -178,10 +177,82 @@ def forget_members(tf: tarfile.TarFile) -> None:
         members.clear()
 
 
+class _ForwardFile(io.RawIOBase):
+    """A decoded layer stream as the seekable file tarfile's "r:" mode wants, seeking forward
+    only (by reading). tarfile's stream mode ("r|") instead copies every byte through its own
+    buffer two or three times (join, slice, remainder): 4 GiB of disk took 3x longer than the
+    same data over HTTP. Here tarfile parses the headers (ustar, GNU, PAX) and the disk's bytes
+    are read straight into the caller's buffer."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self._raw = raw
+        self._pos = 0
+        self._skip = bytearray(1 << 20)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (self._pos if whence == io.SEEK_CUR else 0)
+        if whence == io.SEEK_END or target < self._pos:
+            raise io.UnsupportedOperation("a layer stream is read forward only")
+        while self._pos < target:
+            n = self._raw.readinto(memoryview(self._skip)[:min(len(self._skip), target - self._pos)])
+            if not n:
+                break  # tarfile notices the end itself
+            self._pos += n
+        return self._pos
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._raw.readinto(b) or 0
+        self._pos += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        """Exactly `size` bytes unless the stream ends: tarfile reads headers and sparse runs
+        this way and takes a short answer for the end (a decoder may return less)."""
+        if size < 0:
+            return self.readall()
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        return bytes(buf[:got])
+
+
+class _MemberReader(io.RawIOBase):
+    """One regular member's bytes, read from the layer stream at its current position."""
+
+    def __init__(self, f: _ForwardFile, m: tarfile.TarInfo) -> None:
+        f.seek(m.offset_data)
+        self._f = f
+        self._left = m.size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        n = self._f.readinto(memoryview(b)[:min(len(b), self._left)])
+        self._left -= n
+        return n
+
+
 class LayerTar:
     """The entries of one layer read in order: the blob's bytes (already digest-checked by the
     stream given), decompressed by magic (gzip, zstd, or none, whatever the media type says,
-    as CDI sniffs too), parsed by tarfile in stream mode."""
+    as CDI sniffs too), headers parsed by tarfile over a forward-only file."""
 
     def __init__(self, blob: io.RawIOBase, where: str) -> None:
         self.where = where
@@ -190,11 +261,14 @@ class LayerTar:
         codec = sniff_codec(peek.peek_bytes(8))
         self.codec = codec.name if codec else None
         self._data: io.RawIOBase = open_decoder(codec, peek) if codec else peek
+        self._file = _ForwardFile(self._data)
         try:
-            self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
-                fileobj=self._data, mode="r|", bufsize=TAR_BUFSIZE)
+            with self.blame():
+                self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
+                    fileobj=self._file, mode="r:")
         except tarfile.TarError as exc:
-            raise FormatError(f"{where} is not a tar archive ({exc})") from exc
+            with self.blame():
+                raise FormatError(f"{where} is not a tar archive ({exc})") from exc
 
     @contextlib.contextmanager
     def blame(self) -> Iterator[None]:
@@ -221,10 +295,12 @@ class LayerTar:
             forget_members(self._tar)
             yield normalise(m.name, self.where), m
 
-    def open_member(self, m: tarfile.TarInfo) -> io.BufferedReader:
-        f = self._tar.extractfile(m)
-        assert f is not None  # regular files only
-        return f  # type: ignore[return-value]
+    def open_member(self, m: tarfile.TarInfo) -> io.RawIOBase:
+        if m.sparse is not None:  # tarfile maps the packed runs onto the file's offsets
+            f = self._tar.extractfile(m)
+            assert f is not None
+            return f  # type: ignore[return-value]
+        return _MemberReader(self._file, m)
 
     def drain(self) -> None:
         """Read to the very end, so the blob's digest is checked on every byte (tar stops at

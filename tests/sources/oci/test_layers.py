@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import pytest
 
 from importer.errors import FormatError, UnsafeImageError
-from importer.sources.oci.layers import DiskView, normalise
+from importer.sources.oci.layers import DiskView, LayerTar, normalise
 
 
 def _m(name: str, kind: bytes = tarfile.REGTYPE, size: int = 10) -> tuple[str, tarfile.TarInfo]:
@@ -65,3 +66,39 @@ def test_climbing_names(name: str) -> None:
 def test_normalise_strips_dots_and_slashes() -> None:
     assert normalise("./disk//a.img", "t") == "disk/a.img"
     assert normalise("/disk/", "t") == "disk"
+
+
+class _Dribble(io.RawIOBase):
+    """At most 7 bytes a read, as a decoder may return: headers and data must still parse."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = self._data.read(min(7, len(b)))
+        b[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def test_layer_tar_survives_short_reads() -> None:
+    out = io.BytesIO()
+    payload = bytes(range(256)) * 40
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        d = tarfile.TarInfo("disk")
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+        f = tarfile.TarInfo("disk/" + "long-name-" * 12 + ".img")  # > 100 chars: a PAX header
+        f.size = len(payload)
+        tf.addfile(f, io.BytesIO(payload))
+        tf.addfile(tarfile.TarInfo("etc/hostname"), io.BytesIO(b""))
+    lt = LayerTar(_Dribble(out.getvalue()), "layer 1")
+    names = []
+    for path, m in lt.members():
+        names.append(path)
+        if m.isreg() and path.startswith("disk/"):
+            assert lt.open_member(m).read() == payload
+    lt.drain()
+    assert names == ["disk", "disk/" + "long-name-" * 12 + ".img", "etc/hostname"]
