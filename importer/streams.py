@@ -9,7 +9,7 @@ from typing import Any
 
 from .progress import Progress
 
-__all__ = ["CountingStream", "ThreadedReader", "drain"]
+__all__ = ["CountingStream", "PositionedReader", "ThreadedReader", "drain"]
 
 
 def drain(stream: io.RawIOBase) -> None:
@@ -17,6 +17,23 @@ def drain(stream: io.RawIOBase) -> None:
     buf = bytearray(1 << 20)
     while stream.readinto(buf):
         pass
+
+
+class PositionedReader(io.RawIOBase):
+    """Base of the read-only, seekable files over other things (a source's read_at, a blob, a
+    forward-only stream) that libraries such as tarfile and python-xz want: each keeps its
+    position in `_pos` and implements seek and readinto."""
+
+    _pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
 
 
 class CountingStream(io.RawIOBase):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..checksum import ChecksumSpec
+from ..streams import PositionedReader
 
 __all__ = ["RandomAccessFile", "Source", "SourceInfo", "read_via_readinto"]
 
@@ -64,7 +65,7 @@ def read_via_readinto(source: Source, offset: int, size: int) -> bytes:
     return bytes(buf) if n == size else bytes(buf[:n])
 
 
-class RandomAccessFile(io.RawIOBase):
+class RandomAccessFile(PositionedReader):
     """A seekable read-only file over Source.read_at, for libraries that want a file object
     (python-xz, the header inspectors). One instance per thread."""
 
@@ -73,18 +74,9 @@ class RandomAccessFile(io.RawIOBase):
         self._size = size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
         return self._pos
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]

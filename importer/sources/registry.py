@@ -30,6 +30,7 @@ from pathlib import Path
 from ..config import HttpOptions
 from ..errors import FormatError, SourceContentError, SourceNotFoundError
 from ..quantity import format_bytes
+from ..streams import PositionedReader
 from .base import SourceInfo, read_via_readinto
 from .oci.archive_store import ArchiveStore
 from .oci.credentials import Credentials, credentials_from_file
@@ -319,7 +320,7 @@ def _regular(disk: DiskEntry) -> tarfile.TarInfo:
     return m
 
 
-class _BlobFile(io.RawIOBase):
+class _BlobFile(PositionedReader):
     """A seekable view of a blob for tarfile's header walk, read in 256 KiB windows so that
     a run of small entries costs one request, not one per header."""
 
@@ -331,15 +332,6 @@ class _BlobFile(io.RawIOBase):
         self._pos = start
         self._win_at = -1
         self._win = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._desc.size}[whence]

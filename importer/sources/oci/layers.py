@@ -20,7 +20,7 @@ from ...errors import FormatError, UnsafeImageError
 from ...formats.codecs import open_decoder, sniff_codec
 from ...formats.peek import PeekableStream
 from ...quantity import format_bytes
-from ...streams import drain
+from ...streams import PositionedReader, drain
 
 __all__ = ["DiskEntry", "DiskView", "LayerTar", "disk_child", "forget_members", "normalise",
            "relevant"]
@@ -177,7 +177,7 @@ def forget_members(tf: tarfile.TarFile) -> None:
         members.clear()
 
 
-class _ForwardFile(io.RawIOBase):
+class _ForwardFile(PositionedReader):
     """A decoded layer stream as the seekable file tarfile's "r:" mode wants, seeking forward
     only (by reading). tarfile's stream mode ("r|") instead copies every byte through its own
     buffer two or three times (join, slice, remainder): 4 GiB of disk took 3x longer than the
@@ -188,15 +188,6 @@ class _ForwardFile(io.RawIOBase):
         self._raw = raw
         self._pos = 0
         self._skip = bytearray(1 << 20)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         target = offset + (self._pos if whence == io.SEEK_CUR else 0)
