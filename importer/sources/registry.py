@@ -155,30 +155,38 @@ class RegistrySource:
         return VerifyingStream(self.store.open_blob(desc), desc.digest, desc.size,
                                f"{self._layer_where(index)}: the blob")
 
+    def _read_layer(self, index: int, view: DiskView | None = None
+                    ) -> tuple[Members, DiskEntry | None, str | None]:
+        """One layer read as a verified stream: its entries that matter to disk/, and its codec.
+        With `view` (the layers above), reading stops at the first disk file that view lets
+        through, which is returned; otherwise the layer is read to its end and its digest
+        checked."""
+        blob = self._verified_blob(index)
+        lt = LayerTar(blob, self._layer_where(index))
+        members: Members = []
+        try:
+            for path, m in lt.members():
+                disk = view.candidate(m, path, index + 1) if view is not None else None
+                if disk is not None:
+                    return members, disk, lt.codec
+                if relevant(path):
+                    members.append((path, m))
+            lt.drain()
+            blob.drain()
+        finally:
+            lt.close()
+        log.info("%s: listed and verified", self._layer_where(index))
+        return members, None, lt.codec
+
     def _locate(self) -> None:
         layers = self.image.layers
         view = DiskView()
         winner: _Winner | None = None
         for index in range(len(layers) - 1, -1, -1):
-            blob = self._verified_blob(index)
-            lt = LayerTar(blob, self._layer_where(index))
-            members: Members = []
-            try:
-                for path, m in lt.members():
-                    disk = view.candidate(m, path, index + 1)
-                    if disk is not None:
-                        winner = _Winner(index, layers[index], disk, lt.codec, members)
-                        break
-                    if relevant(path):
-                        members.append((path, m))
-                else:
-                    lt.drain()
-                    blob.drain()
-            finally:
-                lt.close()
-            if winner is not None:
+            members, disk, codec = self._read_layer(index, view)
+            if disk is not None:
+                winner = _Winner(index, layers[index], disk, codec, members)
                 break
-            log.info("%s: no disk file; listed and verified", self._layer_where(index))
             view.apply(index + 1, members, self.where)
         if winner is None:
             view.the_disk(self.where, len(layers))  # raises, saying what was found
@@ -190,14 +198,14 @@ class RegistrySource:
         # a sparse tar member is not one run of bytes: it is streamed (tarfile maps it)
         self._random = (winner.codec is None and not winner.disk.sparse
                         and self.store.supports_ranges(winner.desc))
-        self._tail: Members | None = None
-        if self._random:
-            self._tail = self._list_after_disk()
-        self._lower = self._scan_lower()
+        # W's entries after the disk file: known now when read in place, else at the stream's end
+        tail = self._list_after_disk() if self._random else []
+        hidden = self._random and self._view_through_w(tail).all_hidden
+        self._lower = self._scan_lower(hidden)
         self._verifier: InOrderVerifier | None = None
         self._stream_verified = threading.Event()
         if self._random:
-            self._check_final(self._tail or [])
+            self._check_final(tail)
             self._start_verifier()
 
     def _list_after_disk(self) -> Members:
@@ -213,50 +221,39 @@ class RegistrySource:
                     if relevant(path):
                         members.append((path, m))
                     forget_members(tf)
-        except tarfile.ReadError as exc:
-            if "empty file" not in str(exc):
-                raise FormatError(f"{self._layer_where(w.index)} is not a valid tar archive after "
-                                  f"the disk file ({exc})") from exc
         except tarfile.TarError as exc:
+            if isinstance(exc, tarfile.ReadError) and "empty file" in str(exc):
+                return members  # the disk file was the last entry and nothing follows
             raise FormatError(f"{self._layer_where(w.index)} is not a valid tar archive after "
                               f"the disk file ({exc})") from exc
         return members
 
-    def _scan_lower(self) -> list[tuple[int, Members]]:
-        """Layers below W, read whole (verified) for what they put in disk/."""
+    def _scan_lower(self, hidden: bool) -> list[tuple[int, Members]]:
+        """Layers below W, read whole (verified) for what they put in disk/; not read at all
+        when W or the layers above it hide everything below."""
         out = []
         for index in range(self._winner.index - 1, -1, -1):
-            if self._random and self._hides_lower():
+            if hidden:
                 log.info("%s: hidden by the layers above; not read", self._layer_where(index))
                 continue
-            blob = self._verified_blob(index)
-            lt = LayerTar(blob, self._layer_where(index))
-            try:
-                members = [(p, m) for p, m in lt.members() if relevant(p)]
-                lt.drain()
-                blob.drain()
-            finally:
-                lt.close()
-            log.info("%s: listed and verified", self._layer_where(index))
+            members, _, _ = self._read_layer(index)
             out.append((index, members))
         return out
 
-    def _hides_lower(self) -> bool:
-        view = copy.deepcopy(self._above)
-        w = self._winner
-        view.apply(w.index + 1, [*w.head, (w.disk.path, _regular(w.disk)), *(self._tail or [])],
-                   self.where)
-        return view.all_hidden
-
-    def _check_final(self, tail: Members) -> None:
-        """disk/ of the whole image must hold exactly the file being imported."""
+    def _view_through_w(self, tail: Members) -> DiskView:
+        """disk/ as W and the layers above it leave it; `tail` is W after the disk file."""
         view = copy.deepcopy(self._above)
         w = self._winner
         view.apply(w.index + 1, [*w.head, (w.disk.path, _regular(w.disk)), *tail], self.where)
+        return view
+
+    def _check_final(self, tail: Members) -> None:
+        """disk/ of the whole image must hold exactly the file being imported."""
+        view = self._view_through_w(tail)
         for index, members in self._lower:
             view.apply(index + 1, members, self.where)
         disk = view.the_disk(self.where, len(self.image.layers))
-        if disk.name != w.disk.name or disk.layer != w.disk.layer:
+        if disk.name != self._winner.disk.name or disk.layer != self._winner.disk.layer:
             raise SourceContentError(f"{self.where}: the disk file changed while it was read")
 
     def _start_verifier(self) -> None:

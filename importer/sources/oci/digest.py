@@ -59,9 +59,7 @@ def check_bytes(data: bytes, digest: Digest, size: int | None, what: str) -> Non
         raise BlobDigestError(f"{what} is {len(data)} bytes, but its descriptor says {size}; "
                               "the registry served different data than the manifest names")
     if got != digest.hex:
-        raise BlobDigestError(f"{what} does not match its digest {digest} (got "
-                              f"{digest.algorithm}:{got}); the registry served corrupt or "
-                              "tampered data, and nothing was imported")
+        raise _mismatch(what, digest, got, len(data), len(data))
 
 
 def _mismatch(what: str, digest: Digest, got: str, n: int, size: int) -> BlobDigestError:

@@ -86,7 +86,7 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
         # only reads pass through here (oras's push paths, which send data/json, are unused)
         headers = dict(headers or {})
         sent = dict(self.auth_header)
-        resp = self._send(method, url, {**headers, **sent}, stream)
+        resp = self.send(method, url, {**headers, **sent}, stream)
         if resp.status_code != 401 or not resp.headers.get("Www-Authenticate"):
             return resp
         resp.close()
@@ -104,9 +104,9 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
                     return resp
                 self.auth_header = {"Authorization": new["Authorization"]}
             sent = dict(self.auth_header)
-        return self._send(method, url, {**headers, **sent}, stream)
+        return self.send(method, url, {**headers, **sent}, stream)
 
-    def _send(self, method: str, url: str, headers: dict[str, str], stream: bool
+    def send(self, method: str, url: str, headers: dict[str, str], stream: bool
               ) -> requests.Response:
         session: requests.Session = self.session
         return session.request(method, url, headers=headers, stream=stream,
@@ -151,25 +151,24 @@ class RegistryStore:
     def _set_scheme(self, scheme: str) -> str:
         self._reg.prefix = scheme
         base = f"{scheme}://{self.ref.api_host}/v2/"
-        proxy = self._opts.proxy_for(base)
-        self._reg.session.proxies = {scheme: proxy} if proxy else {}
+        self._reg.session.proxies = self._proxies(base)
         return base
 
     def _ping(self) -> None:
         """GET /v2/ (the API's version check) tells the scheme, and which auth the registry
         wants. Plain HTTP is tried only when insecure access was asked for."""
-        base = self._set_scheme("https")
+        def ping(scheme: str) -> requests.Response:
+            base = self._set_scheme(scheme)
+            return self._attempt(lambda: self._reg.send("GET", base, {}, False), "connecting")
+
         try:
-            resp = self._attempt(lambda: self._reg.session.get(
-                base, verify=self._reg._tls_verify, timeout=self._reg.timeout), "connecting")
+            resp = ping("https")
         except SourceTLSError:
             if not self._opts.insecure:
                 raise
             log.warning("%s does not speak TLS; using plain HTTP as insecure access was asked "
                         "for", self.ref.api_host)
-            base = self._set_scheme("http")
-            resp = self._attempt(lambda: self._reg.session.get(base, timeout=self._reg.timeout),
-                                 "connecting")
+            resp = ping("http")
         challenge = resp.headers.get("Www-Authenticate", "")
         resp.close()
         scheme = challenge.split(" ", 1)[0].lower()
