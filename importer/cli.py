@@ -9,19 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 import traceback
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
 from . import __version__
 from .config import build_config
 from .engine import inspect_source, run_import
-from .errors import CancelledError, ConfigError, ImporterError
+from .errors import ConfigError, ImporterError
 from .progress import Progress
+from .stopping import StopSignals
 
 __all__ = ["main"]
 
@@ -157,15 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = _klog_compatible(raw)
     args = _parser().parse_args(args_list)
     _setup_logging(args.verbose, args.quiet)
-    cancel = threading.Event()
-    answered = threading.Event()  # the import is done: a late signal must not say otherwise
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        cancel.set()
-        if not answered.is_set():
-            raise CancelledError(signum)
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopSignals()
+    cancel = stop.cancel
     progress = Progress()
     bar = _Bar(progress, enabled=sys.stderr.isatty() and not args.quiet and args.command == "import")
     try:
@@ -199,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = inspect_source(config)
         else:
             result = run_import(config, progress, cancel).as_dict()
-        answered.set()
+        stop.answered.set()
         bar.close()
         _print_result(args.command, result, args.output)
         return 0
@@ -218,8 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         return 1
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        stop.restore()
 
 
 def _print_result(command: str, result: dict[str, Any], output: str) -> None:

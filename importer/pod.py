@@ -13,12 +13,10 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType
 
 from .config import ImportConfig
 from .engine import run_import
@@ -44,6 +42,7 @@ from .podconfig import (
 )
 from .progress import Progress
 from .sinks.blank import create_blank
+from .stopping import StopSignals
 from .termination import json_message, text_message, write_termination_message
 
 __all__ = ["main"]
@@ -107,17 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("unknown arguments %s: the pod is configured by CDI's environment", unknown)
         return 2
 
-    cancel = threading.Event()
-    answered = threading.Event()  # the outcome is decided: a signal now only ends the linger
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        cancel.set()
-        if not answered.is_set():
-            raise CancelledError(signum)
-
-    # As PID 1 Python would ignore SIGTERM without a handler (design notes 4).
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, on_signal)
+    stop = StopSignals()  # after `answered`, a signal only ends the metrics linger
+    cancel = stop.cancel
     progress = Progress()
     early = early_settings(os.environ)
     metrics = MetricsServer(progress, early.owner_uid, early.metrics_port)
@@ -126,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings, config = read_pod_environment(os.environ, verbosity)
         code, message = _run(settings, config, progress, cancel)
-        answered.set()
+        stop.answered.set()
     except ConfigError as exc:
         code, message = exc.exit_code, text_message(f"Invalid configuration: {exc}")
         log.error("%s", exc)
@@ -134,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = exc.exit_code, text_message(f"Unable to process data: {exc}")
         log.error("%s", exc)
     finally:
-        answered.set()
+        stop.answered.set()
         stop_logging.set()
     write_termination_message(early.termination_log, message)
     if code == 0 and not cancel.is_set():
@@ -162,10 +152,8 @@ def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,
 
 def _node_pull(settings: PodSettings, config: ImportConfig, progress: Progress,
                cancel: threading.Event) -> tuple[int, str]:
-    ready = settings.fs_root / settings.ready_file.lstrip("/")
-    done = settings.fs_root / settings.done_file.lstrip("/")
     try:
-        name = wait_for_ready(ready, settings.ready_timeout, cancel)
+        name = wait_for_ready(settings.ready_path, settings.ready_timeout, cancel)
         if name is None:
             msg = f"Timeout waiting for file {settings.ready_file}"
             log.error(msg)
@@ -179,7 +167,7 @@ def _node_pull(settings: PodSettings, config: ImportConfig, progress: Progress,
         return _import(settings, dataclasses.replace(config, source=url), progress, cancel,
                        labels_from=config.source)
     finally:
-        signal_done(done)
+        signal_done(settings.done_path)
 
 
 def _import(settings: PodSettings, config: ImportConfig, progress: Progress,

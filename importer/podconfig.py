@@ -63,12 +63,12 @@ class PodSettings:
     preallocation: bool
     metrics_port: int
     verbosity: int
-    #: registry node pull (contract 4.4.5): the sidecar's ready and done files, as CDI names
-    #: them (shown in messages) and where they are on this filesystem
+    #: registry node pull (contract 4.4.5): the sidecar's ready file as CDI names it (for
+    #: messages), and where the ready and done files are on this filesystem
     node_pull: bool = False
     ready_file: str = ""
-    done_file: str = ""
-    fs_root: Path = Path("/")
+    ready_path: Path = Path("/shared/ready")
+    done_path: Path = Path("/shared/done")
     #: seconds to wait for the ready file (CDI: 60); IMPORTER_READY_TIMEOUT is our extension
     ready_timeout: float = 60.0
 
@@ -223,7 +223,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         image_size=image_size, overhead=overhead, available=available,
         preallocation=preallocation, metrics_port=metrics_port, verbosity=verbosity,
         node_pull=node_pull, ready_file=env.get("IMPORTER_READY_FILE", ""),
-        done_file=env.get("IMPORTER_DONE_FILE", ""), fs_root=root, ready_timeout=ready_timeout)
+        ready_path=root / env.get("IMPORTER_READY_FILE", "").lstrip("/"),
+        done_path=root / env.get("IMPORTER_DONE_FILE", "").lstrip("/"),
+        ready_timeout=ready_timeout)
     if source == "none":
         return settings, None
 

@@ -21,8 +21,10 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ImporterError
 from .formats.detect import detect
+from .podconfig import early_settings
 from .sinks.qemu import qemu_info
 from .sources.file import FileSource
+from .termination import write_termination_message
 
 __all__ = ["main"]
 
@@ -75,13 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         src.close()
-    term = Path(os.environ.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log"
-    try:
-        fd = os.open(term, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(str(size))
-    except OSError as exc:
-        log.error("cannot write the termination message to %s: %s", term, exc.strerror)
+    if not write_termination_message(early_settings(os.environ).termination_log, str(size)):
         return 4
     log.info("virtual size of %s: %d", path, size)
     return 0

@@ -52,10 +52,14 @@ def text_message(message: str) -> str:
     return _fit(" ".join(message.split()), MAX_BYTES)
 
 
-def write_termination_message(path: Path, text: str) -> None:
+def write_termination_message(path: Path, text: str) -> bool:
+    """Whether it was written; a failure is logged (the exit code still tells the controller
+    what happened)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-    except OSError as exc:  # the exit code still tells the controller what happened
+    except OSError as exc:
         log.error("cannot write the termination message to %s: %s", path, exc)
+        return False
+    return True

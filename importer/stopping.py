@@ -1,0 +1,36 @@
+"""SIGINT and SIGTERM for both front-ends.
+
+Until the outcome is answered, a signal sets `cancel` (workers and children stop) and raises
+CancelledError in the main thread, so partial targets are removed and the exit is 128+N. Once
+the import has finished and its outcome is decided, a signal only sets `cancel`: a finished
+import is never reported as stopped (the pod would otherwise exit non-zero after writing
+"Import Complete", and the controller would redo it). Without a handler, Python as PID 1
+would ignore SIGTERM (design notes 4)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from .errors import CancelledError
+
+__all__ = ["StopSignals"]
+
+
+class StopSignals:
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.answered = threading.Event()
+        self._old: dict[int, Any] = {
+            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.cancel.set()
+        if not self.answered.is_set():
+            raise CancelledError(signum)
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
