@@ -139,6 +139,32 @@ http {{
     sendfile on;
     default_type application/octet-stream;
     types {{ text/html html; }}
+{servers}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_process(work: Path, servers: str, *ports: int) -> Iterator[None]:
+    """A real nginx with the given server blocks, its files under `work`, running until the
+    block ends; `ports` are waited for."""
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (run scripts/setup.sh)")
+    (work / "tmp").mkdir(exist_ok=True)
+    # as root nginx would drop its workers to nobody, who cannot read pytest's 0700 temp dirs
+    user = "user root root;" if os.geteuid() == 0 else ""
+    (work / "nginx.conf").write_text(NGINX_CONF.format(w=work, user=user, servers=servers))
+    conf = ["-c", str(work / "nginx.conf"), "-p", str(work), "-e", str(work / "error.log")]
+    run("nginx", *conf)
+    try:
+        for port in ports:
+            wait_port(port)
+        yield
+    finally:
+        subprocess.run(["nginx", *conf, "-s", "stop"], check=False, capture_output=True)
+
+
+NGINX_SERVERS = """
     server {{
         listen 127.0.0.1:{port};
         root {www};
@@ -154,7 +180,6 @@ http {{
         ssl_certificate_key {w}/server.key;
         root {www};
     }}
-}}
 """
 
 
@@ -176,10 +201,7 @@ class Nginx:
 def nginx(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     import trustme
 
-    if not shutil.which("nginx"):
-        pytest.skip("nginx is not installed (run scripts/setup.sh)")
     w = tmp_path_factory.mktemp("nginx")
-    (w / "tmp").mkdir()
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(w / "server.pem"))
@@ -190,18 +212,9 @@ def nginx(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     (ca_dir / "README").write_text("not a certificate\n")
     run("htpasswd", "-Bbc", w / "htpasswd", "tester", "s3cret")
     port, tls_port = free_port(), free_port()
-    # as root nginx would drop its workers to nobody, who cannot read pytest's 0700 temp dirs
-    user = "user root root;" if os.geteuid() == 0 else ""
-    (w / "nginx.conf").write_text(NGINX_CONF.format(w=w, www=images.dir, port=port,
-                                                    tls_port=tls_port, user=user))
-    conf = ["-c", str(w / "nginx.conf"), "-p", str(w), "-e", str(w / "error.log")]
-    run("nginx", *conf)
-    try:
-        wait_port(port)
-        wait_port(tls_port)
+    servers = NGINX_SERVERS.format(w=w, www=images.dir, port=port, tls_port=tls_port)
+    with nginx_process(w, servers, port, tls_port):
         yield Nginx(port, tls_port, ca_dir, images.dir)
-    finally:
-        subprocess.run(["nginx", *conf, "-s", "stop"], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")

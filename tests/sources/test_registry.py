@@ -24,7 +24,7 @@ from importer.errors import (
 )
 from importer.sources.oci.digest import BlobDigestError
 
-from ..conftest import DroppingProxy, Images, free_port, importer_cli, same_disk, wait_port
+from ..conftest import DroppingProxy, Images, free_port, importer_cli, nginx_process, same_disk
 from ..registry_server import PASSWORD, USER, Disks, Registry
 from ..test_pod import Pod
 
@@ -225,24 +225,8 @@ def test_registry_redirecting_blobs_to_s3_is_read_there_directly(
 def no_range_proxy(plain: Registry, tmp_path: Path) -> Iterator[int]:
     """nginx in front of the registry, dropping Range on the way in and serving no ranges
     itself: a registry behind a proxy that cannot do byte ranges."""
-    import os
-    import shutil
-
-    if not shutil.which("nginx"):
-        pytest.skip("nginx is not installed")
     port = free_port()
-    (tmp_path / "tmp").mkdir()
-    user = "user root root;" if os.geteuid() == 0 else ""
-    (tmp_path / "nginx.conf").write_text(f"""
-{user}
-worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/tmp; proxy_temp_path {tmp_path}/tmp;
-    fastcgi_temp_path {tmp_path}/tmp; uwsgi_temp_path {tmp_path}/tmp; scgi_temp_path {tmp_path}/tmp;
+    servers = f"""
     server {{
         listen 127.0.0.1:{port};
         max_ranges 0;
@@ -253,15 +237,9 @@ http {{
             proxy_buffering off;
         }}
     }}
-}}
-""")
-    conf = ["-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)]
-    subprocess.run(["nginx", *conf], check=True, capture_output=True)
-    try:
-        wait_port(port)
+"""
+    with nginx_process(tmp_path, servers, port):
         yield port
-    finally:
-        subprocess.run(["nginx", *conf, "-s", "stop"], check=False, capture_output=True)
 
 
 def test_registry_without_range_support_streams_and_verifies(
