@@ -23,7 +23,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ from .progress import Progress
 from .quantity import format_bytes
 from .sinks.archive import extract_tar
 from .sinks.nbd_export import NbdExport
-from .sinks.qemu import choose_cache_mode, qemu_convert, qemu_info
+from .sinks.qemu import QemuInput, choose_cache_mode, qemu_convert, qemu_info
 from .sinks.raw import SparseWriter, pump
 from .sinks.target import Target
 from .sources import Source, open_source
@@ -218,12 +218,12 @@ class _Run:
             if blocks:
                 result.path = "xz-blocks"
                 self.stream_closer.close()  # the sequential stream is not needed
-                total = self._parallel_xz(src, blocks, writer)
+                total = self._parallel_xz(src, det, blocks, writer)
             elif self._ranged_copy_possible(src, det):
                 result.path = "ranges"
                 self.stream_closer.close()
                 size = src.info().size or 0
-                total = self._parallel_ranges(src, writer, size if limit is None else limit)
+                total = self._parallel_ranges(src, det, writer, size if limit is None else limit)
                 if limit is not None:
                     total = size
                     self.progress.update(size - limit)  # the footer: counted, not copied
@@ -252,7 +252,8 @@ class _Run:
         result.bytes_written = self.progress.bytes_written
         result.zero_bytes_skipped = self.progress.zero_bytes
 
-    def _parallel_xz(self, src: Source, blocks: list[XzBlock], writer: SparseWriter) -> int:
+    def _parallel_xz(self, src: Source, det: Detected, blocks: list[XzBlock],
+                     writer: SparseWriter) -> int:
         workers = max(2, os.cpu_count() or 2)
         self.progress.total = blocks[-1].offset + blocks[-1].unpadded_size
 
@@ -270,7 +271,9 @@ class _Run:
             for offset, piece in decode_pieces(compressed, block):
                 if self.cancel.is_set():
                     return
-                zeros += writer.write(offset, piece, len(piece))
+                data = det.pins.apply(offset, piece)  # the inspected head, never a re-read
+                assert not isinstance(data, memoryview)  # bytes in, bytes or a copy out
+                zeros += writer.write(offset, data, len(data))
             if zeros == block.uncompressed_size:
                 memo.remember(compressed, block.uncompressed_size)
 
@@ -308,7 +311,8 @@ class _Run:
         return (not det.codecs and info.random_access and bool(info.size)
                 and self.config.checksum is None and self.config.connections > 1)
 
-    def _parallel_ranges(self, src: Source, writer: SparseWriter, size: int) -> int:
+    def _parallel_ranges(self, src: Source, det: Detected, writer: SparseWriter, size: int
+                         ) -> int:
         """One network stream is bound to one core; N ranged connections spread the kernel's
         receive work (measured on 2 cores: 3.8 s -> see the benchmark for 4 GiB raw)."""
         chunk = RANGE_CHUNK
@@ -329,6 +333,7 @@ class _Run:
                     raise SourceContentError(f"the source ended at byte {offset + n}, before "
                                              f"the {size} bytes it announced")
                 self.progress.update(n)
+                det.pins.overlay(offset, view, n)  # the inspected head, never a re-read
                 writer.write(offset, view, n)
             finally:
                 buffers.put(buf)
@@ -380,23 +385,43 @@ class _Run:
         else:
             why_stage = f"{'+'.join(det.codecs)} compressed data cannot be read at random"
 
+        staged_path = ""
         if why_stage:
             result.path = "staged"
             self.progress.plan([("TransferScratch", 50, True), ("Convert", 50, False)])
             staged = self._stage(det, counting, target, why_stage)
             result.checksum = self.verify_checksum(counting)
             result.staged_bytes = staged.info().size or 0
+            # the staged file is what qemu-img reads, so it is what is inspected
             info = inspect_image(det.info.format, staged.read_at, staged.info().size)
-            uri = str(staged.path)
+            staged_path = str(staged.path)
         else:
             result.path = "nbd"
             self.progress.plan([("Convert", 100, False)])
             self.stream_closer.close()  # not needed: qemu-img reads at random
-            export = NbdExport(read, size)
+            pins = det.pins
+
+            def pinned_read(offset: int, length: int) -> Any:
+                return pins.apply(offset, read(offset, length))
+
+            export = NbdExport(pinned_read, size)
             self.stack.callback(export.close)
-            uri, info = export.uri, det.info
+            info = det.info
+
+        @contextlib.contextmanager
+        def qemu_input() -> Iterator[QemuInput]:
+            if export is None:
+                yield QemuInput.local_file(info.qemu_driver, staged_path)
+                return
+            conn = export.connect()  # one connection per qemu-img process
+            try:
+                yield QemuInput.nbd_fd(info.qemu_driver, conn.fileno())
+            finally:
+                conn.close()
+
         self.progress.enter("Convert")
-        qinfo = qemu_info(uri, info.qemu_driver)
+        with qemu_input() as qin:
+            qinfo = qemu_info(qin)
         vsize = int(qinfo["virtual-size"])  # type: ignore[call-overload]
         result.virtual_size = vsize
         target.check_fits(vsize)
@@ -406,11 +431,12 @@ class _Run:
                 target.set_size(vsize)
                 if cfg.preallocation:
                     target.preallocate(vsize)
-            cache_mode = cfg.cache_mode or choose_cache_mode(str(target.write_path))
+            cache_mode = cfg.cache_mode or choose_cache_mode(target.fd_path)
             try:
-                qemu_convert(uri, info.qemu_driver, str(target.write_path), cache=cache_mode,
-                             target_is_zero=not target.is_block, progress=self.progress,
-                             cancel=self.cancel)
+                with qemu_input() as qin:
+                    qemu_convert(qin, target.fd_path, cache=cache_mode,
+                                 target_is_zero=not target.is_block, progress=self.progress,
+                                 cancel=self.cancel, dest_fd=target.fd)
             except ImporterError:
                 # qemu-img only says "Input/output error": the source's own error says why
                 if export is not None and isinstance(export.error, ImporterError):

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 from .errors import ImporterError
 from .formats.detect import detect
 from .podconfig import early_settings
-from .sinks.qemu import qemu_info
+from .sinks.qemu import QemuInput, qemu_info
 from .sources.file import FileSource
 from .termination import write_termination_message
 
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ImporterError(f"the image is {'+'.join(det.codecs)}-compressed; a PVC holds "
                                 "an uncompressed image")
         driver = det.info.qemu_driver if det.info.needs_conversion else "raw"  # raw, iso
-        size = int(qemu_info(str(path), driver)["virtual-size"])  # type: ignore[call-overload]
+        size = int(qemu_info(QemuInput.local_file(driver, str(path)))["virtual-size"])  # type: ignore[call-overload]
     except ImporterError as exc:
         log.error("%s is not a valid image: %s", path, exc)
         return 2

@@ -10,6 +10,7 @@ from ..errors import FormatError
 from .codecs import open_decoder, sniff_codec
 from .headers import ImageInfo, ReadAt, inspect_image, sniff_format, vhd_fixed_footer_size
 from .peek import PeekableStream
+from .pinned import PinnedBytes
 
 __all__ = ["Detected", "detect"]
 
@@ -23,6 +24,9 @@ class Detected:
     info: ImageInfo
     stream: PeekableStream  # the decoded bytes, from the start
     codecs: list[str] = field(default_factory=list)  # outermost first
+    #: every byte of the (decoded) image the inspection looked at; later random readers must
+    #: serve these regions from here (formats/pinned.py)
+    pins: PinnedBytes = field(default_factory=PinnedBytes)
 
     @property
     def compressed(self) -> bool:
@@ -46,14 +50,16 @@ def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None
             raise FormatError(f"more than {MAX_LAYERS} nested compression layers; refusing")
         codecs.append(codec.name)
         stream = PeekableStream(open_decoder(codec, stream, len(codecs)))
+    pins = PinnedBytes()
+    pins.pin(0, head)  # what the format was sniffed from
     fmt = sniff_format(head)
     plain = not codecs
-    read_at: ReadAt = source_read_at if (plain and source_read_at) else stream.read_at
+    read_at = pins.reader(source_read_at if (plain and source_read_at) else stream.read_at)
     info = inspect_image(fmt, read_at, size if plain else None)
     if info.format == "raw" and plain and source_read_at and size and size >= 1024:
-        vhd_size = vhd_fixed_footer_size(source_read_at(size - 512, 512))
+        vhd_size = vhd_fixed_footer_size(read_at(size - 512, 512))
         if vhd_size is not None and vhd_size == size - 512:
             info = ImageInfo("vhd", vhd_size, {"type": "fixed"})
     log.info("detected %s%s, virtual size %s", info.format,
              "" if plain else " inside " + "+".join(codecs), info.virtual_size or "unknown")
-    return Detected(info, stream, codecs)
+    return Detected(info, stream, codecs, pins)

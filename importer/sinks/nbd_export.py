@@ -1,4 +1,4 @@
-"""A read-only NBD server over any `read(offset, length)` callable, on a Unix socket.
+"""A read-only NBD server over any `read(offset, length)` callable, on socketpairs.
 
 This is how qemu-img reads a remote qcow2/vmdk/vhdx without staging it: the bytes come from our
 own sources (with their resume, TLS, auth and checksum rules) through the read-ahead cache, and
@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 __all__ = ["NbdExport"]
 
@@ -46,34 +43,31 @@ MAX_OPTION = 64 << 10
 
 
 class NbdExport:
+    """Each client gets one end of a socketpair, inherited as an fd (qemu's `server.type=fd`):
+    nothing in the filesystem, so no other local process can connect and nothing is left behind
+    when the importer is killed (a socket file in /tmp outlived SIGKILL)."""
+
     def __init__(self, read: Callable[[int, int], bytes | bytearray | memoryview], size: int, *,
                  workers: int = 8) -> None:
         self._read = read
         self.size = size
-        self._dir = tempfile.mkdtemp(prefix="importer-nbd-")
-        self.socket_path = Path(self._dir) / "nbd.sock"
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(str(self.socket_path))
-        os.chmod(self.socket_path, 0o600)
-        self._sock.listen(4)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nbd")
         self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
         self.error: BaseException | None = None  # the first read failure, for the real message
-        self._thread = threading.Thread(target=self._accept, name="nbd-accept", daemon=True)
-        self._thread.start()
 
-    @property
-    def uri(self) -> str:
-        return f"nbd+unix:///?socket={self.socket_path}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="nbd-conn").start()
+    def connect(self) -> socket.socket:
+        """A new client connection: the caller hands its fd to the child and then closes it."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with self._lock:
+            if self._stop.is_set():
+                ours.close()
+                theirs.close()
+                raise OSError(EIO, "the NBD export is closed")
+            self._conns.append(ours)
+        threading.Thread(target=self._serve, args=(ours,), daemon=True, name="nbd-conn").start()
+        return theirs
 
     # ----------------------------------------------------------------- handshake
 
@@ -159,16 +153,13 @@ class NbdExport:
                 send(handle, EPERM)
 
     def close(self) -> None:
-        self._stop.set()
-        try:
-            self._sock.close()
-        finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            try:
-                os.unlink(self.socket_path)
-                os.rmdir(self._dir)
-            except OSError:
-                pass
+        with self._lock:
+            self._stop.set()
+            conns, self._conns = self._conns, []
+        for conn in conns:  # shutdown wakes a recv blocked in the serving thread
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _recv(conn: socket.socket, n: int) -> bytes:

@@ -1,6 +1,21 @@
-"""qemu-img, always told the format (-f), always under CPU-time and address-space limits
-(through util-linux prlimit, so nothing runs in the forked child before exec), always stopped
-when the import stops."""
+"""qemu-img, always told the format, always under CPU-time and address-space limits (through
+util-linux prlimit, so nothing runs in the forked child before exec), always stopped when the
+import stops.
+
+qemu-img parses untrusted images, and an image can make it open host files (a backing file, a
+qcow2 external data file). Three independent layers keep that from happening; each exists
+because the others have been bypassed somewhere before:
+1. the pure-Python header inspector refuses such images, and the bytes it judged are pinned and
+   are the only bytes served for that region (formats/pinned.py): qemu-img sees what we saw;
+2. the image is opened through a `json:` spec that names the driver (no probing, the
+   CVE-2026-24708 trick), sets `"backing": null` (qemu then never opens a backing file,
+   whatever the header says) and reaches the bytes through an inherited socket fd rather than a
+   path (relative names have nothing to resolve against). qemu offers no way to null a qcow2
+   `data-file` that the header asks for, which is why layer 3 exists;
+3. `qemu-img info` runs first, and any backing reference, external data file or encryption it
+   reports refuses the image before `convert` reads a byte of data.
+qemu-img also runs with a minimal environment: it never sees our credentials.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +28,54 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import CancelledError, ConversionError, FormatError, UnsafeImageError
 from ..progress import Progress
 
-__all__ = ["choose_cache_mode", "qemu_convert", "qemu_info"]
+__all__ = ["QemuInput", "child_environment", "choose_cache_mode", "qemu_convert", "qemu_info"]
 
 log = logging.getLogger(__name__)
 _PROGRESS = re.compile(rb"\((\d{1,3}\.\d+)/100%\)")
 INFO_LIMITS = ("--as=1073741824", "--cpu=30")  # what OpenStack and CDI use for untrusted info
 CONVERT_LIMITS = ("--as=4294967296", "--cpu=86400")
+
+
+#: a child's whole environment: tools are found by absolute path, messages stay in English,
+#: and nothing of ours (IMPORTER_*, AWS_*, proxies with passwords) is inherited
+_CHILD_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+              "LC_ALL": "C"}
+
+
+def child_environment() -> dict[str, str]:
+    return dict(_CHILD_ENV)
+
+
+@dataclass(frozen=True, slots=True)
+class QemuInput:
+    """How qemu-img opens the source image (layer 2 above)."""
+
+    driver: str
+    protocol: dict[str, Any]  # the `file` child: an NBD fd or a file we wrote ourselves
+    fd: int | None = None  # inherited by the child when the protocol is an fd
+
+    @classmethod
+    def nbd_fd(cls, driver: str, fd: int) -> QemuInput:
+        return cls(driver, {"driver": "nbd", "server": {"type": "fd", "str": str(fd)}}, fd)
+
+    @classmethod
+    def local_file(cls, driver: str, path: str) -> QemuInput:
+        return cls(driver, {"driver": "file", "filename": path})
+
+    @property
+    def filename(self) -> str:
+        return "json:" + json.dumps({"driver": self.driver, "backing": None,
+                                     "file": self.protocol})
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        return () if self.fd is None else (self.fd,)
 
 
 def _qemu_img() -> str:
@@ -40,12 +93,16 @@ def _limited(limits: Sequence[str], argv: list[str]) -> list[str]:
     return [prlimit, *limits, "--", *argv]
 
 
-def qemu_info(src: str, driver: str) -> dict[str, object]:
-    argv = _limited(INFO_LIMITS, [_qemu_img(), "info", "-f", driver, "--output=json", src])
+def qemu_info(src: QemuInput, *, timeout: float = 120) -> dict[str, object]:
+    driver = src.driver
+    argv = _limited(INFO_LIMITS, [_qemu_img(), "info", "--output=json", src.filename])
     try:
-        r = subprocess.run(argv, capture_output=True, timeout=120, check=False)
+        r = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
+                           stdin=subprocess.DEVNULL, env=child_environment(),
+                           pass_fds=src.pass_fds)
     except subprocess.TimeoutExpired as exc:
-        raise FormatError("qemu-img info did not finish within 120 s; the image is refused") from exc
+        raise FormatError(f"qemu-img info did not finish within {timeout:g} s; the image is "
+                          "refused") from exc
     if r.returncode != 0:
         raise FormatError(f"qemu-img cannot read the {driver} image: "
                           f"{r.stderr.decode(errors='replace').strip()[-500:]}")
@@ -53,11 +110,33 @@ def qemu_info(src: str, driver: str) -> dict[str, object]:
         info: dict[str, object] = json.loads(r.stdout)
     except ValueError as exc:
         raise FormatError("qemu-img info printed invalid JSON") from exc
-    if info.get("backing-filename") or info.get("full-backing-filename"):
-        raise UnsafeImageError(f"qemu-img reports a backing file {info.get('backing-filename')!r}")
+    _refuse_host_references(info)
     if info.get("format") != driver:
         raise FormatError(f"qemu-img reads the image as {info.get('format')!r}, not {driver!r}")
     return info
+
+
+def _refuse_host_references(info: dict[str, object]) -> None:
+    """Layer 3: whatever qemu-img found that points outside the image refuses it."""
+    for key in ("backing-filename", "full-backing-filename", "backing-filename-format"):
+        if info.get(key):
+            raise UnsafeImageError(f"qemu-img reports a backing file {info.get(key)!r}; "
+                                   "import a flattened image")
+    if info.get("encrypted"):
+        raise UnsafeImageError("qemu-img reports the image is encrypted; import a decrypted image")
+    specific = info.get("format-specific")
+    data = specific.get("data") if isinstance(specific, dict) else None
+    if isinstance(data, dict):
+        if data.get("data-file") or data.get("data-file-raw"):
+            raise UnsafeImageError(f"qemu-img reports an external data file "
+                                   f"{data.get('data-file')!r}, which would be read from this "
+                                   "host; import a self-contained image")
+        if data.get("encrypt"):
+            raise UnsafeImageError("qemu-img reports the image is encrypted; import a decrypted "
+                                   "image")
+        extents = data.get("extents")
+        if isinstance(extents, list) and len(extents) > 1:
+            raise UnsafeImageError("qemu-img reports a multi-file vmdk; import a monolithic one")
 
 
 def choose_cache_mode(path: str) -> str:
@@ -71,16 +150,19 @@ def choose_cache_mode(path: str) -> str:
     return "none"
 
 
-def qemu_convert(src: str, driver: str, dest: str, *, cache: str, target_is_zero: bool,
-                 progress: Progress, cancel: threading.Event | None = None) -> None:
-    argv = [_qemu_img(), "convert", "-p", "-f", driver, "-O", "raw", "-n", "-t", cache,
-            "-m", "8", "-W"]
+def qemu_convert(src: QemuInput, dest: str, *, cache: str, target_is_zero: bool,
+                 progress: Progress, cancel: threading.Event | None = None,
+                 dest_fd: int | None = None) -> None:
+    """`dest` may be /proc/self/fd/N for `dest_fd` N, which the child then inherits."""
+    argv = [_qemu_img(), "convert", "-p", "-O", "raw", "-n", "-t", cache, "-m", "8", "-W"]
     if target_is_zero:
         argv.append("--target-is-zero")
-    argv += [src, dest]
+    argv += [src.filename, dest]
     log.info("running %s", " ".join(argv))
+    fds = src.pass_fds + (() if dest_fd is None else (dest_fd,))
     proc = subprocess.Popen(_limited(CONVERT_LIMITS, argv), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=child_environment(), pass_fds=fds)
     stderr = bytearray()
 
     def read_progress() -> None:

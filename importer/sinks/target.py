@@ -3,6 +3,19 @@
 A file target is written to `<name>.partial` beside the destination and renamed over it only
 after success, so a failed import never leaves a half-written file under the name a user (or a
 VM) will use. A block device is written in place; its size bounds the image.
+
+The destination's directory may be shared with someone hostile (a PVC written by an earlier
+import, a world-writable directory), so:
+* the partial file is created with O_CREAT|O_EXCL|O_NOFOLLOW: a planted `NAME.partial` symlink is
+  never followed, and a planted regular file is never written through;
+* the partial is flock'ed for the whole import, which is the destination's lock: a second import
+  to the same destination fails at once, and a partial nobody holds a lock on is the leftover of a
+  killed import, removed before a new one is created;
+* the final rename(2) replaces whatever is at NAME, a symlink included, and never follows it;
+* a block device is opened O_EXCL, which Linux turns into "not mounted and not opened O_EXCL by
+  anyone else", so two imports to one device exclude each other as well;
+* a symlink at NAME counts as a block device only when it lives under /dev (udev's
+  /dev/disk/by-* links): a planted link elsewhere must not redirect the import onto a device.
 """
 
 from __future__ import annotations
@@ -34,6 +47,12 @@ FALLOC_FL_ZERO_RANGE = 0x10
 
 
 def _oserror(exc: OSError, path: Path, action: str) -> TargetError:
+    if exc.errno == errno.EBUSY:
+        return TargetError(f"{path} is in use (mounted, or another import is writing it); "
+                           "unmount it or wait for the other import")
+    if exc.errno == errno.ELOOP:
+        return TargetError(f"{path} is a symbolic link, which is never followed for writing; "
+                           "remove it (someone may have planted it) and try again")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetError(f"no space left on the device holding {path} while {action}")
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -45,11 +64,8 @@ class Target:
     def __init__(self, path: Path, capacity: int | None = None, *, in_place: bool = False
                  ) -> None:
         self.path = path
-        try:
-            st = os.stat(path)
-            self.is_block = stat.S_ISBLK(st.st_mode)
-        except FileNotFoundError:
-            self.is_block = False
+        self.is_block = _is_block_device(path)
+        self.in_place = in_place
         partial = not (self.is_block or in_place)
         self.write_path = path.with_name(path.name + ".partial") if partial else path
         self.fd = -1
@@ -71,6 +87,12 @@ class Target:
         except OSError as exc:
             raise _oserror(exc, self.write_path, "opening") from exc
 
+    @property
+    def fd_path(self) -> str:
+        """A path a child process (qemu-img) opens to reach exactly the file we opened and
+        locked, whatever is renamed or planted at its name meanwhile."""
+        return f"/proc/self/fd/{self.fd}"
+
     def check_fits(self, virtual_size: int | None) -> None:
         """Fail before any data is written when the image cannot fit."""
         if virtual_size is None or self.capacity is None or virtual_size <= self.capacity:
@@ -86,9 +108,56 @@ class Target:
     def open(self) -> int:
         if self.is_block:
             self.fd = self._open(os.O_WRONLY | os.O_EXCL)  # EXCL: not mounted or in use
+        elif self.in_place:  # a file we created ourselves (mkstemp)
+            self.fd = self._open(os.O_RDWR | os.O_NOFOLLOW | os.O_TRUNC)
         else:
-            self.fd = self._open(os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+            self.fd = self._create_partial()
         return self.fd
+
+    def _create_partial(self) -> int:
+        for _ in range(3):
+            try:
+                fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
+            except TargetError:
+                if not os.path.lexists(self.write_path):
+                    raise
+                self._remove_stale_partial()
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # someone opened our brand-new file between create and lock
+                os.close(fd)
+                raise TargetError(f"another import is writing {self.path}; wait for it to "
+                                  "finish or choose another destination") from None
+            return fd
+        raise TargetError(f"could not create {self.write_path}: it keeps reappearing; is "
+                          "another import writing the same destination?")
+
+    def _remove_stale_partial(self) -> None:
+        """`NAME.partial` exists: another import's (locked), a killed import's (unlocked), or
+        something planted (not a regular file): only the killed import's is removed."""
+        try:
+            fd = os.open(self.write_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _oserror(exc, self.write_path, "opening") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TargetError(f"{self.write_path} exists and is not a regular file; remove "
+                                  "it (someone may have planted it) and try again")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise TargetError(f"another import is writing {self.path} ({self.write_path} is "
+                                  "locked); wait for it to finish or choose another destination"
+                                  ) from None
+            log.warning("removing %s, left behind by an interrupted import", self.write_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.write_path)
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ zeroing
 
@@ -151,17 +220,20 @@ class Target:
         """fsync, then (file) rename the finished file over the destination."""
         try:
             os.fsync(self.fd)
+            if self.write_path != self.path:
+                # renamed while still locked; rename(2) replaces a symlink at NAME, never
+                # follows it
+                os.replace(self.write_path, self.path)
+                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
         except OSError as exc:
-            raise _oserror(exc, self.path, "fsync of") from exc
-        os.close(self.fd)
-        self.fd = -1
-        if self.write_path != self.path:
-            os.replace(self.write_path, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            raise _oserror(exc, self.path, "committing") from exc
+        finally:
+            os.close(self.fd)
+            self.fd = -1
         log.info("Successfully completed fsync(%s) syscall, committed to disk", self.path)
 
     def abort(self, written: int | None = None) -> None:
@@ -173,11 +245,23 @@ class Target:
                     self.zero_range(0, written)
                 except Exception as exc:  # best effort: the original error matters more
                     log.warning("could not zero the partly written device: %s", exc)
+            if not self.is_block:  # removed while still locked: never another import's
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.write_path)
             os.close(self.fd)
             self.fd = -1
-        if not self.is_block:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.write_path)
+
+
+def _is_block_device(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            if not str(path.absolute()).startswith("/dev/"):
+                return False  # a link elsewhere is replaced by the rename, never followed
+            st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISBLK(st.st_mode)
 
 
 @functools.cache

@@ -184,14 +184,22 @@ def test_qemu_img_is_always_told_the_format(images: Images, tmp_path: Path,
     calls: list[list[str]] = []
     real_popen = subprocess.Popen
 
+    envs: list[object] = []
+
     def spy_popen(argv: list[str], *a: object, **kw: object):  # type: ignore[no-untyped-def]
         calls.append(list(argv))
+        envs.append(kw.get("env"))
         return real_popen(argv, *a, **kw)  # type: ignore[call-overload]
 
     monkeypatch.setattr(qemu.subprocess, "Popen", spy_popen)
     run_import(build_config(source=str(images["disk.vdi"]), dest=str(tmp_path / "d.img")))
     qemu_calls = [c for c in calls if any(x.endswith("qemu-img") for x in c)]
     assert [c[c.index("--") + 2] for c in qemu_calls] == ["info", "convert"]
-    for c in qemu_calls:
+    for c, env in zip(qemu_calls, envs, strict=True):
         assert c[0].endswith("prlimit") and ("--as=1073741824" in c or "--as=4294967296" in c)
-        assert c[c.index("-f") + 1] == "vdi"
+        spec = json.loads(next(x for x in c if x.startswith("json:"))[5:])
+        # the driver named, never probed; a backing file never opened; bytes from an fd
+        assert spec["driver"] == "vdi" and spec["backing"] is None
+        assert spec["file"]["driver"] == "nbd" and spec["file"]["server"]["type"] == "fd"
+        # a minimal environment: the secrets of the importer's own never reach qemu-img
+        assert isinstance(env, dict) and set(env) == {"PATH", "LC_ALL"}

@@ -7,7 +7,10 @@ import random
 import socket
 import struct
 import subprocess
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from importer.sinks.nbd_export import (
     IHAVEOPT,
@@ -17,6 +20,7 @@ from importer.sinks.nbd_export import (
     SIMPLE_REPLY_MAGIC,
     NbdExport,
 )
+from importer.sinks.qemu import QemuInput
 
 DATA = random.Random(5).randbytes(3 << 20)
 
@@ -30,19 +34,39 @@ def _recv(s: socket.socket, n: int) -> bytes:
     return buf
 
 
+def _qemu(export: NbdExport, *argv: str) -> bytes:
+    """qemu-img with the export on an inherited socketpair fd, as the engine runs it."""
+    conn = export.connect()
+    try:
+        spec = QemuInput.nbd_fd("raw", conn.fileno())
+        return subprocess.run(["qemu-img", *argv[:1], spec.filename, *argv[1:]], check=True,
+                              capture_output=True, pass_fds=spec.pass_fds).stdout
+    finally:
+        conn.close()
+
+
 def test_qemu_img_reads_the_export(tmp_path: Path) -> None:
     export = NbdExport(lambda off, n: DATA[off : off + n], len(DATA))
     try:
-        info = json.loads(subprocess.run(["qemu-img", "info", "-f", "raw", "--output=json",
-                                          export.uri], check=True, capture_output=True).stdout)
+        info = json.loads(_qemu(export, "info", "--output=json"))
         assert info["virtual-size"] == len(DATA)
         out = tmp_path / "out.raw"
-        subprocess.run(["qemu-img", "convert", "-f", "raw", export.uri, "-O", "raw", str(out)],
-                       check=True, capture_output=True)
+        _qemu(export, "convert", "-O", "raw", str(out))
         assert out.read_bytes() == DATA
     finally:
         export.close()
-    assert not export.socket_path.exists()
+    with pytest.raises(OSError):
+        export.connect()  # closed: no new clients
+
+
+def test_export_leaves_nothing_in_the_filesystem(tmp_path: Path) -> None:
+    before = set(Path(tempfile.gettempdir()).iterdir())
+    export = NbdExport(lambda off, n: DATA[off : off + n], len(DATA))
+    try:
+        _qemu(export, "info", "--output=json")
+        assert set(Path(tempfile.gettempdir()).iterdir()) == before
+    finally:
+        export.close()
 
 
 def test_bounds_and_errors_over_the_wire() -> None:
@@ -53,8 +77,7 @@ def test_bounds_and_errors_over_the_wire() -> None:
 
     export = NbdExport(read, len(DATA))
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(export.socket_path))
+        with export.connect() as s:
             magic, opt, _flags = struct.unpack(">QQH", _recv(s, 18))
             assert (magic, opt) == (NBDMAGIC, IHAVEOPT)
             s.sendall(struct.pack(">I", 3))  # fixed newstyle, no zeroes
