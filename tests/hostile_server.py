@@ -74,7 +74,7 @@ class HostileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 req = Request("GET", self.path, {k.lower(): v for k, v in self.headers.items()})
                 server.requests.append(req)
                 route = server.routes.get(self.path.split("?")[0])

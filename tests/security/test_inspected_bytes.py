@@ -4,6 +4,7 @@ must not get that host file into the target."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -48,10 +49,8 @@ def test_two_faced_server_cannot_smuggle_a_host_file(hostile: HostileServer, tmp
     url = hostile.url("/disk.qcow2")
     dest = tmp_path / "disk.img"
     assert inspect_source(build_config(source=url, dest=str(dest)))["format"] == "qcow2"
-    try:
+    with contextlib.suppress(ImporterError):  # refusing is fine; copying a host file is not
         run_import(build_config(source=url, dest=str(dest), max_retries=1))
-    except ImporterError:
-        pass  # refusing is fine; copying the host file is not
     assert any(r.range and r.range[1] is not None and r.range[1] - r.range[0] > 64 << 10
                for r in hostile.requests), "the large reads were not made: the test is moot"
     if dest.exists():
