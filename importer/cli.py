@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
                             "containers/auth.json, ~/.docker/config.json)")
         g.add_argument("--read-timeout", type=float, default=120.0,
                        help="seconds without data before a connection is resumed")
+        g.add_argument("--connect-timeout", type=float, default=30.0,
+                       help="seconds to establish a connection")
+        g.add_argument("--low-speed-limit", type=int, default=1024, metavar="BYTES",
+                       help="a transfer slower than BYTES per --low-speed-time is resumed")
+        g.add_argument("--low-speed-time", type=float, default=60.0, metavar="SECONDS",
+                       help="the window of --low-speed-limit (default 60)")
 
     imp = sub.add_parser("import", help="import SOURCE into DEST")
     imp.add_argument("source", metavar="SOURCE",
@@ -179,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             connections=getattr(args, "connections", 4),
             max_retries=args.retries,
             read_timeout=args.read_timeout,
+            connect_timeout=args.connect_timeout,
+            low_speed_limit=args.low_speed_limit,
+            low_speed_time=args.low_speed_time,
             source_kind=args.source_kind,
             s3_endpoint=args.s3_endpoint,
             s3_region=args.s3_region,

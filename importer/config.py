@@ -27,6 +27,7 @@ __all__ = [
     "HttpOptions",
     "ImportConfig",
     "build_config",
+    "parse_header",
     "read_header_files",
 ]
 
@@ -63,6 +64,12 @@ class HttpOptions:
     max_retries: int = 8
     retry_backoff: float = 1.0
     max_redirects: int = 10
+    #: a transfer slower than low_speed_limit bytes in low_speed_time seconds is abandoned and
+    #: resumed (curl's --speed-limit/--speed-time): a trickle never trips read_timeout
+    low_speed_limit: int = 1024
+    low_speed_time: float = 60.0
+    #: quick retries for a name that does not resolve or a refused connection
+    unreachable_retries: int = 2
 
     @property
     def ca_dirs(self) -> list[Path]:
@@ -130,14 +137,18 @@ def read_header_files(path: Path) -> list[Header]:
             text = f.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"cannot read header file {f}: {exc.strerror}") from exc
-        headers.append(_parse_header(text, where=str(f), secret=True))
+        headers.append(parse_header(text, where=str(f), secret=True))
     return headers
 
 
-def _parse_header(text: str, *, where: str, secret: bool) -> Header:
+def parse_header(text: str, *, where: str, secret: bool) -> Header:
+    """One `Name: value` line, the one validator of both front-ends: CR or LF anywhere would
+    let a value smuggle a second header (or a request) into what we send."""
     name, sep, value = text.partition(":")
     name, value = name.strip(), value.strip()
-    if not sep or not name or any(c in name for c in " \t\r\n") or "\n" in value or "\r" in value:
+    bad_value = any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value)
+    bad_name = any(ord(c) <= 0x20 or c == "\x7f" for c in name)
+    if not sep or not name or bad_name or bad_value:
         shown = "<redacted>" if secret else repr(text)
         raise ConfigError(f"invalid header in {where}: {shown}; expected one line 'Name: value'")
     return Header(name, value, secret)
@@ -163,6 +174,9 @@ def build_config(
     connections: int = 4,
     max_retries: int = 8,
     read_timeout: float = 120.0,
+    connect_timeout: float = 30.0,
+    low_speed_limit: int = 1024,
+    low_speed_time: float = 60.0,
     source_kind: str = "auto",
     s3_endpoint: str | None = None,
     s3_region: str | None = None,
@@ -231,6 +245,11 @@ def build_config(
         problems.append(f"--retries {max_retries}: use 0 or more")
     if read_timeout <= 0:
         problems.append(f"--read-timeout {read_timeout}: use a positive number of seconds")
+    if connect_timeout <= 0:
+        problems.append(f"--connect-timeout {connect_timeout}: use a positive number of seconds")
+    if low_speed_limit < 0 or low_speed_time <= 0:
+        problems.append(f"--low-speed-limit {low_speed_limit} / --low-speed-time "
+                        f"{low_speed_time}: use 0 or more bytes and a positive number of seconds")
 
     if password_file:
         try:
@@ -250,7 +269,7 @@ def build_config(
     parsed_headers: list[Header] = []
     for h in headers:
         try:
-            parsed_headers.append(_parse_header(h, where="--header", secret=False))
+            parsed_headers.append(parse_header(h, where="--header", secret=False))
         except ConfigError as exc:
             problems.append(str(exc))
     for hf in header_files:
@@ -303,6 +322,9 @@ def build_config(
         proxies=proxies,
         max_retries=max_retries,
         read_timeout=read_timeout,
+        connect_timeout=connect_timeout,
+        low_speed_limit=low_speed_limit,
+        low_speed_time=low_speed_time,
     )
     return ImportConfig(
         source=source,

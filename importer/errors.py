@@ -12,6 +12,7 @@ front-ends only ever see this tree::
     │   ├── SourceAuthError        credentials missing or refused (HTTP 401/403)
     │   ├── SourceTLSError         certificate verification or handshake failed
     │   ├── SourceUnavailableError network errors and 5xx that outlived the retries
+    │   ├── SourceUnreachableError the host name does not resolve, or nothing listens there
     │   └── SourceContentError     the server answered, but not with the image (HTML, short body)
     ├── FormatError                the data is not a usable image (corrupt, truncated, unknown)
     │   └── UnsafeImageError       a well-formed image refused for safety (backing file, ...)
@@ -39,6 +40,7 @@ __all__ = [
     "SourceNotFoundError",
     "SourceTLSError",
     "SourceUnavailableError",
+    "SourceUnreachableError",
     "TargetError",
     "TargetTooSmallError",
     "UnsafeImageError",
@@ -55,6 +57,14 @@ class ImporterError(Exception):
 
 class ConfigError(ImporterError):
     exit_code = 2
+
+    def __init__(self, message: str, *, exit_code: int | None = None,
+                 termination: str | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+        #: the pod's termination message when CDI has an exact one for this problem
+        self.termination = termination
 
 
 class SourceError(ImporterError):
@@ -75,6 +85,11 @@ class SourceTLSError(SourceError):
 
 class SourceUnavailableError(SourceError):
     transient = True
+
+
+class SourceUnreachableError(SourceError):
+    """DNS failure or a refused connection: a typo far more often than an outage, so it gets a
+    couple of quick retries (a server that is just starting) and is then permanent."""
 
 
 class SourceContentError(SourceError):

@@ -30,6 +30,7 @@ from .errors import (
     SourceNotFoundError,
     SourceTLSError,
     SourceUnavailableError,
+    SourceUnreachableError,
 )
 from .metrics import MetricsServer
 from .nodepull import fetch_labels, image_url, signal_done, wait_for_ready
@@ -118,11 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = _run(settings, config, progress, cancel)
         stop.answered.set()
     except ConfigError as exc:
-        code, message = exc.exit_code, text_message(f"Invalid configuration: {exc}")
+        code = exc.exit_code
+        message = text_message(exc.termination or f"Invalid configuration: {exc}")
         log.error("%s", exc)
     except CancelledError as exc:
         code, message = exc.exit_code, text_message(f"Unable to process data: {exc}")
         log.error("%s", exc)
+    except Exception as exc:  # a bug of ours: still a termination message, never a bare trace
+        code = 1
+        message = text_message(f"Unable to process data: internal error: "
+                               f"{type(exc).__name__}: {exc}")
+        log.exception("internal error; please report it with this log")
     finally:
         stop.answered.set()
         stop_logging.set()
@@ -186,7 +193,8 @@ def _import(settings: PodSettings, config: ImportConfig, progress: Progress,
         # exit 0 on purpose: the controller marks the import failed for good (no restart loop)
         log.error("%s", exc)
         return 0, json_message(f"Unable to process data: checksum validation failed: {exc}")
-    except (SourceNotFoundError, SourceAuthError, SourceTLSError, SourceUnavailableError) as exc:
+    except (SourceNotFoundError, SourceAuthError, SourceTLSError, SourceUnavailableError,
+            SourceUnreachableError) as exc:
         log.error("%s", exc)
         if src == "registry":
             # the controller gives the DataVolume reason ImagePullFailed on this phrase

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .checksum import parse_checksum
-from .config import ContentType, Header, HttpOptions, ImportConfig, read_header_files
+from .config import ContentType, Header, HttpOptions, ImportConfig, parse_header, read_header_files
 from .errors import ConfigError
 from .quantity import parse_quantity
 
@@ -109,7 +110,8 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
 
     source = env.get("IMPORTER_SOURCE", "")
     if source not in SOURCES:
-        problems.append(f"IMPORTER_SOURCE={source!r}: use one of {', '.join(SOURCES)}")
+        problems.append(f"Unknown data source: {source} (IMPORTER_SOURCE: use one of "
+                        f"{', '.join(SOURCES)})")
     endpoint = env.get("IMPORTER_ENDPOINT", "")
     if source not in ("none", "") and not endpoint:
         problems.append("IMPORTER_ENDPOINT is empty: it must name the image to import")
@@ -122,11 +124,13 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         problems.append(f"IMPORTER_CONTENTTYPE=archive is not possible with IMPORTER_SOURCE={source}")
 
     image_size: int | None = None
+    size_unparsable = False
     if env.get("IMPORTER_IMAGE_SIZE"):
         try:
             image_size = parse_quantity(env["IMPORTER_IMAGE_SIZE"])
         except ValueError as exc:
             problems.append(f"IMPORTER_IMAGE_SIZE: {exc}")
+            size_unparsable = True
     overhead = Decimal(0)
     if env.get("FILESYSTEM_OVERHEAD"):
         try:
@@ -143,11 +147,13 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
     if cache_mode not in ("", "TRYNONE"):
         problems.append(f"CACHE_MODE={cache_mode!r}: use TRYNONE or leave it empty")
     checksum = None
+    checksum_problem = None
     if env.get("IMPORTER_CHECKSUM"):
         try:
             checksum = parse_checksum(env["IMPORTER_CHECKSUM"])
         except ValueError as exc:
-            problems.append(f"IMPORTER_CHECKSUM: {exc}")
+            checksum_problem = f"invalid checksum: {exc}"
+            problems.append(f"IMPORTER_CHECKSUM: {checksum_problem}")
     try:
         metrics_port = int(env.get("IMPORTER_METRICS_PORT", "8443"))
     except ValueError:
@@ -156,12 +162,10 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
 
     headers: list[Header] = []
     for name in sorted(k for k in env if k.startswith("IMPORTER_EXTRA_HEADER_")):
-        line = env[name]
-        key, sep, value = line.partition(":")
-        if not sep or not key.strip():
-            problems.append(f"{name}: expected one header line 'Name: value'")
-            continue
-        headers.append(Header(key.strip(), value.strip()))
+        try:
+            headers.append(parse_header(env[name], where=name, secret=True))
+        except ConfigError as exc:
+            problems.append(str(exc))
     extra_dir = root / "extraheaders"
     if extra_dir.is_dir():
         try:
@@ -207,7 +211,15 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         if not ca_dir.is_dir():
             problems.append(f"IMPORTER_CERT_DIR={cert_dir}: not a directory")
     if problems:
-        raise ConfigError("; ".join(problems))
+        # CDI exits 1 on configuration errors; only an unparsable image size panics (exit 2).
+        # Where CDI has an exact message for a lone problem, the controller and users see it.
+        termination = None
+        if len(problems) == 1 and source not in SOURCES:
+            termination = f"Unknown data source: {source}"
+        elif len(problems) == 1 and checksum_problem:
+            termination = f"Unable to connect to {source} data source: {checksum_problem}"
+        raise ConfigError("; ".join(problems), exit_code=2 if size_unparsable else 1,
+                          termination=termination)
 
     # CDI quirk Q17: a partial image from an earlier attempt of this pod would shrink the free
     # space; it is removed before the space is measured (not for a warm-import delta, which
@@ -234,6 +246,11 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
     proxy_certs = root / "proxycerts"  # CDI reads this fixed path, not IMPORTER_PROXY_CERT_DIR
     username = env.get("IMPORTER_ACCESS_KEY_ID") or None
     password = env.get("IMPORTER_SECRET_KEY") or None
+    endpoint, url_user, url_password = _split_userinfo(endpoint)
+    if url_user is not None and username is None:
+        # CDI's Go client sends URL userinfo as basic auth unless credentials were given;
+        # so do we, but the URL we log and report no longer carries them
+        username, password = url_user, url_password
     if source == "registry" and not (username and password):
         username = password = None  # CDI: registry credentials count only as a pair
     http = HttpOptions(
@@ -257,6 +274,17 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         gcs_credentials=gcs_key,
         registry_arch=env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
     return settings, config
+
+
+def _split_userinfo(endpoint: str) -> tuple[str, str | None, str | None]:
+    """`http://user:pass@host/x` -> (`http://host/x`, user, pass), percent-decoded."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return endpoint, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return (urlunsplit(parts._replace(netloc=hostport)), unquote(user),
+            unquote(password) if ":" in userinfo else None)
 
 
 def _available_space(path: Path, block: bool, image_size: int | None) -> int:

@@ -85,6 +85,8 @@ class HostileServer:
                 length = len(reply.body) if reply.content_length is None else reply.content_length
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
+                if reply.content_length is not None and reply.content_length > len(reply.body):
+                    self.close_connection = True  # the short body ends with the connection
                 try:
                     if not reply.trickle:
                         self.wfile.write(reply.body)
@@ -95,8 +97,6 @@ class HostileServer:
                         time.sleep(reply.trickle_delay)
                 except OSError:
                     return
-                if reply.content_length is not None and reply.content_length > len(reply.body):
-                    self.close_connection = True
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True

@@ -154,7 +154,7 @@ def test_scratch_only_when_needed(pod: Pod, nginx: Nginx, images: Images) -> Non
 def test_every_invalid_value_reported_at_once(pod: Pod) -> None:
     code, _ = pod.run(IMPORTER_SOURCE="ftp", PREALLOCATION="maybe", IMPORTER_IMAGE_SIZE="big",
                       FILESYSTEM_OVERHEAD="x", CACHE_MODE="fast", IMPORTER_CHECKSUM="md5:1")
-    assert code == 2
+    assert code == 2  # CDI panics (2) on an unparsable image size
     for name in ("IMPORTER_SOURCE", "PREALLOCATION", "IMPORTER_IMAGE_SIZE", "FILESYSTEM_OVERHEAD",
                  "CACHE_MODE", "IMPORTER_CHECKSUM"):
         assert name in pod.termination
@@ -280,3 +280,72 @@ def test_termination_messages_fit_4096_bytes() -> None:
 def test_labels_are_written_in_key_order_as_go_does() -> None:
     msg = json_message("Import Complete", labels={"b.kubevirt.io/x": "1", "a.kubevirt.io/y": "2"})
     assert msg == '{"labels":{"a.kubevirt.io/y":"2","b.kubevirt.io/x":"1"},"message":"Import Complete"}'
+
+
+# ------------------------------------------------------------------ issue 9: hardening
+
+
+def test_url_userinfo_is_used_as_basic_auth_like_cdi(pod: Pod, nginx: Nginx, images: Images
+                                                     ) -> None:
+    url = nginx.url("private/disk.raw").replace("http://", "http://tester:s3cret@")
+    code, err = pod.run(IMPORTER_ENDPOINT=url)
+    assert code == 0, err
+    assert same_disk(images.raw, pod.data / "disk.img")
+    assert "s3cret" not in err and "s3cret" not in pod.termination
+    code, err = pod.run(IMPORTER_ENDPOINT=url.replace("s3cret", "wrong"))
+    assert code == 1 and "401" in pod.termination and "wrong" not in err + pod.termination
+
+
+def test_extra_header_with_cr_lf_is_refused(pod: Pod, nginx: Nginx) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.raw"),
+                      IMPORTER_EXTRA_HEADER_0="X-A: 1\r\nX-Injected: 2")
+    assert code == 1
+    assert "IMPORTER_EXTRA_HEADER_0" in pod.termination and "Injected" not in pod.termination
+    assert not (pod.data / "disk.img").exists()
+
+
+def test_unreachable_server_says_unable_to_connect(pod: Pod) -> None:
+    started = time.monotonic()
+    code, err = pod.run(IMPORTER_ENDPOINT=f"http://127.0.0.1:{free_port()}/disk.img")
+    assert code == 1 and time.monotonic() - started < 20, err
+    assert pod.termination.startswith("Unable to connect to http data source: ")
+    assert "connection refused" in pod.termination
+
+
+def test_404_termination_has_cdis_words(pod: Pod, nginx: Nginx) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("missing.img"))
+    assert code == 1
+    assert pod.termination.startswith("Unable to connect to http data source: expected status "
+                                      "code 200, got 404. Status: 404 Not Found")
+
+
+@pytest.mark.parametrize(("env", "code", "message"), [
+    ({"IMPORTER_SOURCE": "glance"}, 1, "Unknown data source: glance"),
+    ({"IMPORTER_CHECKSUM": "md5:xyz"}, 1, "Unable to connect to http data source: invalid "
+                                          "checksum: "),
+    ({"PREALLOCATION": "maybe"}, 1, "Invalid configuration: PREALLOCATION"),
+    ({"IMPORTER_IMAGE_SIZE": "big"}, 2, "Invalid configuration: IMPORTER_IMAGE_SIZE"),
+])
+def test_configuration_errors_exit_as_cdi_does(pod: Pod, nginx: Nginx, env: dict[str, str],
+                                               code: int, message: str) -> None:
+    got, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.raw"), **env)
+    assert got == code, err
+    assert pod.termination.startswith(message)
+    assert "Traceback" not in err
+
+
+def test_internal_error_still_writes_a_termination_message(
+        pod: Pod, nginx: Nginx, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from importer import pod as pod_module
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("a bug")
+
+    for k, v in pod.env(IMPORTER_ENDPOINT=nginx.url("disk.raw")).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(pod_module, "run_import", broken)
+    assert pod_module.main([]) == 1
+    assert pod.termination == "Unable to process data: internal error: RuntimeError: a bug"
+    err = capsys.readouterr().err
+    assert all(line.startswith("{") for line in err.splitlines() if line)  # the trace is in JSON

@@ -14,8 +14,9 @@ import, a world-writable directory), so:
 * the final rename(2) replaces whatever is at NAME, a symlink included, and never follows it;
 * a block device is opened O_EXCL, which Linux turns into "not mounted and not opened O_EXCL by
   anyone else", so two imports to one device exclude each other as well;
-* a symlink at NAME counts as a block device only when it lives under /dev (udev's
-  /dev/disk/by-* links): a planted link elsewhere must not redirect the import onto a device.
+* a symlink at NAME counts as a block device only when it lives in a `dev` directory (udev's
+  /dev/disk/by-* links, the pod's /dev/cdi-block-volume): a planted link elsewhere must not
+  redirect the import onto a device.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def _is_block_device(path: Path) -> bool:
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            if not str(path.absolute()).startswith("/dev/"):
+            if "dev" not in path.absolute().parent.parts:
                 return False  # a link elsewhere is replaced by the rename, never followed
             st = os.stat(path)
     except FileNotFoundError:
