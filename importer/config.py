@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+#: off_t is signed 64-bit: nothing larger can be a file size or a device offset
+MAX_FILE_SIZE = (1 << 63) - 1
+
+
 class ContentType(StrEnum):
     KUBEVIRT = "kubevirt"  # a disk image
     ARCHIVE = "archive"  # a tar to extract into a directory
@@ -116,6 +120,9 @@ class ImportConfig:
     registry_arch: str | None = None
     #: docker/podman credentials file consulted for registry logins
     registry_auth_file: Path | None = None
+    #: a tar given as a disk image is written as raw bytes (CDI does, and its tests check the
+    #: md5), instead of refused with advice to use the archive content type
+    tar_as_raw: bool = False
 
 
 def read_header_files(path: Path) -> list[Header]:
@@ -229,6 +236,10 @@ def build_config(
             size = parse_quantity(image_size)
         except ValueError as exc:
             problems.append(f"--image-size: {exc}")
+        if size is not None and size > MAX_FILE_SIZE:
+            problems.append(f"--image-size {image_size}: larger than any file or device Linux "
+                            f"can address ({MAX_FILE_SIZE} bytes)")
+            size = None
 
     spec: ChecksumSpec | None = None
     if checksum:

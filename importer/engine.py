@@ -147,9 +147,12 @@ class _Run:
             labels=dict(src.info().labels))
         if cfg.content_type is ContentType.ARCHIVE:
             return self.archive(src, det, counting, result)
-        if info.format == "tar":
+        if info.format == "tar" and not cfg.tar_as_raw:
             raise FormatError("the data is a tar archive; use --content-type archive to extract "
                               "it into a directory")
+        if info.format == "tar":
+            log.warning("the data is a tar archive, written as a raw disk image as CDI does; "
+                        "use contentType: archive to extract it into the volume instead")
         target = Target(cfg.dest, cfg.size_limit if cfg.size_limit is not None else cfg.image_size)
         result.target_kind = "block" if target.is_block else "file"
         if info.needs_conversion and not (info.format == "vhd" and info.details.get("type") == "fixed"):
@@ -213,6 +216,7 @@ class _Run:
         target.open()
         writer = SparseWriter(target, self.progress, preallocate=cfg.preallocation)
         try:
+            target.check_size_possible(cfg.image_size or 0)
             if cfg.preallocation and not target.is_block and vsize:
                 target.preallocate(vsize)
             if blocks:
@@ -239,8 +243,7 @@ class _Run:
                 result.format, final = "vhd", footer
                 if target.is_block:
                     target.zero_range(footer, 512)
-            result.virtual_size = final
-            self._finish_size(target, final)
+            result.virtual_size = self._finish_size(target, final)
             if cfg.preallocation and not target.is_block:
                 target.preallocate(target.current_size())
             result.preallocated = cfg.preallocation
@@ -343,12 +346,22 @@ class _Run:
         writer.finish()
         return size
 
-    def _finish_size(self, target: Target, data_size: int) -> None:
-        """The file gets the image's full length, grown to --image-size (never shrunk)."""
+    def _finish_size(self, target: Target, data_size: int) -> int:
+        """The file gets the image's full length, grown to --image-size (never shrunk); the
+        disk's size without that growth."""
+        if data_size % 512 and not target.is_block:
+            padded = data_size + 512 - data_size % 512
+            # qemu (and so CDI, which converts every raw) rounds a disk up to whole sectors
+            log.warning("the image is %d bytes, not a whole number of 512-byte sectors: padded "
+                        "with zeros to %d bytes as qemu and CDI do. A disk image of that length "
+                        "is usually truncated (a download cut short?) and may not boot; check "
+                        "the source", data_size, padded)
+            data_size = padded
         size = max(data_size, self.config.image_size or 0)
         if self.config.image_size and data_size > self.config.image_size:
             log.warning("the image (%d bytes) is larger than --image-size; not shrinking", data_size)
         target.set_size(size)
+        return data_size
 
     def convert(self, src: Source, det: Detected, counting: CountingStream, target: Target,
                 result: ImportResult) -> None:
@@ -443,6 +456,9 @@ class _Run:
                     raise export.error from None
                 raise
             self._finish_size(target, vsize)
+            if cfg.preallocation and not target.is_block:
+                # the area the resize added must be allocated too, not only the image's
+                target.preallocate(target.current_size())
             result.preallocated = cfg.preallocation
             src.verify()
             target.commit()

@@ -272,7 +272,8 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
         cache_mode=None, source_kind=source if source in ("s3", "gcs", "registry") else "http",
         gcs_credentials=gcs_key,
-        registry_arch=env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
+        registry_arch=env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None,
+        tar_as_raw=True)
     return settings, config
 
 

@@ -115,3 +115,21 @@ def test_sigint_during_conversion_stops_qemu_img(nginx: Nginx, tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []
     ps = subprocess.run(["pgrep", "-f", "qemu-img.*importer-nbd"], capture_output=True, text=True)
     assert ps.stdout.strip() == ""  # no qemu-img left behind
+
+
+def test_image_size_beyond_any_file_is_a_usage_error_at_once(nginx: Nginx, tmp_path: Path
+                                                             ) -> None:
+    # issue 9 item 8: it crashed with OverflowError after the whole download
+    r = importer_cli("import", nginx.url("disk.raw.gz"), tmp_path / "d.img", "--image-size",
+                     "16Ei")
+    assert r.returncode == 2 and "larger than any file" in r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.iterdir())
+
+
+def test_image_size_beyond_the_file_system_fails_before_the_download(nginx: Nginx,
+                                                                     tmp_path: Path) -> None:
+    # ext4 holds at most 16 TiB in a file: known at start, not after the copy
+    r = importer_cli("import", nginx.url("slow/disk.raw.gz"), tmp_path / "d.img",
+                     "--image-size", "1Ei", timeout=30)
+    assert r.returncode == 1 and "cannot hold a file that large" in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())

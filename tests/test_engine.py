@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,10 +87,13 @@ def test_raw_streams_without_range_support(nginx: Nginx, images: Images, tmp_pat
     assert same_disk(images.raw, tmp_path / "d.img")
 
 
-def test_tiny_image(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+def test_tiny_image_is_padded_to_a_sector_with_a_warning(
+        nginx: Nginx, images: Images, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # issue 9 item 11: qemu, and so CDI, round a raw disk up to whole 512-byte sectors
     result = _import(nginx.url("tiny.raw"), tmp_path / "d.img")
-    assert result.virtual_size == 99
-    assert (tmp_path / "d.img").read_bytes() == images["tiny.raw"].read_bytes()
+    assert result.virtual_size == 512
+    assert (tmp_path / "d.img").read_bytes() == images["tiny.raw"].read_bytes().ljust(512, b"\0")
+    assert "not a whole number of 512-byte sectors" in caplog.text and "truncated" in caplog.text
 
 
 def test_iso(nginx: Nginx, images: Images, tmp_path: Path) -> None:
@@ -119,6 +124,28 @@ def test_preallocation_allocates_every_block(nginx: Nginx, tmp_path: Path) -> No
         result = _import(nginx.url(name), dest, preallocation=True)
         assert result.preallocated
         assert dest.stat().st_blocks * 512 >= SEED_SIZE
+
+
+@pytest.mark.parametrize("name", ["disk.raw.gz", "disk.qcow2", "disk.vdi"])
+def test_preallocation_covers_the_area_the_resize_added(nginx: Nginx, tmp_path: Path,
+                                                        name: str) -> None:
+    # issue 9 item 19: a converted image grown to --image-size was allocated only up to the
+    # image's own size while preallocationApplied said true
+    dest = tmp_path / "d.img"
+    result = _import(nginx.url(name), dest, preallocation=True, image_size="64Mi")
+    assert result.preallocated and dest.stat().st_size == 64 << 20
+    assert dest.stat().st_blocks * 512 >= 64 << 20
+
+
+def test_zstd_long_window_is_refused_with_bounded_memory(nginx: Nginx, tmp_path: Path) -> None:
+    # issue 9 item 10: a --long=31 frame of unknown size asks for a 2 GiB window
+    data = random.Random(1).randbytes(1 << 20)
+    z = subprocess.run(["zstd", "-q", "--long=31", "-c"], input=data, capture_output=True,
+                       check=True).stdout
+    (nginx.www / "long.raw.zst").write_bytes(z)
+    with pytest.raises(FormatError, match="decoding window over 128 MiB"):
+        _import(nginx.url("long.raw.zst"), tmp_path / "d.img")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name", ["disk.raw.gz", "disk.qcow2", "disk.raw.xz"])

@@ -349,3 +349,18 @@ def test_internal_error_still_writes_a_termination_message(
     assert pod.termination == "Unable to process data: internal error: RuntimeError: a bug"
     err = capsys.readouterr().err
     assert all(line.startswith("{") for line in err.splitlines() if line)  # the trace is in JSON
+
+
+def test_kubevirt_content_with_a_tar_is_written_as_raw_like_cdi(pod: Pod, nginx: Nginx,
+                                                                images: Images) -> None:
+    import hashlib
+    import tarfile
+
+    with tarfile.open(nginx.www / "plain.tar", "w") as tf:
+        tf.add(images["tiny.raw"], arcname="tiny.raw")
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("plain.tar"))
+    assert code == 0, err
+    tar = (nginx.www / "plain.tar").read_bytes()
+    disk = (pod.data / "disk.img").read_bytes()
+    assert hashlib.md5(disk[: len(tar)]).digest() == hashlib.md5(tar).digest()  # CDI's check
+    assert "contentType: archive" in err

@@ -39,8 +39,13 @@ def _xz(raw: io.RawIOBase) -> io.IOBase:
     return lzma.LZMAFile(cast(IO[bytes], raw), mode="rb")
 
 
+#: the zstd CLI's default limit (windowLog 27): a `--long=31` frame would make the decoder
+#: allocate 2 GiB for a few KiB of input, far past the pod's memory limit
+ZSTD_MAX_WINDOW = 1 << 27
+
+
 def _zstd(raw: io.RawIOBase) -> io.IOBase:
-    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     checked = _ZstdFrameChecker(raw)
     reader = dctx.stream_reader(cast(IO[bytes], checked), read_size=READ_SIZE,
                                 read_across_frames=True)
@@ -160,13 +165,22 @@ class _DecodedStream(io.RawIOBase):
             n = self._dec.readinto(b)  # type: ignore[attr-defined]
         except ImporterError:
             raise
-        except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError, ValueError) as exc:
-            raise FormatError(
-                f"the {self._codec.name} data is corrupt or truncated after {self._out} "
-                f"decompressed bytes ({exc}); the file on the server is damaged or incomplete"
-            ) from exc
+        except zstandard.ZstdError as exc:
+            if "too much memory" in str(exc):
+                raise FormatError(
+                    f"the zstd data asks for a decoding window over {ZSTD_MAX_WINDOW >> 20} MiB "
+                    "(made with zstd --long=28 or more); refused to keep memory bounded: "
+                    "recompress it with zstd's default window") from exc
+            raise self._corrupt(exc) from exc
+        except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+            raise self._corrupt(exc) from exc
         self._out += n or 0
         return int(n or 0)
+
+    def _corrupt(self, exc: Exception) -> FormatError:
+        return FormatError(
+            f"the {self._codec.name} data is corrupt or truncated after {self._out} "
+            f"decompressed bytes ({exc}); the file on the server is damaged or incomplete")
 
     def close(self) -> None:
         self._dec.close()

@@ -54,6 +54,9 @@ def _oserror(exc: OSError, path: Path, action: str) -> TargetError:
     if exc.errno == errno.ELOOP:
         return TargetError(f"{path} is a symbolic link, which is never followed for writing; "
                            "remove it (someone may have planted it) and try again")
+    if exc.errno == errno.EFBIG:
+        return TargetError(f"the file system holding {path} cannot hold a file that large "
+                           f"({action}); choose a smaller --image-size or another file system")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetError(f"no space left on the device holding {path} while {action}")
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -213,6 +216,17 @@ class Target:
             os.ftruncate(self.fd, size)
         except OSError as exc:
             raise _oserror(exc, self.path, "resizing") from exc
+
+    def check_size_possible(self, size: int) -> None:
+        """Fail at start, not after the download, when the file system cannot hold a file of
+        `size` bytes (ext4 stops at 16 TiB): a sparse resize costs nothing and is undone."""
+        if self.is_block or size <= 0:
+            return
+        try:
+            os.ftruncate(self.fd, size)
+            os.ftruncate(self.fd, 0)
+        except OSError as exc:
+            raise _oserror(exc, self.path, f"sizing to {size} bytes") from exc
 
     def current_size(self) -> int:
         return os.fstat(self.fd).st_size if not self.is_block else (self.capacity or 0)
