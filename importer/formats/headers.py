@@ -178,9 +178,21 @@ _EXTENT = re.compile(r'^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?
 def _vmdk(read_at: ReadAt) -> ImageInfo:
     h = read_at(0, 80)
     _need(h, 79, "vmdk")
-    version, _flags, capacity, _grain, desc_off, desc_size = struct.unpack_from("<IIQQQQ", h, 4)
+    version, _flags, capacity, grain, desc_off, desc_size, gtes = struct.unpack_from(
+        "<IIQQQQI", h, 4)
     if version not in (1, 2, 3):
         raise FormatError(f"vmdk sparse version {version} is not supported")
+    if not 1 <= gtes <= 512 or not 1 <= grain <= 1 << 16:
+        raise FormatError(f"vmdk grain tables of {gtes} entries of {grain} sectors are invalid; "
+                          "the header is corrupt or hostile")
+    # The grain directory qemu must hold in memory: CDI's invalid-qcow-large-memory fixture
+    # announces 2^57 bytes with tiny grain tables, which made qemu-img info stall; bounded
+    # like qcow2's L1 table instead
+    directory = -(-capacity // (gtes * grain)) * 4
+    if directory > QCOW2_MAX_L1_BYTES or capacity > 1 << 53:
+        raise FormatError(
+            f"vmdk grain directory too big ({directory} bytes for a virtual size of "
+            f"{capacity * 512} bytes): the header is corrupt or hostile")
     if not desc_off or not desc_size or desc_size > 2048:
         raise UnsafeImageError(
             "this vmdk sparse extent has no embedded descriptor; it belongs to a multi-file "

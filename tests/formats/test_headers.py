@@ -203,3 +203,18 @@ def test_qemu_img_is_always_told_the_format(images: Images, tmp_path: Path,
         assert spec["file"]["driver"] == "nbd" and spec["file"]["server"]["type"] == "fd"
         # a minimal environment: the secrets of the importer's own never reach qemu-img
         assert isinstance(env, dict) and set(env) == {"PATH", "LC_ALL"}
+
+
+def test_vmdk_with_a_huge_grain_directory_is_refused_before_qemu(tmp_path: Path) -> None:
+    # issue 9 item 13: 2^57 bytes of virtual size in one-entry grain tables
+    src = tmp_path / "v.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse",
+                    str(src), "64M"], check=True)
+    b = bytearray(src.read_bytes())
+    struct.pack_into("<Q", b, 12, 1 << 48)
+    struct.pack_into("<I", b, 44, 1)
+    with pytest.raises(FormatError, match="grain directory too big"):
+        inspect_image("vmdk", lambda o, n: bytes(b[o : o + n]), len(b))
+    # the untouched image still passes
+    good = src.read_bytes()
+    assert inspect_image("vmdk", lambda o, n: good[o : o + n], len(good)).virtual_size == 64 << 20
