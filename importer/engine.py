@@ -173,7 +173,10 @@ class _Run:
         result.target_kind, result.path = "directory", "archive"
         self.progress.plan([("TransferDataDir", 100, True)])
         self.progress.enter("TransferDataDir")
-        extraction, stats = extract_tar(det.stream, self.config.dest, self.progress)
+        cfg = self.config
+        extraction, stats = extract_tar(det.stream, cfg.dest, self.progress,
+                                        cfg.size_limit if cfg.size_limit is not None
+                                        else cfg.image_size)
         try:
             result.checksum = self.verify_checksum(counting)
             src.verify()

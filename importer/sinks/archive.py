@@ -8,11 +8,19 @@ directories this code created, so nothing is ever written outside the directory.
 
 Extraction goes into a hidden staging directory inside the destination and is moved into place
 only once the whole archive (and the checksum) checked out, so a failed import leaves the
-destination as it was.
+destination as it was (a destination directory this import created is removed again). What was
+already in the destination is never opened: only the files this import wrote are fsynced (a
+FIFO left there would block an open forever, a symlink would be followed). The destination
+directory is flock'ed for the import, so two extractions into it cannot interleave. Zero runs in
+members are left as holes, and a member that would not fit in the free space (or the size
+limit) fails before it is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import io
 import logging
 import os
@@ -23,9 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from ..errors import FormatError, UnsafeImageError
+from ..errors import FormatError, TargetError, TargetTooSmallError, UnsafeImageError
 from ..progress import Progress
 from .target import _oserror
+
+HOLE_BLOCK = 64 << 10  # zero runs of whole blocks this size become holes
+_ZERO_BLOCK = bytes(HOLE_BLOCK)
 
 __all__ = ["ArchiveResult", "extract_tar"]
 
@@ -52,11 +63,34 @@ def _safe_parts(name: str) -> tuple[str, ...]:
 
 
 class Extraction:
-    def __init__(self, dest: Path, progress: Progress) -> None:
+    def __init__(self, dest: Path, progress: Progress, limit: int | None = None) -> None:
         self.dest = dest
         self.progress = progress
-        dest.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=".importer-partial-", dir=dest))
+        self.limit = limit  # bytes the archive may expand to (--image-size), besides free space
+        self.created_dest = not dest.exists()
+        self._written: list[tuple[str, ...]] = []  # files this import wrote, relative
+        self._lock_fd = -1
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise TargetError(f"another import is extracting into {dest}; wait for it to "
+                                  "finish or choose another directory") from None
+            self.staging = Path(tempfile.mkdtemp(prefix=".importer-partial-", dir=dest))
+        except OSError as exc:
+            self._unlock()
+            raise _oserror(exc, dest, "preparing") from exc
+        except BaseException:
+            self._unlock()
+            raise
+        self._expanded = 0
+
+    def _unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def run(self, stream: io.RawIOBase) -> ArchiveResult:
         result = ArchiveResult()
@@ -74,10 +108,12 @@ class Extraction:
                     self._mkdirs(parts)
                     result.directories += 1
                 elif member.isreg():
+                    self._check_room(member)
                     self._mkdirs(parts[:-1])
                     src = tf.extractfile(member)
                     assert src is not None
                     result.bytes_written += self._write_file(where, src, member.mode)
+                    self._written.append(parts)
                     result.files += 1
                 else:
                     kind = ("symbolic link" if member.issym() else "hard link" if member.islnk()
@@ -89,45 +125,102 @@ class Extraction:
             raise FormatError(f"the tar archive is damaged: {exc}") from exc
         return result
 
+    def _check_room(self, member: tarfile.TarInfo) -> None:
+        """Fail before writing a member that cannot fit, not once the disk is full."""
+        self._expanded += member.size
+        if self.limit is not None and self._expanded > self.limit:
+            raise TargetTooSmallError(
+                f"the archive expands to more than {self.limit} bytes (at member "
+                f"{member.name!r}), which is larger than the reported available storage",
+                required=self._expanded, available=self.limit)
+        st = os.statvfs(self.staging)
+        free = st.f_bavail * st.f_frsize
+        if member.size > free:
+            raise TargetTooSmallError(
+                f"archive member {member.name!r} ({member.size} bytes) is larger than the "
+                f"reported available storage of {self.dest} ({free} bytes free)",
+                required=member.size, available=free)
+
     def _mkdirs(self, parts: tuple[str, ...]) -> None:
         cur = self.staging
         for part in parts:
             cur = cur / part
-            if cur.is_symlink() or (cur.exists() and not cur.is_dir()):
+            try:
+                clash = cur.is_symlink() or (cur.exists() and not cur.is_dir())
+                if not clash:
+                    cur.mkdir(mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise _member_error(exc, "/".join(parts)) from exc
+            if clash:
                 raise UnsafeImageError(f"archive member path {'/'.join(parts)!r} clashes with a "
                                        "file of the same archive; refusing")
-            cur.mkdir(mode=0o755, exist_ok=True)
 
     def _write_file(self, path: Path, src: IO[bytes], mode: int) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, mode & 0o777)
         except OSError as exc:
-            raise _oserror(exc, path, "creating") from exc
+            raise _member_error(exc, str(path.relative_to(self.staging))) from exc
         written = 0
-        with os.fdopen(fd, "wb") as out:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-                written += len(chunk)
-            os.fchmod(out.fileno(), mode & 0o777)  # no setuid/setgid/sticky, no ownership
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    _write_sparse(out, chunk)
+                    written += len(chunk)
+                out.truncate(written)  # a trailing hole still counts for the length
+                os.fchmod(out.fileno(), mode & 0o777)  # no setuid/setgid/sticky, no ownership
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise _oserror(exc, self.dest, f"writing archive member {path.name!r} into") from exc
         self.progress.wrote(written, 0)
         return written
 
     def commit(self) -> None:
-        """Move everything from staging into the destination (same filesystem: renames)."""
-        _merge(self.staging, self.dest)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        for root, _dirs, files in os.walk(self.dest):
-            for name in files:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW)
+        """Move everything from staging into the destination (same filesystem: renames); the
+        files were fsynced when written, the directories holding them are fsynced now."""
+        try:
+            _merge(self.staging, self.dest)
+            shutil.rmtree(self.staging, ignore_errors=True)
+            dirs = {self.dest.joinpath(*parts[:-1]) for parts in self._written} | {self.dest}
+            for d in sorted(dirs):
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+        except OSError as exc:
+            raise _oserror(exc, self.dest, "committing the extracted files into") from exc
+        finally:
+            self._unlock()
         log.info("Successfully completed fsync(%s) syscall, committed to disk", self.dest)
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+        if self.created_dest:
+            with contextlib.suppress(OSError):
+                self.dest.rmdir()  # only if empty: what this import created, nothing else
+        self._unlock()
+
+
+def _write_sparse(out: IO[bytes], chunk: bytes) -> None:
+    """Whole zero blocks are skipped (left as holes), the rest written."""
+    view = memoryview(chunk)
+    pos = 0
+    while pos < len(chunk):
+        end = min(pos + HOLE_BLOCK, len(chunk))
+        if end - pos == HOLE_BLOCK and view[pos:end] == _ZERO_BLOCK:
+            out.seek(HOLE_BLOCK, os.SEEK_CUR)
+        else:
+            out.write(view[pos:end])
+        pos = end
+
+
+def _member_error(exc: OSError, name: str) -> TargetError | FormatError:
+    if exc.errno == errno.ENAMETOOLONG:
+        return FormatError(f"archive member {name[:200]!r} has a name longer than the file "
+                           "system allows; refusing the archive")
+    return _oserror(exc, Path(name), "creating archive member")
 
 
 def _merge(src: Path, dst: Path) -> None:
@@ -151,8 +244,9 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
-def extract_tar(stream: io.RawIOBase, dest: Path, progress: Progress) -> tuple[Extraction, ArchiveResult]:
-    ex = Extraction(dest, progress)
+def extract_tar(stream: io.RawIOBase, dest: Path, progress: Progress, limit: int | None = None
+                ) -> tuple[Extraction, ArchiveResult]:
+    ex = Extraction(dest, progress, limit)
     try:
         return ex, ex.run(stream)
     except BaseException:

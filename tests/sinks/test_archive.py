@@ -15,7 +15,12 @@ import zstandard
 
 from importer.config import build_config
 from importer.engine import run_import
-from importer.errors import ChecksumMismatchError, FormatError, UnsafeImageError
+from importer.errors import (
+    ChecksumMismatchError,
+    FormatError,
+    TargetTooSmallError,
+    UnsafeImageError,
+)
 
 from ..conftest import Nginx
 
@@ -130,3 +135,68 @@ def test_archive_over_http(nginx: Nginx, tmp_path: Path) -> None:
     result = run_import(build_config(source=nginx.url("tree.tar.xz"), dest=str(tmp_path / "o"),
                                      content_type="archive"))
     assert result.details["files"] == 3 and (tmp_path / "o/dir/a.txt").exists()
+
+
+# ------------------------------------------------------------------ issue 9, item 7
+
+
+def test_existing_symlink_and_fifo_in_the_destination_are_never_opened(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    dest.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (dest / "link").symlink_to(victim)
+    os.mkfifo(dest / "fifo")  # opening it would block forever
+    src = make_tar(tmp_path / "a.tar", good_members())
+    result = extract(src, dest)
+    assert result.details["files"] == 3
+    assert (dest / "link").is_symlink() and victim.read_bytes() == b"precious"
+    assert (dest / "fifo").exists() and (dest / "dir" / "a.txt").read_bytes() == b"alpha\n"
+
+
+def test_a_name_over_name_max_is_a_clean_error_and_leaves_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "new-dir"  # does not exist yet: created, then removed again
+    d = reg("x" * 300 + "/")
+    d.type = tarfile.DIRTYPE
+    src = make_tar(tmp_path / "a.tar", [(reg("first"), b"1"), (d, None)])
+    with pytest.raises(FormatError, match="longer than the file system allows"):
+        extract(src, dest)
+    assert not dest.exists()
+
+
+def test_zero_runs_stay_holes(tmp_path: Path) -> None:
+    data = b"head" + bytes(8 << 20) + b"tail"
+    src = make_tar(tmp_path / "a.tar", [(reg("sparse.img"), data)])
+    extract(src, tmp_path / "out")
+    out = tmp_path / "out" / "sparse.img"
+    assert out.read_bytes() == data
+    assert out.stat().st_blocks * 512 < 1 << 20
+
+
+def test_archive_larger_than_the_size_limit_fails_before_writing(tmp_path: Path) -> None:
+    src = make_tar(tmp_path / "a.tar", [(reg("one"), os.urandom(600 << 10)),
+                                        (reg("two"), os.urandom(600 << 10))])
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "kept").write_bytes(b"old")
+    with pytest.raises(TargetTooSmallError, match="larger than the reported available"):
+        extract(src, dest, image_size="1Mi")
+    assert sorted(p.name for p in dest.iterdir()) == ["kept"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_archive_larger_than_the_free_space_fails_before_filling_it(tmp_path: Path) -> None:
+    import subprocess
+
+    dest = tmp_path / "small"
+    dest.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(dest)], check=True)
+    try:
+        (dest / "kept").write_bytes(b"old")
+        src = make_tar(tmp_path / "a.tar", [(reg("one"), os.urandom(600 << 10)),
+                                            (reg("two"), os.urandom(600 << 10))])
+        with pytest.raises(TargetTooSmallError, match="larger than the reported available"):
+            extract(src, dest)
+        assert sorted(p.name for p in dest.iterdir()) == ["kept"]
+    finally:
+        subprocess.run(["umount", str(dest)], check=False)
