@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import IO, cast
 
 import zstandard
-from isal import igzip
+from isal import igzip, igzip_lib
 
 from ..errors import FormatError, ImporterError
 
@@ -172,7 +172,9 @@ class _DecodedStream(io.RawIOBase):
                     "(made with zstd --long=28 or more); refused to keep memory bounded: "
                     "recompress it with zstd's default window") from exc
             raise self._corrupt(exc) from exc
-        except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        except (OSError, EOFError, lzma.LZMAError, ValueError, igzip_lib.IsalError) as exc:
+            # IsalError is no OSError (zlib's error would be): found by fuzzing, a corrupt
+            # deflate block escaped as an internal error
             raise self._corrupt(exc) from exc
         self._out += n or 0
         return int(n or 0)

@@ -1,0 +1,185 @@
+"""Fuzz targets for every parser of untrusted bytes (issue 9, item 22), shared by the
+hypothesis tests (short, bounded, in CI) and scripts/fuzz.sh (atheris, coverage-guided, long).
+
+A target takes arbitrary bytes and must either succeed or raise one of the importer's own
+documented errors: anything else (IndexError, struct.error, a hang, a crash) is a bug. Seeds are
+real images made by qemu-img and the codecs at run time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from importer.errors import ConfigError, FormatError, ImporterError, SourceContentError
+from importer.formats.codecs import open_decoder, sniff_codec
+from importer.formats.detect import detect
+from importer.formats.headers import inspect_image, sniff_format
+from importer.formats.pinned import PinnedBytes
+from importer.formats.xz_blocks import read_xz_index
+from importer.progress import Progress
+from importer.sinks.archive import Extraction
+from importer.sources.oci.digest import Digest
+from importer.sources.oci.manifest import index_entries, media_type_of, parse_manifest
+from importer.sources.oci.reference import parse_reference
+from importer.termination import MAX_BYTES, json_message, text_message
+
+EXPECTED = (FormatError, SourceContentError)
+#: bytes a decoder may produce before a target stops reading (bounds time and memory)
+DECODE_LIMIT = 4 << 20
+
+
+def headers(data: bytes) -> None:
+    fmt = sniff_format(data[:65536])
+    try:
+        inspect_image(fmt, lambda off, n: data[off : off + n], len(data))
+    except EXPECTED:
+        pass
+
+
+def detection(data: bytes) -> None:
+    try:
+        det = detect(io.BytesIO(data), size=len(data), source_read_at=None)  # type: ignore[arg-type]
+        drained = 0
+        while drained < DECODE_LIMIT and (chunk := det.stream.read(1 << 16)):
+            drained += len(chunk)
+    except EXPECTED:
+        pass
+
+
+def codecs(data: bytes) -> None:
+    codec = sniff_codec(data[:65536])
+    if codec is None:
+        return
+    stream = open_decoder(codec, io.BytesIO(data))  # type: ignore[arg-type]
+    try:
+        out = 0
+        while out < DECODE_LIMIT and (chunk := stream.read(1 << 16)):
+            out += len(chunk)
+    except EXPECTED:
+        pass
+
+
+def xz_index(data: bytes) -> None:
+    try:
+        blocks = read_xz_index(lambda off, n: data[max(off, 0) : max(off, 0) + n], len(data))
+    except EXPECTED:
+        return
+    for b in blocks:  # what the index claims must at least be self-consistent
+        assert b.offset >= 0 and b.uncompressed_offset >= 0 and b.uncompressed_size >= 0
+
+
+def tar_walker(data: bytes) -> None:
+    with tempfile.TemporaryDirectory(prefix="fuzz-tar-") as d:
+        ex = Extraction(Path(d) / "out", Progress(), limit=64 << 20)
+        try:
+            ex.run(io.BytesIO(data))  # type: ignore[arg-type]
+        except ImporterError:
+            pass
+        finally:
+            ex.abort()
+
+
+def oci(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        parse_reference(text)
+    except ConfigError:
+        pass
+    what = "fuzzed manifest"
+    try:
+        media_type_of(data, "", what)
+    except ImporterError:
+        pass
+    try:
+        index_entries(data, what)
+    except ImporterError:
+        pass
+    try:
+        parse_manifest(data, "application/vnd.oci.image.manifest.v1+json",
+                       Digest.parse("sha256:" + "0" * 64, what), what, lambda _d: b"{}")
+    except ImporterError:
+        pass
+
+
+def termination(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    half = len(text) // 2
+    labels = {text[:half][:200]: text[half:]} if text else None
+    out = json_message(text, scratch_space_required=False, labels=labels)
+    assert len(out.encode()) <= MAX_BYTES
+    assert json.loads(out)["message"] is not None
+    assert len(text_message(text).encode()) <= MAX_BYTES
+
+
+def pinned(data: bytes) -> None:
+    """The pin store: whatever order readers come in, the first bytes seen at an offset are
+    the ones every later reader gets."""
+    pins = PinnedBytes()
+    truth = bytearray(len(data))
+    seen = bytearray(len(data))
+    for i in range(0, len(data) - 3, 4):
+        off, n = data[i] % max(len(data), 1), data[i + 1] % 64 + 1
+        chunk = bytes([data[i + 2]]) * n
+        got = pins.pin(off, chunk)
+        for k in range(len(got)):
+            if off + k < len(data):
+                if not seen[off + k]:
+                    seen[off + k], truth[off + k] = 1, got[k]
+                assert got[k] == truth[off + k]
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "headers": headers, "detection": detection, "codecs": codecs, "xz_index": xz_index,
+    "tar": tar_walker, "oci": oci, "termination": termination, "pinned": pinned,
+}
+
+
+def make_seeds(work: Path) -> dict[str, list[bytes]]:
+    """Real images, their compressed forms and archives, made by the real tools."""
+    raw = work / "seed.raw"
+    with open(raw, "wb") as f:
+        f.truncate(4 << 20)
+        f.seek(1 << 20)
+        f.write(b"importer fuzz seed " * 1000)
+    images = []
+    for fmt, opts in (("qcow2", []), ("qcow2", ["-o", "compat=0.10"]), ("vmdk", ["-o",
+                      "subformat=streamOptimized"]), ("vmdk", []), ("vdi", []), ("vpc", []),
+                      ("vhdx", [])):
+        out = work / f"seed-{len(images)}.{fmt}"
+        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", fmt, *opts, str(raw),
+                        str(out)], check=True)
+        images.append(out.read_bytes()[: 1 << 20])
+    iso = bytearray(64 << 10)
+    iso[0x8001:0x8006] = b"CD001"
+    images.append(bytes(iso))
+    head = raw.read_bytes()[: 256 << 10]
+    compressed = []
+    for tool in (["gzip", "-c"], ["xz", "-c", "--block-size=64KiB"], ["zstd", "-q", "-c"],
+                 ["bzip2", "-c"]):
+        if shutil.which(tool[0]):
+            compressed.append(subprocess.run(tool, input=head, capture_output=True,
+                                             check=True).stdout)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, content in (("dir/a.txt", b"alpha"), ("b.bin", bytes(3000))):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tf.addfile(info, io.BytesIO(content))
+    manifest = json.dumps({"schemaVersion": 2, "config": {
+        "mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "a" * 64,
+        "size": 2}, "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                "digest": "sha256:" + "b" * 64, "size": 10}]}).encode()
+    return {
+        "headers": images, "detection": images + compressed, "codecs": compressed,
+        "xz_index": [c for c in compressed if c.startswith(b"\xfd7zXZ")],
+        "tar": [buf.getvalue()], "oci": [manifest, b"docker://quay.io/a/b:1",
+                                         b"oci-archive:/x.tar:name"],
+        "termination": [b"Import Complete", "é".encode() * 3000], "pinned": [bytes(range(256))],
+    }
