@@ -11,9 +11,9 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    import importer.formats  # noqa: F401 - instrumented for coverage
-    import importer.sinks.archive  # noqa: F401
-    import importer.sources.oci  # noqa: F401
+    import importer.formats
+    import importer.sinks.archive
+    import importer.sources.oci
     import importer.termination  # noqa: F401
     from tests.fuzz.targets import TARGETS, make_seeds
 

@@ -39,6 +39,8 @@ def _xz(raw: io.RawIOBase) -> io.IOBase:
     return lzma.LZMAFile(cast(IO[bytes], raw), mode="rb")
 
 
+_ISAL_ERROR = cast(type[Exception], igzip_lib.IsalError)  # untyped extension module
+
 #: the zstd CLI's default limit (windowLog 27): a `--long=31` frame would make the decoder
 #: allocate 2 GiB for a few KiB of input, far past the pod's memory limit
 ZSTD_MAX_WINDOW = 1 << 27
@@ -172,7 +174,7 @@ class _DecodedStream(io.RawIOBase):
                     "(made with zstd --long=28 or more); refused to keep memory bounded: "
                     "recompress it with zstd's default window") from exc
             raise self._corrupt(exc) from exc
-        except (OSError, EOFError, lzma.LZMAError, ValueError, igzip_lib.IsalError) as exc:
+        except (OSError, EOFError, lzma.LZMAError, ValueError, _ISAL_ERROR) as exc:
             # IsalError is no OSError (zlib's error would be): found by fuzzing, a corrupt
             # deflate block escaped as an internal error
             raise self._corrupt(exc) from exc

@@ -8,6 +8,7 @@ real images made by qemu-img and the codecs at run time.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -37,10 +38,8 @@ DECODE_LIMIT = 4 << 20
 
 def headers(data: bytes) -> None:
     fmt = sniff_format(data[:65536])
-    try:
+    with contextlib.suppress(EXPECTED):
         inspect_image(fmt, lambda off, n: data[off : off + n], len(data))
-    except EXPECTED:
-        pass
 
 
 def detection(data: bytes) -> None:
@@ -88,24 +87,16 @@ def tar_walker(data: bytes) -> None:
 
 def oci(data: bytes) -> None:
     text = data.decode("utf-8", "replace")
-    try:
+    with contextlib.suppress(ConfigError):
         parse_reference(text)
-    except ConfigError:
-        pass
     what = "fuzzed manifest"
-    try:
+    with contextlib.suppress(ImporterError):
         media_type_of(data, "", what)
-    except ImporterError:
-        pass
-    try:
+    with contextlib.suppress(ImporterError):
         index_entries(data, what)
-    except ImporterError:
-        pass
-    try:
+    with contextlib.suppress(ImporterError):
         parse_manifest(data, "application/vnd.oci.image.manifest.v1+json",
                        Digest.parse("sha256:" + "0" * 64, what), what, lambda _d: b"{}")
-    except ImporterError:
-        pass
 
 
 def termination(data: bytes) -> None:
