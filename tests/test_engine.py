@@ -200,7 +200,7 @@ def test_redirect_followed_once(nginx: Nginx, images: Images, tmp_path: Path) ->
 def test_not_found_and_html(nginx: Nginx, tmp_path: Path) -> None:
     with pytest.raises(SourceNotFoundError, match="404"):
         _import(nginx.url("missing.qcow2"), tmp_path / "d.img")
-    with pytest.raises(SourceContentError, match="HTML page"):
+    with pytest.raises(SourceContentError, match="HTML/XML document"):
         _import(nginx.url("page.html"), tmp_path / "d.img")
     assert not list(tmp_path.iterdir())
 
