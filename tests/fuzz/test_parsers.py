@@ -67,6 +67,8 @@ REGRESSIONS: list[tuple[str, bytes]] = [
     # an invalid deflate block: ISA-L's IsalError escaped the codec's error translation
     ("codecs", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x00\x00\xc11\x01\x00\x00\x00\xc2"
                b"\xa0\xf5O\xedm\x07\xa0" + bytes(300) + b"\xde\x00\"\xea\x0e\xe2\x00\x00\x04\x00"),
+    # a user's reference with a malformed digest was reported as a hostile manifest
+    ("oci", b"docker://qua\x00\x00/@ay.io"),
 ]
 
 

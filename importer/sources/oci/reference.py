@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import ConfigError
+from ...errors import ConfigError, SourceContentError
 from .digest import Digest
 
 __all__ = ["DOCKER_HUB", "ImageReference", "parse_reference"]
@@ -96,7 +96,14 @@ def parse_reference(text: str) -> ImageReference:
 
 def _parse_docker(name: str, text: str) -> ImageReference:
     name, at, digest_text = name.partition("@")
-    digest = Digest.parse(digest_text, f"image {text!r}") if at else None
+    digest = None
+    if at:
+        try:
+            digest = Digest.parse(digest_text, f"image {text!r}")
+        except SourceContentError:
+            # the user typed it: a usage error, not a hostile manifest (found by fuzzing)
+            raise ConfigError(f"invalid image name {text!r}: {digest_text!r} is not a digest; "
+                              "use @sha256:<64 hex digits>") from None
     first, slash, remainder = name.partition("/")
     if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         domain, path = first, remainder

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from importer.errors import ConfigError, SourceContentError
+from importer.errors import ConfigError
 from importer.sources.oci.reference import parse_reference
 
 HEX = "a" * 64
@@ -50,7 +50,8 @@ def test_invalid_references(text: str, message: str) -> None:
 
 def test_invalid_digest_is_refused_before_any_use() -> None:
     # CVE-2024-3727: digests reach URLs and paths, so their form is checked first
-    with pytest.raises(SourceContentError, match="not a valid digest"):
+    # the user typed it: a usage error (exit 2), not a hostile manifest
+    with pytest.raises(ConfigError, match="is not a digest"):
         parse_reference("docker://host.io/repo@sha256:../../etc/passwd")
 
 
