@@ -124,6 +124,11 @@ class ImportConfig:
     #: md5), instead of refused with advice to use the archive content type
     tar_as_raw: bool = False
 
+    @property
+    def capacity(self) -> int | None:
+        """The most the target may take: the pod's available space, else --image-size."""
+        return self.size_limit if self.size_limit is not None else self.image_size
+
 
 def read_header_files(path: Path) -> list[Header]:
     """Headers from a file or a directory tree of files (the layout of CDI's /extraheaders).

@@ -185,9 +185,9 @@ def _vmdk(read_at: ReadAt) -> ImageInfo:
     if not 1 <= gtes <= 512 or not 1 <= grain <= 1 << 16:
         raise FormatError(f"vmdk grain tables of {gtes} entries of {grain} sectors are invalid; "
                           "the header is corrupt or hostile")
-    # The grain directory qemu must hold in memory: CDI's invalid-qcow-large-memory fixture
-    # announces 2^57 bytes with tiny grain tables, which made qemu-img info stall; bounded
-    # like qcow2's L1 table instead
+    # The grain directory qemu must hold in memory, bounded like qcow2's L1 table: CDI's
+    # invalid-qcow-large-memory fixture (2^57 bytes in tiny grain tables) was reported to stall
+    # qemu-img info
     directory = -(-capacity // (gtes * grain)) * 4
     if directory > QCOW2_MAX_L1_BYTES or capacity > 1 << 53:
         raise FormatError(

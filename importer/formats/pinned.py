@@ -14,6 +14,8 @@ import bisect
 import threading
 from collections.abc import Callable
 
+from ..errors import FormatError
+
 __all__ = ["MAX_PINNED", "PinnedBytes"]
 
 Chunk = bytes | bytearray | memoryview
@@ -29,12 +31,6 @@ class PinnedBytes:
         self._data: list[bytes] = []
         self._lock = threading.Lock()
         self.total = 0
-
-    def __bool__(self) -> bool:
-        return bool(self._starts)
-
-    def regions(self) -> list[tuple[int, int]]:
-        return [(s, s + len(d)) for s, d in zip(self._starts, self._data, strict=True)]
 
     def _overlapping(self, offset: int, end: int) -> list[int]:
         i = bisect.bisect_right(self._starts, offset) - 1
@@ -93,8 +89,6 @@ class PinnedBytes:
                 gaps.append((pos, end))
             for lo, hi in gaps:
                 if self.total + hi - lo > MAX_PINNED:
-                    from ..errors import FormatError
-
                     raise FormatError(f"the image header asks for more than {MAX_PINNED >> 20} "
                                       "MiB of metadata to be inspected; refusing")
                 k = bisect.bisect_left(self._starts, lo)

@@ -495,12 +495,10 @@ def _classify(exc: BaseException, where: str) -> SourceError:
             return SourceUnreachableError(
                 f"{where}: connection refused: nothing listens on that host and port; check the "
                 "URL's port and that the server is running")
-        if isinstance(e, http.client.LineTooLong | httpx.RemoteProtocolError) and re.search(
+        if isinstance(e, http.client.HTTPException | httpx.RemoteProtocolError) and re.search(
                 r"too long|too large|too many|more than \d+ headers", str(e), re.IGNORECASE):
             return SourceContentError(f"{where}: the server's answer is malformed ({e}); this "
                                       "does not heal by retrying")
-        if isinstance(e, http.client.HTTPException) and "more than" in str(e) and "headers" in str(e):
-            return SourceContentError(f"{where}: the server's answer is malformed ({e})")
     if isinstance(exc, httpx.ConnectError):
         return SourceUnavailableError(f"{where}: cannot connect: {exc}")
     return SourceUnavailableError(f"{where}: connection failed: {exc!r}")
