@@ -39,6 +39,7 @@ from .errors import (
 )
 from .formats.detect import Detected, detect
 from .formats.headers import ImageInfo, inspect_image, vhd_fixed_footer_size
+from .formats.pinned import PinnedBytes
 from .formats.xz_blocks import (
     MAX_BLOCK,
     XzBlock,
@@ -153,7 +154,7 @@ class _Run:
         if info.format == "tar":
             log.warning("the data is a tar archive, written as a raw disk image as CDI does; "
                         "use contentType: archive to extract it into the volume instead")
-        target = Target(cfg.dest, cfg.size_limit if cfg.size_limit is not None else cfg.image_size)
+        target = Target(cfg.dest, cfg.capacity)
         result.target_kind = "block" if target.is_block else "file"
         if info.needs_conversion and not (info.format == "vhd" and info.details.get("type") == "fixed"):
             self.convert(src, det, counting, target, result)
@@ -173,10 +174,8 @@ class _Run:
         result.target_kind, result.path = "directory", "archive"
         self.progress.plan([("TransferDataDir", 100, True)])
         self.progress.enter("TransferDataDir")
-        cfg = self.config
-        extraction, stats = extract_tar(det.stream, cfg.dest, self.progress,
-                                        cfg.size_limit if cfg.size_limit is not None
-                                        else cfg.image_size)
+        extraction, stats = extract_tar(det.stream, self.config.dest, self.progress,
+                                        self.config.capacity)
         try:
             result.checksum = self.verify_checksum(counting)
             src.verify()
@@ -219,18 +218,18 @@ class _Run:
         target.open()
         writer = SparseWriter(target, self.progress, preallocate=cfg.preallocation)
         try:
-            target.check_size_possible(cfg.image_size or 0)
             if cfg.preallocation and not target.is_block and vsize:
                 target.preallocate(vsize)
             if blocks:
                 result.path = "xz-blocks"
                 self.stream_closer.close()  # the sequential stream is not needed
-                total = self._parallel_xz(src, det, blocks, writer)
+                total = self._parallel_xz(src, det.pins, blocks, writer)
             elif self._ranged_copy_possible(src, det):
                 result.path = "ranges"
                 self.stream_closer.close()
                 size = src.info().size or 0
-                total = self._parallel_ranges(src, det, writer, size if limit is None else limit)
+                total = self._parallel_ranges(src, det.pins, writer,
+                                              size if limit is None else limit)
                 if limit is not None:
                     total = size
                     self.progress.update(size - limit)  # the footer: counted, not copied
@@ -258,7 +257,7 @@ class _Run:
         result.bytes_written = self.progress.bytes_written
         result.zero_bytes_skipped = self.progress.zero_bytes
 
-    def _parallel_xz(self, src: Source, det: Detected, blocks: list[XzBlock],
+    def _parallel_xz(self, src: Source, pins: PinnedBytes, blocks: list[XzBlock],
                      writer: SparseWriter) -> int:
         workers = max(2, os.cpu_count() or 2)
         self.progress.total = blocks[-1].offset + blocks[-1].unpadded_size
@@ -277,7 +276,7 @@ class _Run:
             for offset, piece in decode_pieces(compressed, block):
                 if self.cancel.is_set():
                     return
-                data = det.pins.apply(offset, piece)  # the inspected head, never a re-read
+                data = pins.apply(offset, piece)  # the inspected head, never a re-read
                 assert not isinstance(data, memoryview)  # bytes in, bytes or a copy out
                 zeros += writer.write(offset, data, len(data))
             if zeros == block.uncompressed_size:
@@ -317,7 +316,7 @@ class _Run:
         return (not det.codecs and info.random_access and bool(info.size)
                 and self.config.checksum is None and self.config.connections > 1)
 
-    def _parallel_ranges(self, src: Source, det: Detected, writer: SparseWriter, size: int
+    def _parallel_ranges(self, src: Source, pins: PinnedBytes, writer: SparseWriter, size: int
                          ) -> int:
         """One network stream is bound to one core; N ranged connections spread the kernel's
         receive work (measured on 2 cores: 3.8 s -> see the benchmark for 4 GiB raw)."""
@@ -339,7 +338,7 @@ class _Run:
                     raise SourceContentError(f"the source ended at byte {offset + n}, before "
                                              f"the {size} bytes it announced")
                 self.progress.update(n)
-                det.pins.overlay(offset, view, n)  # the inspected head, never a re-read
+                pins.overlay(offset, view, n)  # the inspected head, never a re-read
                 writer.write(offset, view, n)
             finally:
                 buffers.put(buf)

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, SEED_SIZE, Images, Nginx, importer_cli, same_disk
 
 
@@ -126,10 +128,12 @@ def test_image_size_beyond_any_file_is_a_usage_error_at_once(nginx: Nginx, tmp_p
     assert "Traceback" not in r.stderr and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name", ["slow/disk.raw.gz", "slow/disk.qcow2"])
 def test_image_size_beyond_the_file_system_fails_before_the_download(nginx: Nginx,
-                                                                     tmp_path: Path) -> None:
-    # ext4 holds at most 16 TiB in a file: known at start, not after the copy
-    r = importer_cli("import", nginx.url("slow/disk.raw.gz"), tmp_path / "d.img",
-                     "--image-size", "1Ei", timeout=30)
+                                                                     tmp_path: Path, name: str
+                                                                     ) -> None:
+    # ext4 holds at most 16 TiB in a file: known at start, not after the copy or conversion
+    r = importer_cli("import", nginx.url(name), tmp_path / "d.img", "--image-size", "1Ei",
+                     timeout=30)
     assert r.returncode == 1 and "cannot hold a file that large" in r.stderr, r.stderr
     assert not list(tmp_path.iterdir())

@@ -116,6 +116,11 @@ class Target:
             self.fd = self._open(os.O_RDWR | os.O_NOFOLLOW | os.O_TRUNC)
         else:
             self.fd = self._create_partial()
+            try:
+                self._check_size_possible(self.capacity or 0)
+            except BaseException:
+                self.abort()
+                raise
         return self.fd
 
     def _create_partial(self) -> int:
@@ -198,14 +203,35 @@ class Target:
             offset += n
 
     def preallocate(self, size: int) -> None:
-        """Allocate every block of a file target (reads back as zeros)."""
+        """Allocate every block of a file target up to `size`, keeping what it holds: called
+        before the data and again after it (for the holes the sparse writer left and the area a
+        resize added)."""
         try:
             os.posix_fallocate(self.fd, 0, size)
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise _oserror(exc, self.path, "preallocating") from exc
-            log.info("fallocate unsupported on %s; writing zeros to preallocate", self.path)
-            self.write_zeros(0, size)
+            log.info("fallocate unsupported on %s; writing zeros into its holes", self.path)
+            self._fill_holes(size)
+
+    def _fill_holes(self, size: int) -> None:
+        """Zeros written into the holes only: writing them from byte 0 would wipe the image
+        when this runs after the data (it did, on file systems without fallocate)."""
+        pos = 0
+        while pos < size:
+            try:
+                hole = os.lseek(self.fd, pos, os.SEEK_HOLE)
+            except OSError:  # no SEEK_HOLE support: the file then has no holes we can find
+                return
+            if hole >= size:
+                return
+            try:
+                data = os.lseek(self.fd, hole, os.SEEK_DATA)
+            except OSError:  # ENXIO: a hole up to the end of the file
+                data = max(size, hole)
+            end = min(data, size)
+            self.write_zeros(hole, end - hole)
+            pos = end
 
     # ------------------------------------------------------------------ completion
 
@@ -217,10 +243,10 @@ class Target:
         except OSError as exc:
             raise _oserror(exc, self.path, "resizing") from exc
 
-    def check_size_possible(self, size: int) -> None:
+    def _check_size_possible(self, size: int) -> None:
         """Fail at start, not after the download, when the file system cannot hold a file of
         `size` bytes (ext4 stops at 16 TiB): a sparse resize costs nothing and is undone."""
-        if self.is_block or size <= 0:
+        if size <= 0:
             return
         try:
             os.ftruncate(self.fd, size)
