@@ -173,6 +173,7 @@ NGINX_SERVERS = """
         location /slow/ {{ alias {www}/; limit_rate 4m; }}
         location /crawl/ {{ alias {www}/; limit_rate 256k; }}
         location /redirect/ {{ rewrite ^/redirect/(.*)$ /$1 redirect; }}
+        location /gcs-bucket/ {{ alias {www}/; }}  # CDI's functional tests serve GCS this way
     }}
     server {{
         listen 127.0.0.1:{tls_port} ssl;

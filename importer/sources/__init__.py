@@ -25,8 +25,11 @@ def open_source(config: ImportConfig) -> Source:
         return S3Source(config.source, config.http, endpoint=config.s3_endpoint,
                         region=config.s3_region)
     if config.source_kind == "gcs" or scheme == "gs":
-        from .gcs import GcsSource
+        from .gcs import GcsSource, parse_gcs_url, xml_api_source
 
+        if parse_gcs_url(config.source).endpoint is not None:  # not Google's: as CDI, plain GET
+            return xml_api_source(config.source, config.http,
+                                  credentials_file=config.gcs_credentials)
         return GcsSource(config.source, config.http, credentials_file=config.gcs_credentials)
     if scheme in ("http", "https"):
         from .http import HttpSource

@@ -1,7 +1,10 @@
 """Google Cloud Storage objects through google-cloud-storage, behind the Source interface.
 
-* gs://bucket/object, https://storage.googleapis.com/bucket/object, or another https host
-  (used as the API endpoint); an emulator through the library's own STORAGE_EMULATOR_HOST.
+* gs://bucket/object or https://storage.googleapis.com/bucket/object through the JSON API; an
+  emulator through the library's own STORAGE_EMULATOR_HOST.
+* Any other http(s) host is read as CDI reads it: a plain `GET <host>/<bucket>/<object>` (the
+  XML API form, which any web server or S3-style gateway can serve), with a bearer token when
+  credentials exist: `xml_api_source` hands it to the HTTP source with its resume and ranges.
 * A service-account key file (the pod's /google/credentials.json), else the library's default
   credentials, else anonymous.
 * The object's generation is pinned at open: every read asks for that generation, so an object
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
 import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import google.api_core.exceptions as gexc
@@ -33,7 +37,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from ..checksum import ChecksumSpec
-from ..config import HttpOptions
+from ..config import Header, HttpOptions
 from ..errors import (
     ConfigError,
     ImporterError,
@@ -48,7 +52,10 @@ from .base import SourceInfo, read_via_readinto
 from .retry import backoff
 from .tls import verify_setting
 
-__all__ = ["GcsLocation", "GcsSource", "parse_gcs_url"]
+if TYPE_CHECKING:
+    from .http import HttpSource
+
+__all__ = ["GcsLocation", "GcsSource", "load_credentials", "parse_gcs_url", "xml_api_source"]
 
 log = logging.getLogger(__name__)
 CHUNK = 8 << 20
@@ -78,6 +85,46 @@ def parse_gcs_url(url: str) -> GcsLocation:
         endpoint = None if p.hostname == "storage.googleapis.com" else f"{p.scheme}://{p.netloc}"
         return GcsLocation(bucket, name, endpoint)
     raise ConfigError(f"{url!r} is not a GCS URL: use gs://bucket/object")
+
+
+SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
+
+
+def load_credentials(credentials_file: Path | None, where: str) -> tuple[Any, str]:
+    """A service-account key file, else Google's default credentials, else (None, anonymous)."""
+    if credentials_file is not None:
+        from google.oauth2 import service_account
+
+        creds = service_account.Credentials.from_service_account_file(
+            str(credentials_file), scopes=SCOPES)
+        return creds, str(creds.project_id)
+    try:
+        creds, found = google.auth.default(scopes=SCOPES)
+        return creds, found or "anonymous"
+    except google.auth.exceptions.DefaultCredentialsError:
+        log.info("no Google credentials found: reading %s anonymously", where)
+        return None, "anonymous"
+
+
+def xml_api_source(url: str, opts: HttpOptions, *, credentials_file: Path | None = None
+                   ) -> HttpSource:
+    """An http(s) GCS endpoint other than Google's, read with plain GETs as CDI does: our
+    JSON API client fails against servers that only serve `/<bucket>/<object>`. The token is
+    fetched once; an import outliving it (an hour) fails with the server's 401."""
+    from .http import HttpSource  # httpx only on this path, not for every gs:// import
+
+    creds, _ = load_credentials(credentials_file, url)
+    if creds is not None:
+        from google.auth.transport.requests import Request
+
+        try:
+            creds.refresh(Request())
+        except google.auth.exceptions.GoogleAuthError as exc:
+            raise SourceAuthError(f"{url}: getting a token with the Google credentials failed "
+                                  f"({exc}); check the service-account key") from exc
+        token = Header("Authorization", f"Bearer {creds.token}", secret=True)
+        opts = dataclasses.replace(opts, headers=(*opts.headers, token))
+    return HttpSource(url, opts)
 
 
 class GcsSource:
@@ -125,19 +172,7 @@ class GcsSource:
 
     def _credentials(self) -> tuple[Any, str]:
         """Loaded once and shared by every thread's client, so the token is fetched once."""
-        scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
-        if self._credentials_file is not None:
-            from google.oauth2 import service_account
-
-            creds = service_account.Credentials.from_service_account_file(
-                str(self._credentials_file), scopes=scopes)
-            return creds, str(creds.project_id)
-        try:
-            creds, found = google.auth.default(scopes=scopes)
-            return creds, found or "anonymous"
-        except google.auth.exceptions.DefaultCredentialsError:
-            log.info("no Google credentials found: reading %s anonymously", self.loc)
-            return None, "anonymous"
+        return load_credentials(self._credentials_file, str(self.loc))
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
