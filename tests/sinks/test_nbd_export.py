@@ -8,10 +8,12 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+from importer.errors import FormatError
 from importer.sinks.nbd_export import (
     IHAVEOPT,
     NBDMAGIC,
@@ -20,7 +22,7 @@ from importer.sinks.nbd_export import (
     SIMPLE_REPLY_MAGIC,
     NbdExport,
 )
-from importer.sinks.qemu import QemuInput
+from importer.sinks.qemu import QemuInput, qemu_info
 
 DATA = random.Random(5).randbytes(3 << 20)
 
@@ -97,5 +99,48 @@ def test_bounds_and_errors_over_the_wire() -> None:
             assert request(4, 4096, 512)[0] == 5  # backend failure: EIO...
             assert isinstance(export.error, OSError)  # ...and the cause is kept for the report
             assert request(5, 0, 16) == (0, DATA[:16])  # the connection survives
+    finally:
+        export.close()
+
+
+def _vmdk(tmp_path: Path, extra: int) -> bytes:
+    src = tmp_path / "v.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse",
+                    str(src), "64M"], check=True)
+    return src.read_bytes() + bytes(extra)
+
+
+def test_an_export_whose_size_is_not_whole_sectors_does_not_hang_qemu(tmp_path: Path) -> None:
+    # issue 9 item 13: qemu 7.2 waited forever for a whole-sector reply to the short tail read
+    data = _vmdk(tmp_path, 100)
+    assert len(data) % 512
+    export = NbdExport(lambda off, n: data[off : off + n], len(data))
+    try:
+        conn = export.connect()
+        spec = QemuInput.nbd_fd("vmdk", conn.fileno())
+        started = time.monotonic()
+        r = subprocess.run(["qemu-img", "info", "--output=json", spec.filename], timeout=30,
+                           pass_fds=spec.pass_fds, capture_output=True)
+        conn.close()
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["virtual-size"] == 64 << 20
+        assert time.monotonic() - started < 10
+    finally:
+        export.close()
+
+
+def test_cdi_large_memory_vmdk_shape_fails_fast_in_qemu_too(tmp_path: Path) -> None:
+    # the shape of CDI's invalid-qcow-large-memory.img, rebuilt: a 2^57-byte vmdk in 3456-sector
+    # grains, 65405 bytes long. The inspector refuses it first; qemu must also say so at once.
+    data = bytearray(_vmdk(tmp_path, 0)[:65405])
+    struct.pack_into("<QQ", data, 12, 0x0000FFFFFFFF0001, 0xD80)
+    export = NbdExport(lambda off, n: bytes(data[off : off + n]), len(data))
+    try:
+        conn = export.connect()
+        started = time.monotonic()
+        with pytest.raises(FormatError, match="L1 size too big"):
+            qemu_info(QemuInput.nbd_fd("vmdk", conn.fileno()), timeout=30)
+        conn.close()
+        assert time.monotonic() - started < 10
     finally:
         export.close()
