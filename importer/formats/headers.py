@@ -281,7 +281,9 @@ def _vhdx(read_at: ReadAt) -> ImageInfo:
             break
     else:
         raise FormatError("vhdx region table not found")
+    _need(rt, 16, "vhdx region table")
     count = min(struct.unpack_from("<I", rt, 8)[0], 64)
+    _need(rt, 16 + 32 * count, "vhdx region table")  # a truncated image (found by fuzzing)
     meta_off = None
     for i in range(count):
         guid, off, _length, _req = struct.unpack_from("<16sQII", rt, 16 + 32 * i)
@@ -292,18 +294,26 @@ def _vhdx(read_at: ReadAt) -> ImageInfo:
     mt = read_at(meta_off, 32 + 32 * 2047)
     if mt[:8] != b"metadata":
         raise FormatError("vhdx metadata table signature missing")
+    _need(mt, 32, "vhdx metadata table")
     entries = min(struct.unpack_from("<H", mt, 10)[0], 2047)
+    _need(mt, 32 + 32 * entries, "vhdx metadata table")
     size = None
     for i in range(entries):
         guid, off, length, _flags = struct.unpack_from("<16sIII", mt, 32 + 32 * i)
         if guid == _PARENT_LOC:
             raise UnsafeImageError("vhdx image is a differencing disk; import the merged image")
         if guid == _FILE_PARAMS:
-            flags = struct.unpack("<II", read_at(meta_off + off, 8))[1]
+            flags = struct.unpack("<II", _vhdx_item(read_at, meta_off + off))[1]
             if flags & 2:
                 raise UnsafeImageError("vhdx image has a parent disk; import the merged image")
         if guid == _DISK_SIZE and length >= 8:
-            size = struct.unpack("<Q", read_at(meta_off + off, 8))[0]
+            size = struct.unpack("<Q", _vhdx_item(read_at, meta_off + off))[0]
     if size is None:
         raise FormatError("vhdx virtual disk size not found in metadata")
     return ImageInfo("vhdx", size)
+
+
+def _vhdx_item(read_at: ReadAt, offset: int) -> bytes:
+    item = read_at(offset, 8)
+    _need(item, 8, "vhdx metadata item")
+    return item

@@ -218,3 +218,13 @@ def test_vmdk_with_a_huge_grain_directory_is_refused_before_qemu(tmp_path: Path)
     # the untouched image still passes
     good = src.read_bytes()
     assert inspect_image("vmdk", lambda o, n: good[o : o + n], len(good)).virtual_size == 64 << 20
+
+
+def test_vhdx_with_a_truncated_region_table_is_a_format_error(tmp_path: Path) -> None:
+    # found by atheris: a region count past the end of a truncated file raised struct.error
+    src = tmp_path / "d.vhdx"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", str(src), "64M"], check=True)
+    data = bytearray(src.read_bytes()[: 0x30000 + 1939])
+    struct.pack_into("<I", data, 0x30008, 64)
+    with pytest.raises(FormatError, match="truncated vhdx region table"):
+        inspect_image("vhdx", lambda o, n: bytes(data[o : o + n]), len(data))
