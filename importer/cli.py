@@ -80,28 +80,38 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--low-speed-time", type=float, default=60.0, metavar="SECONDS",
                        help="the window of --low-speed-limit (default 60)")
 
+    def planning(sp: argparse.ArgumentParser) -> None:
+        """Options that change the plan: inspect takes them too, so it shows the same plan."""
+        g = sp.add_argument_group("plan")
+        g.add_argument("--content-type", choices=("kubevirt", "archive"), default="kubevirt",
+                       help="kubevirt: a disk image (default); archive: a tar to extract")
+        g.add_argument("--checksum", metavar="ALGO:HEX",
+                       help="md5/sha1/sha256/sha512 of the source bytes, verified before success")
+        g.add_argument("--converter", choices=("auto", "qemu-img"), default="auto",
+                       help="auto: the native reader where there is one (qcow2), qemu-img "
+                            "otherwise (default); qemu-img: always qemu-img")
+        g.add_argument("--connections", type=int, default=4,
+                       help="parallel range requests for random access (default 4)")
+
     imp = sub.add_parser("import", help="import SOURCE into DEST")
     imp.add_argument("source", metavar="SOURCE",
                      help="http(s)://, s3://, gs://, docker://host/repo:tag, oci-archive:PATH, "
                           "file:// URL or local path")
     imp.add_argument("dest", metavar="DEST", help="file, block device, or directory (archive)")
-    imp.add_argument("--content-type", choices=("kubevirt", "archive"), default="kubevirt",
-                     help="kubevirt: a disk image (default); archive: a tar to extract")
     imp.add_argument("--image-size", metavar="SIZE",
                      help="size of the resulting disk (10Gi, 500M, 1e9); grows, never shrinks")
     imp.add_argument("--preallocation", action="store_true", help="allocate every block")
-    imp.add_argument("--checksum", metavar="ALGO:HEX",
-                     help="md5/sha1/sha256/sha512 of the source bytes, verified before success")
     imp.add_argument("--scratch-dir", metavar="DIR",
                      help="where to stage images that cannot be streamed")
     imp.add_argument("--cache-mode", choices=("none", "writeback", "writethrough", "directsync"),
                      help="qemu-img target cache mode (default: none when O_DIRECT works)")
-    imp.add_argument("--connections", type=int, default=4,
-                     help="parallel range requests for random access (default 4)")
+    planning(imp)
     common(imp)
 
-    ins = sub.add_parser("inspect", help="show what SOURCE holds, from its headers only")
+    ins = sub.add_parser("inspect", help="show what SOURCE holds, from its headers only, and "
+                                         "the plan an import would take")
     ins.add_argument("source", metavar="SOURCE")
+    planning(ins)
     common(ins)
     return p
 
@@ -169,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = build_config(
             source=args.source,
-            dest=getattr(args, "dest", "/dev/null"),
+            dest=getattr(args, "dest", ""),
             content_type=getattr(args, "content_type", "kubevirt"),
             image_size=getattr(args, "image_size", None),
             preallocation=getattr(args, "preallocation", False),
@@ -194,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gcs_credentials=args.gcs_credentials,
             registry_arch=args.registry_arch,
             registry_auth_file=args.registry_auth_file,
+            converter=args.converter,
         )
         result: dict[str, Any]
         if args.command == "inspect":
@@ -234,7 +245,8 @@ def _print_result(command: str, result: dict[str, Any], output: str) -> None:
     print(
         f"imported {result['format']}"
         f"{' (' + '+'.join(result['compression']) + ')' if result['compression'] else ''} "
-        f"into {result['destination']} via {result['path']}: "
+        f"into {result['destination']} by the {result['plan']} plan"
+        f"{' (' + result['converter'] + ')' if result['converter'] else ''}: "
         f"{result['bytes_read'] / 2**20:.1f} MiB read in {secs:.1f} s "
         f"({result['bytes_read'] / 2**20 / secs:.1f} MiB/s), "
         f"virtual size {result['virtual_size']}, {result['zero_bytes_skipped'] / 2**20:.1f} MiB "

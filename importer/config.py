@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 
+#: "auto": the native reader where one exists (qcow2), qemu-img otherwise
+CONVERTERS = ("auto", "qemu-img")
 #: off_t is signed 64-bit: nothing larger can be a file size or a device offset
 MAX_FILE_SIZE = (1 << 63) - 1
 
@@ -123,6 +125,9 @@ class ImportConfig:
     #: a tar given as a disk image is written as raw bytes (CDI does, and its tests check the
     #: md5), instead of refused with advice to use the archive content type
     tar_as_raw: bool = False
+    #: who converts formats other than raw: "auto" (the native reader where there is one,
+    #: qemu-img otherwise) or "qemu-img" (always; for comparison and as a fallback)
+    converter: str = "auto"
 
     @property
     def capacity(self) -> int | None:
@@ -195,6 +200,7 @@ def build_config(
     gcs_credentials: str | None = None,
     registry_arch: str | None = None,
     registry_auth_file: str | None = None,
+    converter: str = "auto",
     environ: Mapping[str, str] | None = None,
 ) -> ImportConfig:
     """Validate raw option values into an ImportConfig, or raise one ConfigError listing all
@@ -255,6 +261,8 @@ def build_config(
 
     if cache_mode not in (None, "none", "writeback", "writethrough", "directsync", "unsafe"):
         problems.append(f"--cache-mode {cache_mode!r}: use none, writeback, writethrough or directsync")
+    if converter not in CONVERTERS:
+        problems.append(f"--converter {converter!r}: use {' or '.join(CONVERTERS)}")
     if not 1 <= connections <= 32:
         problems.append(f"--connections {connections}: use a number from 1 to 32")
     if max_retries < 0:
@@ -305,7 +313,9 @@ def build_config(
         problems.append(f"--scratch-dir {scratch_dir}: not a directory")
 
     dest_path = Path(dest)
-    if ctype is ContentType.ARCHIVE:
+    if not dest:
+        pass  # inspect: no destination
+    elif ctype is ContentType.ARCHIVE:
         if dest_path.exists() and not dest_path.is_dir():
             problems.append(f"destination {dest}: --content-type archive extracts into a directory")
     elif dest_path.is_dir():
@@ -360,6 +370,7 @@ def build_config(
         gcs_credentials=Path(gcs_credentials) if gcs_credentials else None,
         registry_arch=registry_arch,
         registry_auth_file=auth_file,
+        converter=converter,
     )
 
 

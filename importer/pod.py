@@ -42,7 +42,6 @@ from .podconfig import (
     read_pod_environment,
 )
 from .progress import Progress
-from .sinks.blank import create_blank
 from .stopping import StopSignals
 from .termination import json_message, text_message, write_termination_message
 
@@ -232,8 +231,9 @@ def _blank(settings: PodSettings) -> tuple[int, str]:
                     "available space: %d", settings.available)
     size = get_usable_space(settings.overhead, settings.available)
     try:
-        applied = create_blank(settings.dest, size, block=settings.block,
-                               preallocate=settings.preallocation)
+        blank = ImportConfig(source="none", dest=settings.dest, image_size=size,
+                             preallocation=settings.preallocation, source_kind="blank")
+        applied = run_import(blank).preallocated
     except ImporterError as exc:
         log.error("%s", exc)
         return 1, text_message(f"Unable to create blank image: {exc}")

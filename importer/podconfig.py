@@ -19,7 +19,15 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .checksum import parse_checksum
-from .config import ContentType, Header, HttpOptions, ImportConfig, parse_header, read_header_files
+from .config import (
+    CONVERTERS,
+    ContentType,
+    Header,
+    HttpOptions,
+    ImportConfig,
+    parse_header,
+    read_header_files,
+)
 from .errors import ConfigError
 from .quantity import parse_quantity
 
@@ -141,6 +149,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
             problems.append(f"FILESYSTEM_OVERHEAD={env['FILESYSTEM_OVERHEAD']!r}: use a decimal "
                             "fraction from 0 to below 1, e.g. 0.055")
             overhead = Decimal(0)
+    converter = env.get("IMPORTER_CONVERTER") or "auto"  # ours: not set by CDI's controller
+    if converter not in CONVERTERS:
+        problems.append(f"IMPORTER_CONVERTER={converter!r}: use {' or '.join(CONVERTERS)}")
     preallocation = _parse_bool("PREALLOCATION", env.get("PREALLOCATION", "false"), problems)
     insecure = _parse_bool("INSECURE_TLS", env.get("INSECURE_TLS") or "false", problems)
     cache_mode = env.get("CACHE_MODE", "")
@@ -273,7 +284,7 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         cache_mode=None, source_kind=source if source in ("s3", "gcs", "registry") else "http",
         gcs_credentials=gcs_key,
         registry_arch=env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None,
-        tar_as_raw=True)
+        tar_as_raw=True, converter=converter)
     return settings, config
 
 

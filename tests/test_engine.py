@@ -29,22 +29,22 @@ CASES = [
     # file, expected format, expected plan
     ("disk.raw", "raw", "ranges"),
     ("disk.raw.gz", "raw", "stream"),
-    ("disk.raw.xz", "raw", "xz-blocks"),
+    ("disk.raw.xz", "raw", "extents"),
     ("disk-1block.raw.xz", "raw", "stream"),
     ("disk.raw.zst", "raw", "stream"),
     ("disk.raw.gz.xz", "raw", "stream"),
-    ("disk.qcow2", "qcow2", "nbd"),
-    ("disk-v2.qcow2", "qcow2", "nbd"),
-    ("disk-zstd.qcow2", "qcow2", "nbd"),
-    ("disk.qcow2.xz", "qcow2", "nbd"),
+    ("disk.qcow2", "qcow2", "extents"),
+    ("disk-v2.qcow2", "qcow2", "extents"),
+    ("disk-zstd.qcow2", "qcow2", "extents"),
+    ("disk.qcow2.xz", "qcow2", "extents"),
     ("disk.qcow2.gz", "qcow2", "staged"),
     ("disk.qcow2.zst", "qcow2", "staged"),
-    ("disk-so.vmdk", "vmdk", "nbd"),
-    ("disk-ms.vmdk", "vmdk", "nbd"),
-    ("disk.vdi", "vdi", "nbd"),
-    ("disk-dynamic.vhd", "vhd", "nbd"),
+    ("disk-so.vmdk", "vmdk", "convert"),
+    ("disk-ms.vmdk", "vmdk", "convert"),
+    ("disk.vdi", "vdi", "convert"),
+    ("disk-dynamic.vhd", "vhd", "convert"),
     ("disk-fixed.vhd", "vhd", "ranges"),
-    ("disk.vhdx", "vhdx", "nbd"),
+    ("disk.vhdx", "vhdx", "convert"),
 ]
 
 
@@ -191,7 +191,7 @@ def test_tls_with_ca_dir_and_insecure(nginx: Nginx, images: Images, tmp_path: Pa
 
 def test_redirect_followed_once(nginx: Nginx, images: Images, tmp_path: Path) -> None:
     result = _import(nginx.url("redirect/disk.qcow2"), tmp_path / "d.img")
-    assert result.path == "nbd"
+    assert result.path == "extents"
     assert same_disk(images.raw, tmp_path / "d.img")
     log = (Path(str(nginx.ca_dir.parent)) / "access.log").read_text()
     assert log.count("GET /redirect/disk.qcow2") == 1  # the final URL is pinned
@@ -230,4 +230,38 @@ def test_progress_reaches_100_and_counts(nginx: Nginx, tmp_path: Path) -> None:
     result = run_import(cfg, progress)
     assert progress.percent == 100.0
     assert result.bytes_read == os.path.getsize(nginx.www / "disk.qcow2.gz")
-    assert result.bytes_written == SEED_SIZE
+    # the native reader writes the data and leaves the zeros as holes
+    assert result.converter == "native"
+    assert result.bytes_written + result.zero_bytes_skipped == SEED_SIZE
+    assert 0 < result.bytes_written < SEED_SIZE
+
+
+PLAN_OPTIONS = [{}, {"converter": "qemu-img"}, {"connections": 1}, {"checksum": True}]
+
+
+@pytest.mark.parametrize("options", PLAN_OPTIONS, ids=["default", "qemu-img", "one-connection",
+                                                       "checksum"])
+def test_inspect_reports_the_plan_import_takes(nginx: Nginx, tmp_path: Path,
+                                               options: dict[str, object]) -> None:
+    """For every image of the suite (over HTTP and as a local file) and every option that
+    changes the plan, inspect and import answer from the same decision."""
+    plans = set()
+    for i, (name, _fmt, _plan) in enumerate([*CASES, ("disk.raw", "raw", "")]):
+        source = nginx.url(name) if i < len(CASES) else str(nginx.www / name)
+        opts = dict(options)
+        if opts.get("checksum"):
+            digest = hashlib.sha256((nginx.www / name).read_bytes()).hexdigest()
+            opts["checksum"] = f"sha256:{digest}"
+        info = inspect_source(build_config(source=source, dest="", **opts))  # type: ignore[arg-type]
+        dest = tmp_path / f"{i}.img"
+        result = run_import(build_config(source=source, dest=str(dest), **opts))  # type: ignore[arg-type]
+        assert (info["plan"], info["converter"], info["plan_reason"]) == (
+            result.plan, result.converter, result.plan_reason), name
+        assert same_disk(nginx.www / "disk.raw", dest), name
+        plans.add(result.plan)
+    if not options:
+        assert plans == {"ranges", "stream", "extents", "staged", "convert"}
+    if "checksum" in options:
+        assert plans == {"stream", "staged"}
+    if "converter" in options:
+        assert "extents" in plans  # raw.xz: no converter involved

@@ -89,6 +89,21 @@ def test_http_qcow2_to_file(pod: Pod, nginx: Nginx, images: Images) -> None:
         json.loads(line)  # every log line is JSON
 
 
+@pytest.mark.parametrize(("converter", "plan"), [("", "extents"), ("qemu-img", "convert")])
+def test_converter_is_chosen_by_importer_converter(pod: Pod, nginx: Nginx, images: Images,
+                                                   converter: str, plan: str) -> None:
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"), IMPORTER_CONVERTER=converter)
+    assert code == 0, err
+    assert same_disk(images.raw, pod.data / "disk.img")
+    done = [json.loads(line) for line in err.splitlines() if '"import complete"' in line]
+    assert done and done[0]["plan"] == plan, err[-2000:]
+
+
+def test_an_unknown_converter_is_a_configuration_error(pod: Pod, nginx: Nginx) -> None:
+    code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"), IMPORTER_CONVERTER="magic")
+    assert code == 1 and "IMPORTER_CONVERTER='magic'" in pod.termination
+
+
 def test_archive_and_blank_file(pod: Pod, nginx: Nginx, images: Images) -> None:
     import tarfile
 

@@ -150,6 +150,8 @@ def _qcow2(read_at: ReadAt) -> ImageInfo:
                 f"qcow2 image uses unknown incompatible features (0x{incompat:x}); refusing to "
                 "let qemu-img guess")
         details["compression_type"] = "zstd" if (incompat & 0b1000) else "zlib"
+        if incompat & 0b10000:
+            details["extended_l2"] = True  # subclusters: the planner gives it to qemu-img
         if header_len < 104 or header_len > 4096:
             raise FormatError(f"qcow2 header_length {header_len} is invalid")
     # header extensions follow the header, within the first cluster

@@ -1,8 +1,13 @@
 """The destination: a regular file or a raw block device, detected rather than configured.
 
-A file target is written to `<name>.partial` beside the destination and renamed over it only
-after success, so a failed import never leaves a half-written file under the name a user (or a
-VM) will use. A block device is written in place; its size bounds the image.
+A target has a mode:
+* `create` (an import): a file is written to `<name>.partial` beside the destination and renamed
+  over it only after success, so a failed import never leaves a half-written file under the name
+  a user (or a VM) will use; a block device is written in place and its size bounds the image;
+* `scratch`: a file we created ourselves (mkstemp), truncated, never committed by rename;
+* `apply` (a warm stage): an existing disk opened without truncation, written in place; commit
+  is an fsync, and a failure leaves it as it is (a later stage or a full copy repairs it).
+`Target.writing()` opens it, commits on success and aborts on an exception, in one place.
 
 The destination's directory may be shared with someone hostile (a PVC written by an earlier
 import, a world-writable directory), so:
@@ -31,6 +36,7 @@ import logging
 import os
 import stat
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import TargetError, TargetTooSmallError
@@ -65,12 +71,17 @@ def _oserror(exc: OSError, path: Path, action: str) -> TargetError:
 
 
 class Target:
-    def __init__(self, path: Path, capacity: int | None = None, *, in_place: bool = False
+    MODES = ("create", "scratch", "apply")
+
+    def __init__(self, path: Path, capacity: int | None = None, *, mode: str = "create"
                  ) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"unknown target mode {mode!r}")
         self.path = path
+        self.mode = mode
         self.is_block = _is_block_device(path)
-        self.in_place = in_place
-        partial = not (self.is_block or in_place)
+        self.in_place = mode != "create"
+        partial = not (self.is_block or self.in_place)
         self.write_path = path.with_name(path.name + ".partial") if partial else path
         self.fd = -1
         self.capacity: int | None = None
@@ -112,8 +123,13 @@ class Target:
     def open(self) -> int:
         if self.is_block:
             self.fd = self._open(os.O_WRONLY | os.O_EXCL)  # EXCL: not mounted or in use
-        elif self.in_place:  # a file we created ourselves (mkstemp)
+        elif self.mode == "scratch":  # a file we created ourselves (mkstemp)
             self.fd = self._open(os.O_RDWR | os.O_NOFOLLOW | os.O_TRUNC)
+        elif self.mode == "apply":  # an existing disk: its content is the base of the stage
+            if not os.path.lexists(self.path):
+                raise TargetError(f"{self.path} does not exist; a delta stage applies changes "
+                                  "onto the disk a previous stage wrote")
+            self.fd = self._open(os.O_RDWR | os.O_NOFOLLOW)
         else:
             self.fd = self._create_partial()
             try:
@@ -167,6 +183,18 @@ class Target:
                 os.unlink(self.write_path)
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def writing(self, written: Callable[[], int | None] = lambda: None) -> Iterator[Target]:
+        """Open; commit when the block ends, abort when it raises. `written` tells abort how
+        far a block device was written (that range is zeroed)."""
+        self.open()
+        try:
+            yield self
+        except BaseException:
+            self.abort(written())
+            raise
+        self.commit()
 
     # ------------------------------------------------------------------ zeroing
 
@@ -258,7 +286,12 @@ class Target:
         return os.fstat(self.fd).st_size if not self.is_block else (self.capacity or 0)
 
     def commit(self) -> None:
-        """fsync, then (file) rename the finished file over the destination."""
+        """fsync, then (file) rename the finished file over the destination. A scratch file
+        is only closed: it is removed when the import ends, durability buys nothing."""
+        if self.mode == "scratch":
+            os.close(self.fd)
+            self.fd = -1
+            return
         try:
             os.fsync(self.fd)
             if self.write_path != self.path:
@@ -280,6 +313,12 @@ class Target:
     def abort(self, written: int | None = None) -> None:
         """Undo after a failure: a partial file is removed; on a block device the range written
         so far is zeroed when known (best effort), because it cannot be removed."""
+        if self.fd >= 0 and self.mode == "apply":
+            log.warning("the stage failed part way: %s holds part of its changes; run the stage "
+                        "again (or a full import)", self.path)
+            os.close(self.fd)
+            self.fd = -1
+            return
         if self.fd >= 0:
             if self.is_block and written:
                 try:

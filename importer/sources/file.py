@@ -31,6 +31,10 @@ class FileSource:
         f.seek(offset)
         return f
 
+    def fileno(self) -> int:
+        """For readers that ask the file system where the data is (SEEK_DATA)."""
+        return self._fd
+
     def read_at(self, offset: int, size: int) -> bytes:
         return os.pread(self._fd, size, offset)
 

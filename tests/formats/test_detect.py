@@ -73,5 +73,5 @@ def test_corrupt_xz_block_is_detected_in_parallel_path(images: Images, tmp_path:
 def test_local_file_sources(images: Images, tmp_path: Path) -> None:
     result = run_import(build_config(source=f"file://{images['disk.raw.xz']}",
                                      dest=str(tmp_path / "d.img")))
-    assert result.path == "xz-blocks"
+    assert result.path == "extents"
     assert same_disk(images.raw, tmp_path / "d.img")

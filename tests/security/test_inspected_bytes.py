@@ -42,17 +42,20 @@ def _two_faced(clean: bytes, evil: bytes) -> object:
     return route
 
 
-def test_two_faced_server_cannot_smuggle_a_host_file(hostile: HostileServer, tmp_path: Path
-                                                     ) -> None:
+@pytest.mark.parametrize("converter", ["qemu-img", "auto"])
+def test_two_faced_server_cannot_smuggle_a_host_file(hostile: HostileServer, tmp_path: Path,
+                                                     converter: str) -> None:
     _evil, clean, evil = _images(tmp_path)
     hostile.routes["/disk.qcow2"] = _two_faced(clean, evil)  # type: ignore[assignment]
     url = hostile.url("/disk.qcow2")
     dest = tmp_path / "disk.img"
     assert inspect_source(build_config(source=url, dest=str(dest)))["format"] == "qcow2"
     with contextlib.suppress(ImporterError):  # refusing is fine; copying a host file is not
-        run_import(build_config(source=url, dest=str(dest), max_retries=1))
-    assert any(r.range and r.range[1] is not None and r.range[1] - r.range[0] > 64 << 10
-               for r in hostile.requests), "the large reads were not made: the test is moot"
+        run_import(build_config(source=url, dest=str(dest), max_retries=1, converter=converter))
+    if converter == "qemu-img":
+        assert any(r.range and r.range[1] is not None and r.range[1] - r.range[0] > 64 << 10
+                   for r in hostile.requests), "the large reads were not made: the test is moot"
+    # the native reader parses the pinned header once and never opens a host path at all
     if dest.exists():
         assert SECRET not in dest.read_bytes()
 

@@ -81,8 +81,8 @@ def _emulator(gcs: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
 
 
-@pytest.mark.parametrize(("name", "plan"), [("disk.qcow2", "nbd"), ("disk.raw.gz", "stream"),
-                                            ("disk.raw.xz", "xz-blocks")])
+@pytest.mark.parametrize(("name", "plan"), [("disk.qcow2", "extents"), ("disk.raw.gz", "stream"),
+                                            ("disk.raw.xz", "extents")])
 def test_plans_over_gcs(images: Images, tmp_path: Path, name: str, plan: str) -> None:
     result = run_import(build_config(source=f"gs://disks/{name}", dest=str(tmp_path / "d.img")))
     assert result.path == plan and result.staged_bytes == 0
@@ -186,7 +186,7 @@ def test_service_account_key_file(httpserver: HTTPServer, images: Images, tmp_pa
     key = _service_account_key(tmp_path / "credentials.json", httpserver.url_for("/token"))
     result = run_import(build_config(source="gs://disks/disk.qcow2", dest=str(tmp_path / "d.img"),
                                      gcs_credentials=str(key)))
-    assert result.path == "nbd" and same_disk(images.raw, tmp_path / "d.img")
+    assert result.path == "extents" and same_disk(images.raw, tmp_path / "d.img")
     # shared credentials: not a token per request or per thread (qemu-img reads on 8 threads)
     assert 1 <= len(httpserver.log) <= 2
     assert b"assertion=" in httpserver.log[0][0].get_data()  # a signed JWT was exchanged
@@ -218,7 +218,7 @@ def test_pod_service_account_from_cdi_path(gcs: str, httpserver: HTTPServer, ima
 def test_non_google_endpoint_is_read_with_plain_gets_like_cdi(nginx: Nginx, images: Images,
                                                               tmp_path: Path) -> None:
     # CDI's functional tests point a gcs source at nginx serving /gcs-bucket/<file>: no JSON API
-    for name, plan in (("disk.qcow2", "nbd"), ("disk.raw.gz", "stream")):
+    for name, plan in (("disk.qcow2", "extents"), ("disk.raw.gz", "stream")):
         dest = tmp_path / f"{name}.img"
         result = run_import(build_config(source=nginx.url(f"gcs-bucket/{name}"), dest=str(dest),
                                          source_kind="gcs"))

@@ -49,7 +49,7 @@ def test_qcow2_in_uncompressed_layer_goes_to_qemu_img_without_scratch(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     r = _import(plain.ref("cd", "qcow2"), tmp_path / "out.img")
-    assert (r.path, r.format, r.staged_bytes) == ("nbd", "qcow2", 0)
+    assert (r.path, r.format, r.staged_bytes) == ("extents", "qcow2", 0)
     assert same_disk(images.raw, tmp_path / "out.img")
     assert "layer digest verified" in caplog.text
 
@@ -216,7 +216,7 @@ def test_registry_redirecting_blobs_to_s3_is_read_there_directly(
     s3_backed.push(disks.layout, "qcow2", "cd")
     caplog.set_level(logging.INFO)
     r = _import(s3_backed.ref("cd", "qcow2"), tmp_path / "out.img")
-    assert r.path == "nbd"
+    assert r.path == "extents"
     assert same_disk(images.raw, tmp_path / "out.img")
     assert "reading it there directly" in caplog.text
 
@@ -331,7 +331,7 @@ def test_bearer_token_registry(token: Registry, disks: Disks, images: Images,
     token.push(disks.layout, "qcow2", "cd")
     r = _import(token.ref("cd", "qcow2"), tmp_path / "out.img", username=USER,
                 password_file=_password(tmp_path))
-    assert r.path == "nbd"
+    assert r.path == "extents"
     assert same_disk(images.raw, tmp_path / "out.img")
     with pytest.raises(SourceAuthError, match="401"):
         _import(token.ref("cd", "qcow2"), tmp_path / "bad.img", username=USER,
@@ -352,7 +352,7 @@ def test_bearer_token_registry_anonymous_pull_of_a_public_image(token: Registry,
     """The common case of public registries: no credentials, an anonymous pull token."""
     token.push(disks.layout, "qcow2", "public/cd")
     r = _import(token.ref("public/cd", "qcow2"), tmp_path / "out.img")
-    assert r.path == "nbd"
+    assert r.path == "extents"
     assert same_disk(images.raw, tmp_path / "out.img")
 
 
@@ -370,7 +370,7 @@ def archive(disks: Disks, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_oci_archive(archive: Path, images: Images, disks: Disks, tmp_path: Path) -> None:
     r = _import(f"oci-archive:{archive}:qcow2", tmp_path / "q.img")
-    assert (r.path, r.format) == ("nbd", "qcow2")
+    assert (r.path, r.format) == ("extents", "qcow2")
     assert same_disk(images.raw, tmp_path / "q.img")
     _import(f"oci-archive:{archive}:whiteout", tmp_path / "w.img")
     assert (tmp_path / "w.img").read_bytes() == disks.b.read_bytes()
@@ -547,5 +547,5 @@ def test_image_pushed_with_oras(plain: Registry, images: Images, tmp_path: Path,
                 files=["layer.tar:application/vnd.oci.image.layer.v1.tar"],
                 manifest_config="config.json:application/vnd.oci.image.config.v1+json")
     r = _import(f"docker://{plain.host}/cd/oras:v1", tmp_path / "out.img")
-    assert (r.path, r.labels) == ("nbd", {"kubevirt.io/os": "fedora"})
+    assert (r.path, r.labels) == ("extents", {"kubevirt.io/os": "fedora"})
     assert same_disk(images.raw, tmp_path / "out.img")

@@ -1,0 +1,66 @@
+"""The random-access disk protocol.
+
+A disk is the guest's view of an image: `size` bytes, a map of data and zero runs
+(`extents()`, coarse is fine: a run called data may hold zeros, a run called zero never holds
+data), and `readinto_at(offset, buf)` for the data. The argument order is the one of
+`Source.readinto_at`, so the two protocols never swap arguments silently.
+
+Implementations: raw over a ranged source (disks/raw.py), multi-block xz (disks/xz.py), native
+qcow2 (disks/qcow2.py); later an NBD client (VDDK) and imageio's extents API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Extent", "RandomAccessDisk", "merge_extents"]
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    start: int
+    length: int
+    zero: bool  # reads as zeros: becomes a hole (fresh file) or a zeroed range (old disk)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class RandomAccessDisk(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def read_unit(self) -> int:
+        """0 when any range of a data extent may be read; otherwise every data extent must be
+        read whole in one call (an xz block decodes as one piece)."""
+        ...
+
+    def extents(self) -> Iterator[Extent]:
+        """Data and zero runs covering [0, size) in order, without gaps. May read metadata
+        lazily: callers consume it as they copy."""
+        ...
+
+    def readinto_at(self, offset: int, buf: bytearray | memoryview) -> int:
+        """Fill buf with the guest bytes at `offset`; returns len(buf) (less only at the end).
+        Safe to call from several threads at once."""
+        ...
+
+
+def merge_extents(runs: Iterable[Extent]) -> Iterator[Extent]:
+    """Adjacent runs of the same kind joined into one."""
+    cur: Extent | None = None
+    for run in runs:
+        if run.length <= 0:
+            continue
+        if cur is not None and cur.zero == run.zero and cur.end == run.start:
+            cur = Extent(cur.start, cur.length + run.length, cur.zero)
+            continue
+        if cur is not None:
+            yield cur
+        cur = run
+    if cur is not None:
+        yield cur

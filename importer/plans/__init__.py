@@ -1,0 +1,128 @@
+"""Plans: how an import is carried out, decided in one place.
+
+`choose_plan` is a pure function of what the source offers, what the detector found, the target
+and the options; it returns the plan with a reason a person can read. `importer inspect` prints
+the same decision `importer import` then carries out (engine.py asks this function for both).
+
+Plans, cheapest first:
+* stream    raw/iso (possibly gz/xz/zstd/bz2-compressed) decoded in order straight to the
+            target, zeros skipped;
+* ranges    raw/iso from a range-capable source: the extent copier fetches chunks on several
+            connections, each written at its offset;
+* extents   a random-access disk with a data/zero map read by the extent copier: the native
+            qcow2 reader, or the blocks of a multi-block .xz decoded on all cores;
+* convert   vmdk/vdi/vhd/vhdx (and qcow2 with --converter qemu-img): qemu-img reads the image
+            through our NBD export of the pinned source, nothing staged;
+* staged    a format that needs random access from a source that cannot give it (no ranges, gz
+            or zstd around it, a checksum to verify first): decoded to scratch, inspected
+            again, then read by the native reader or qemu-img;
+* archive   a tar extracted safely into a directory;
+* blank     a new empty disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import ContentType, ImportConfig
+from ..errors import FormatError
+from ..formats.headers import ImageInfo
+
+__all__ = ["NATIVE_FORMATS", "Plan", "SourceFacts", "choose_plan"]
+
+#: formats with a native reader (disks/); the others need qemu-img
+NATIVE_FORMATS = ("qcow2",)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFacts:
+    """What the source offers, as far as the plan cares."""
+
+    random_access: bool
+    size: int | None
+    sequential_reason: str | None = None
+    #: the block count and largest block of a single xz layer over a ranged source (read from
+    #: its index), when it can be decoded block by block; 0 otherwise
+    xz_blocks: int = 0
+    #: why a blank disk: the source kind names no data
+    blank: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str  # stream, ranges, extents, convert, staged, archive, blank
+    reason: str
+    #: who turns the image into raw: "native", "qemu-img", or None when nothing converts
+    converter: str | None = None
+    #: what the extent copier reads: raw, xz or qcow2 (extents/ranges/staged plans)
+    disk: str | None = None
+    details: dict[str, object] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.reason}"
+
+
+def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
+                config: ImportConfig) -> Plan:
+    """The plan for an import, with the reason; FormatError when no plan fits the data."""
+    if src.blank:
+        return Plan("blank", "the source is blank: a new empty disk of the requested size")
+    assert image is not None
+    fmt = image.format
+    if config.content_type is ContentType.ARCHIVE:
+        if fmt != "tar":
+            raise FormatError(f"--content-type archive needs a tar archive, but the data is {fmt}")
+        return Plan("archive", "a tar archive is extracted member by member into the directory")
+    if fmt == "tar" and not config.tar_as_raw:
+        raise FormatError("the data is a tar archive; use --content-type archive to extract it "
+                          "into a directory")
+    checksum = config.checksum is not None
+    compressed = "+".join(codecs)
+    fixed_vhd = fmt == "vhd" and image.details.get("type") == "fixed"
+    if not image.needs_conversion or fixed_vhd:
+        what = "a fixed VHD (raw data and a footer)" if fixed_vhd else f"{fmt} data"
+        if checksum:
+            return Plan("stream", f"{what} is decoded in order because the checksum covers the "
+                        "bytes in order")
+        if src.xz_blocks > 1:
+            return Plan("extents", f"the xz file has {src.xz_blocks} blocks: they are decoded in "
+                        "parallel from ranged reads", converter=None, disk="xz")
+        if not codecs and src.random_access and src.size and config.connections > 1:
+            return Plan("ranges", f"{what} from a source with byte ranges: {config.connections} "
+                        "connections fetch chunks at their offsets", disk="raw")
+        if codecs:
+            return Plan("stream", f"{compressed}-compressed {what} is decoded as it arrives")
+        why = src.sequential_reason or ("one connection asked for" if src.random_access
+                                        else "the source does not serve byte ranges")
+        return Plan("stream", f"{what} is written as it arrives ({why})")
+
+    native = fmt in NATIVE_FORMATS and config.converter != "qemu-img"
+    if native and image.details.get("extended_l2"):
+        native = False
+        native_refused = ("the native reader does not read extended L2 entries (subclusters); "
+                          "qemu-img converts this image")
+    elif fmt in NATIVE_FORMATS and not native:
+        native_refused = "--converter qemu-img"
+    else:
+        native_refused = ""
+    converter = "native" if native else "qemu-img"
+    suffix = f" ({native_refused})" if native_refused else ""
+
+    why_stage = None
+    if checksum:
+        why_stage = "a checksum must be verified before the target is written"
+    elif not src.random_access:
+        why_stage = src.sequential_reason or "the source does not serve byte ranges"
+    elif codecs and src.xz_blocks <= 1:
+        why_stage = f"{compressed}-compressed data cannot be read at random"
+    if why_stage:
+        return Plan("staged", f"{why_stage}; the image is staged in scratch space, then "
+                    f"converted by {'the native reader' if native else 'qemu-img'}{suffix}",
+                    converter=converter, disk=fmt if native else None)
+    inner = " inside a multi-block xz file" if codecs else ""
+    if native:
+        return Plan("extents", f"{fmt}{inner} is read natively at random: data clusters by "
+                    "parallel range reads, zero and unallocated clusters become holes",
+                    converter="native", disk=fmt)
+    return Plan("convert", f"{fmt}{inner} is converted by qemu-img reading it through an NBD "
+                f"export of the source{suffix}", converter="qemu-img")

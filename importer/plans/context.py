@@ -1,0 +1,119 @@
+"""The state one import shares between the engine and the plan it runs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..checksum import ChecksumSpec
+from ..config import ImportConfig
+from ..disks.base import RandomAccessDisk
+from ..errors import ChecksumMismatchError
+from ..formats.detect import Detected
+from ..formats.xz_blocks import XzBlock
+from ..progress import Progress
+from ..result import ImportResult
+from ..sinks.target import Target
+from ..sources.base import Source
+from ..streams import CountingStream
+
+__all__ = ["RunState", "SourceReads"]
+
+log = logging.getLogger(__name__)
+
+
+class SourceReads:
+    """Counts the bytes random readers take from the source (the stream counts its own)."""
+
+    def __init__(self, source: Source, progress: Progress | None) -> None:
+        self._source = source
+        self._progress = progress
+        self.count = 0
+
+    def readinto_at(self, offset: int, buf: bytearray | memoryview) -> int:
+        n = self._source.readinto_at(offset, buf)  # type: ignore[arg-type]
+        self.count += n
+        if self._progress is not None:
+            self._progress.update(n)
+        return n
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        data = self._source.read_at(offset, length)
+        self.count += len(data)
+        if self._progress is not None:
+            self._progress.update(len(data))
+        return data
+
+
+@dataclass
+class RunState:
+    config: ImportConfig
+    progress: Progress
+    cancel: threading.Event
+    stack: contextlib.ExitStack
+    source: Source
+    detected: Detected
+    counting: CountingStream
+    result: ImportResult
+    #: the sequential stream alone, closed early by plans that read at random instead
+    stream_closer: contextlib.ExitStack
+    #: the checksum to verify: the user's, or the object's own
+    spec: ChecksumSpec | None = None
+    #: lets the sequential stream read ahead: called by the plans that read all of it
+    run_ahead: Callable[[], None] = lambda: None
+    random_reads: list[SourceReads] = field(default_factory=list)
+    #: the blocks of a single xz layer, read once from its index when the source is ranged
+    xz_blocks: list[XzBlock] | None = None
+    #: the random-access disk the planner opened to confirm a native plan, used by the plan
+    disk: RandomAccessDisk | None = None
+
+    def reads(self, *, progress: bool = True) -> SourceReads:
+        r = SourceReads(self.source, self.progress if progress else None)
+        self.random_reads.append(r)
+        return r
+
+    @property
+    def bytes_read(self) -> int:
+        return self.counting.count + sum(r.count for r in self.random_reads)
+
+    def verify_checksum(self) -> str | None:
+        spec = self.spec
+        if spec is None:
+            return None
+        self.counting.drain()
+        got = self.counting.hasher.hexdigest() if self.counting.hasher else ""
+        if got != spec.hexdigest:
+            raise ChecksumMismatchError(
+                f"checksum mismatch: expected {spec.algorithm}:{spec.hexdigest}, calculated "
+                f"{spec.algorithm}:{got}; the download is corrupt or the checksum is wrong, and "
+                "nothing was imported")
+        log.info("Checksum verification passed: %s:%s", spec.algorithm, got)
+        return f"{spec.algorithm}:{got}"
+
+    def finish_size(self, target: Target, data_size: int) -> int:
+        """The file gets the image's full length, grown to --image-size (never shrunk); the
+        disk's size without that growth is returned."""
+        if data_size % 512 and not target.is_block:
+            padded = data_size + 512 - data_size % 512
+            # qemu (and so CDI, which converts every raw) rounds a disk up to whole sectors
+            log.warning("the image is %d bytes, not a whole number of 512-byte sectors: padded "
+                        "with zeros to %d bytes as qemu and CDI do. A disk image of that length "
+                        "is usually truncated (a download cut short?) and may not boot; check "
+                        "the source", data_size, padded)
+            data_size = padded
+        image_size = self.config.image_size
+        if image_size and data_size > image_size:
+            log.warning("the image (%d bytes) is larger than --image-size; not shrinking", data_size)
+        target.set_size(max(data_size, image_size or 0))
+        return data_size
+
+    def finish_target(self, target: Target) -> None:
+        """What every plan that writes a disk does last: the size, preallocation of what the
+        resize added, the source's own integrity check. The commit follows (Target.writing)."""
+        if self.config.preallocation and not target.is_block:
+            target.preallocate(target.current_size())
+        self.result.preallocated = self.config.preallocation
+        self.source.verify()

@@ -1,0 +1,89 @@
+"""The convert plan: qemu-img reads the image through our NBD export of the (pinned) source and
+writes raw to the target. Also the second half of the staged plan when the converter is
+qemu-img (it then reads the staged file)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import ImporterError
+from ..formats.headers import ImageInfo
+from ..formats.xz_blocks import XzBlockReader
+from ..sinks.nbd_export import NbdExport
+from ..sinks.qemu import QemuInput, choose_cache_mode, qemu_convert, qemu_info
+from ..sinks.target import Target
+from ..sources.cache import ReadAheadCache
+from . import Plan
+from .context import RunState
+
+__all__ = ["qemu_to_target", "run"]
+
+InputFactory = Callable[[], contextlib.AbstractContextManager[QemuInput]]
+
+
+def run(st: RunState, plan: Plan, target: Target) -> None:
+    det = st.detected
+    size = st.source.info().size
+    assert size is not None
+    reads = st.reads()
+    read: Any
+    if det.codecs:  # inside a multi-block xz (the planner allows no other layer)
+        assert st.xz_blocks is not None
+        xzr = XzBlockReader(reads.read_at, st.xz_blocks)
+        st.stack.callback(xzr.close)
+        read, size = xzr.read, xzr.size
+    else:
+        cache = ReadAheadCache(reads.readinto_at, size, workers=st.config.connections)
+        st.stack.callback(cache.close)
+        read = cache.read
+    st.progress.plan([("Convert", 100, False)])
+    st.stream_closer.close()  # not needed: qemu-img reads at random
+    pins = det.pins
+
+    def pinned_read(offset: int, length: int) -> Any:
+        return pins.apply(offset, read(offset, length))  # the inspected bytes, never a re-read
+
+    export = NbdExport(pinned_read, size)
+    st.stack.callback(export.close)
+
+    @contextlib.contextmanager
+    def qemu_input() -> Iterator[QemuInput]:
+        conn = export.connect()  # one connection per qemu-img process
+        try:
+            yield QemuInput.nbd_fd(det.info.qemu_driver, conn.fileno())
+        finally:
+            conn.close()
+
+    try:
+        qemu_to_target(st, target, det.info, qemu_input)
+    except ImporterError:
+        # qemu-img only says "Input/output error": the source's own error says why
+        if isinstance(export.error, ImporterError):
+            raise export.error from None
+        raise
+
+
+def qemu_to_target(st: RunState, target: Target, info: ImageInfo, qemu_input: InputFactory
+                   ) -> None:
+    cfg = st.config
+    st.progress.enter("Convert")
+    with qemu_input() as qin:
+        qinfo = qemu_info(qin)
+    vsize = int(qinfo["virtual-size"])  # type: ignore[call-overload]
+    st.result.virtual_size = vsize
+    target.check_fits(vsize)
+    with target.writing(lambda: vsize if target.is_block else None):
+        if not target.is_block:
+            target.set_size(vsize)
+            if cfg.preallocation:
+                target.preallocate(vsize)
+        cache_mode = cfg.cache_mode or choose_cache_mode(target.fd_path)
+        with qemu_input() as qin:
+            qemu_convert(qin, target.fd_path, cache=cache_mode,
+                         target_is_zero=not target.is_block, progress=st.progress,
+                         cancel=st.cancel, dest_fd=target.fd)
+        st.finish_size(target, vsize)
+        st.finish_target(target)
+    st.result.bytes_written = vsize
