@@ -12,16 +12,15 @@ import time
 from typing import Any
 
 from .config import ImportConfig
-from .disks.qcow2 import NativeUnsupported
+from .disks.base import NativeUnsupported
 from .formats.detect import detect
-from .formats.xz_blocks import MAX_BLOCK, read_xz_index
 from .plans import Plan, SourceFacts, choose_plan
 from .plans.context import RunState
 from .progress import Progress
 from .result import ImportResult
 from .sinks.target import Target
 from .sources import Source, open_source
-from .streams import CountingStream, ThreadedReader
+from .streams import CountingStream, HeadThenStream, ThreadedReader
 
 __all__ = ["ImportResult", "inspect_source", "run_import"]
 
@@ -87,7 +86,9 @@ def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
     info = src.info()
     progress.total = info.size
     spec = config.checksum or info.checksum
-    counting = CountingStream(src.open_stream(0), progress, spec.new_hash() if spec else None)
+    raw = (HeadThenStream(src, info.size) if info.random_access and info.size
+           else src.open_stream(0))
+    counting = CountingStream(raw, progress, spec.new_hash() if spec else None)
     stream = ThreadedReader(counting)
     stream_closer = contextlib.ExitStack()  # closed early by plans that read at random
     stack.callback(stream_closer.close)
@@ -107,6 +108,8 @@ def source_facts(st: RunState) -> SourceFacts:
     info = st.source.info()
     xz_count = 0
     if st.detected.codecs == ["xz"] and info.random_access and info.size:
+        from .formats.xz_blocks import MAX_BLOCK, read_xz_index  # python-xz: only for xz
+
         blocks = read_xz_index(st.source.read_at, info.size)
         if len(blocks) >= 2 and max(b.uncompressed_size for b in blocks) <= MAX_BLOCK:
             st.xz_blocks, xz_count = blocks, len(blocks)

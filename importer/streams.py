@@ -9,7 +9,7 @@ from typing import Any
 
 from .progress import Progress
 
-__all__ = ["CountingStream", "PositionedReader", "ThreadedReader", "drain"]
+__all__ = ["CountingStream", "HeadThenStream", "PositionedReader", "ThreadedReader", "drain"]
 
 
 def drain(stream: io.RawIOBase) -> None:
@@ -66,7 +66,45 @@ class CountingStream(io.RawIOBase):
         super().close()
 
 
+class HeadThenStream(io.RawIOBase):
+    """A random-access source's bytes in order: the head by ranged reads, the rest (if a plan
+    wants it) by one streaming request from there. Detection needs only the head, and a plan
+    that then reads at random would otherwise leave a whole-object GET half read: wasted
+    transfer, and a deadlock on a server that answers one request at a time."""
+
+    HEAD = 64 << 10  # what detection sniffs (formats/detect.py SNIFF_BYTES)
+
+    def __init__(self, source: Any, size: int) -> None:
+        self._src = source
+        self._size = size
+        self._pos = 0
+        self._stream: io.RawIOBase | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._stream is None and self._pos < min(self.HEAD, self._size):
+            want = min(len(b), self.HEAD - self._pos, self._size - self._pos)
+            n = int(self._src.readinto_at(self._pos, memoryview(b)[:want]))
+            self._pos += n
+            return n
+        if self._stream is None:
+            if self._pos >= self._size:
+                return 0
+            self._stream = self._src.open_stream(self._pos)
+        n = self._stream.readinto(b) or 0
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        super().close()
+
+
 _EOF = object()
+DEMAND = 64 << 10  # a read made for detection: the 64 KiB head it sniffs
 
 
 class ThreadedReader(io.RawIOBase):
@@ -83,8 +121,8 @@ class ThreadedReader(io.RawIOBase):
         self._go = threading.Event()
         self._want = threading.Event()
         self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(depth):
-            self._free.put(bytearray(chunk))
+        self._chunk = chunk
+        self._unmade = depth  # buffers are made when first needed (a small import needs one)
         self._q: queue.Queue[Any] = queue.Queue()
         self._cur: bytearray | None = None
         self._pos = 0
@@ -98,12 +136,17 @@ class ThreadedReader(io.RawIOBase):
             while not self._stop.is_set():
                 if not self._go.is_set() and not self._want.wait(timeout=0.2):
                     continue
-                try:
-                    buf = self._free.get(timeout=0.2)
-                except queue.Empty:
-                    continue
+                if self._unmade and self._free.empty():
+                    self._unmade -= 1
+                    buf = bytearray(self._chunk)
+                else:
+                    try:
+                        buf = self._free.get(timeout=0.2)
+                    except queue.Empty:
+                        continue
                 self._want.clear()  # only now: a demand is never lost to a busy pool
-                n = self._raw.readinto(buf) or 0
+                # on demand (detection) a small read: a random-access plan reads the rest itself
+                n = self._raw.readinto(buf if self._go.is_set() else memoryview(buf)[:DEMAND]) or 0
                 if n == 0:
                     break
                 self._q.put((buf, n))
@@ -141,6 +184,7 @@ class ThreadedReader(io.RawIOBase):
 
     def close(self) -> None:
         self._stop.set()
+        self._want.set()  # wakes the thread if it waits for a demand
         self._raw.close()  # first: wakes the thread if it is blocked reading
         self._thread.join(timeout=2)
         super().close()

@@ -37,8 +37,8 @@ CASES = [
     ("disk-v2.qcow2", "qcow2", "extents"),
     ("disk-zstd.qcow2", "qcow2", "extents"),
     ("disk.qcow2.xz", "qcow2", "extents"),
-    ("disk.qcow2.gz", "qcow2", "staged"),
-    ("disk.qcow2.zst", "qcow2", "staged"),
+    ("disk.qcow2.gz", "qcow2", "stream"),
+    ("disk.qcow2.zst", "qcow2", "stream"),
     ("disk-so.vmdk", "vmdk", "convert"),
     ("disk-ms.vmdk", "vmdk", "convert"),
     ("disk.vdi", "vdi", "convert"),
@@ -65,11 +65,15 @@ def test_every_format_over_http(nginx: Nginx, images: Images, tmp_path: Path, na
     assert dest.stat().st_blocks * 512 < SEED_SIZE // 2
 
 
-def test_staging_when_server_has_no_range_support(nginx: Nginx, images: Images, tmp_path: Path
-                                                   ) -> None:
+def test_no_range_support_streams_qcow2_and_stages_for_qemu_img(nginx: Nginx, images: Images,
+                                                                 tmp_path: Path) -> None:
     result = _import(nginx.url("norange/disk.qcow2"), tmp_path / "d.img")
-    assert result.path == "staged" and result.staged_bytes > 0
+    assert (result.plan, result.converter, result.staged_bytes) == ("stream", "native", 0)
     assert same_disk(images.raw, tmp_path / "d.img")
+    for name in ("norange/disk.qcow2", "norange/disk.vhdx"):
+        result = _import(nginx.url(name), tmp_path / "s.img", converter="qemu-img")
+        assert (result.plan, result.converter) == ("staged", "qemu-img")
+        assert result.staged_bytes > 0 and same_disk(images.raw, tmp_path / "s.img")
 
 
 def test_plain_raw_streams_when_a_checksum_needs_order(nginx: Nginx, images: Images,
@@ -259,9 +263,10 @@ def test_inspect_reports_the_plan_import_takes(nginx: Nginx, tmp_path: Path,
             result.plan, result.converter, result.plan_reason), name
         assert same_disk(nginx.www / "disk.raw", dest), name
         plans.add(result.plan)
-    if not options:
-        assert plans == {"ranges", "stream", "extents", "staged", "convert"}
+    if not options or "connections" in options:
+        assert plans == ({"ranges", "stream", "extents", "convert"} - (
+            {"ranges"} if options else set()))
     if "checksum" in options:
-        assert plans == {"stream", "staged"}
+        assert plans == {"stream", "staged"}  # qcow2 streams; vmdk & co. are staged
     if "converter" in options:
-        assert "extents" in plans  # raw.xz: no converter involved
+        assert plans == {"ranges", "stream", "extents", "convert", "staged"}

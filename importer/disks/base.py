@@ -15,7 +15,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Extent", "RandomAccessDisk", "merge_extents"]
+__all__ = ["Extent", "NativeUnsupported", "RandomAccessDisk", "merge_extents"]
+
+
+class NativeUnsupported(Exception):
+    """The image is valid but uses something a native reader does not read: the planner hands
+    it to qemu-img with this reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,16 +6,17 @@ the same decision `importer import` then carries out (engine.py asks this functi
 
 Plans, cheapest first:
 * stream    raw/iso (possibly gz/xz/zstd/bz2-compressed) decoded in order straight to the
-            target, zeros skipped;
+            target, zeros skipped; a qcow2 the same way through the native streaming reader
+            (disks/qcow2_stream.py) when the source cannot be read at random;
 * ranges    raw/iso from a range-capable source: the extent copier fetches chunks on several
             connections, each written at its offset;
 * extents   a random-access disk with a data/zero map read by the extent copier: the native
             qcow2 reader, or the blocks of a multi-block .xz decoded on all cores;
 * convert   vmdk/vdi/vhd/vhdx (and qcow2 with --converter qemu-img): qemu-img reads the image
             through our NBD export of the pinned source, nothing staged;
-* staged    a format that needs random access from a source that cannot give it (no ranges, gz
-            or zstd around it, a checksum to verify first): decoded to scratch, inspected
-            again, then read by the native reader or qemu-img;
+* staged    vmdk/vdi/vhd/vhdx (or qcow2 with --converter qemu-img) from a source that cannot be
+            read at random (no ranges, gz or zstd around it, a checksum to verify first):
+            decoded to scratch, inspected again, then converted;
 * archive   a tar extracted safely into a directory;
 * blank     a new empty disk.
 """
@@ -110,11 +111,16 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
 
     why_stage = None
     if checksum:
-        why_stage = "a checksum must be verified before the target is written"
+        why_stage = ("the checksum covers the bytes in order" if native else
+                     "a checksum must be verified before the target is written")
     elif not src.random_access:
         why_stage = src.sequential_reason or "the source does not serve byte ranges"
     elif codecs and src.xz_blocks <= 1:
         why_stage = f"{compressed}-compressed data cannot be read at random"
+    if why_stage and native:
+        return Plan("stream", f"{why_stage}: the {fmt} is converted natively as it streams, in "
+                    "file order; clusters that arrive before the table placing them are held "
+                    "(spilled to scratch beyond 64 MiB)", converter="native", disk=fmt)
     if why_stage:
         return Plan("staged", f"{why_stage}; the image is staged in scratch space, then "
                     f"converted by {'the native reader' if native else 'qemu-img'}{suffix}",

@@ -7,18 +7,21 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..checksum import ChecksumSpec
 from ..config import ImportConfig
 from ..disks.base import RandomAccessDisk
 from ..errors import ChecksumMismatchError
 from ..formats.detect import Detected
-from ..formats.xz_blocks import XzBlock
 from ..progress import Progress
 from ..result import ImportResult
 from ..sinks.target import Target
 from ..sources.base import Source
 from ..streams import CountingStream
+
+if TYPE_CHECKING:
+    from ..formats.xz_blocks import XzBlock
 
 __all__ = ["RunState", "SourceReads"]
 

@@ -46,16 +46,25 @@ def copy_extents(disk: RandomAccessDisk, writer: SparseWriter, *, workers: int,
     waited for: a SIGTERM must not wait out a download (seen: 30 s for 8 MiB ranges at
     256 KiB/s)."""
     unit = disk.read_unit
-    size = unit or chunk
+    size = min(unit or chunk, max(disk.size, 1))
     in_flight = workers + 1 if unit else 2 * workers
+    # made as needed, at most in_flight: a small image never pays for (zeroed) 64 MiB of them
     buffers: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(in_flight):
-        buffers.put(bytearray(size))
+    made = 0
+    made_lock = threading.Lock()
+
+    def take() -> bytearray:
+        nonlocal made
+        with made_lock:
+            if buffers.empty() and made < in_flight:
+                made += 1
+                return bytearray(size)
+        return buffers.get()
 
     def one(offset: int, length: int) -> None:
         if cancel.is_set():
             return
-        buf = buffers.get()
+        buf = take()
         try:
             n = disk.readinto_at(offset, memoryview(buf)[:length])
             if n != length:

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..disks.qcow2 import NativeUnsupported
+from ..disks.base import NativeUnsupported
 from ..errors import ScratchSpaceRequiredError
 from ..formats.headers import inspect_image
 from ..formats.pinned import PinnedBytes

@@ -40,30 +40,30 @@ class SparseWriter:
         self._since_flush = 0
         self.tail = b""  # last 512 bytes of the stream, for the fixed-VHD footer check
 
-    def write(self, offset: int, buf: bytes | bytearray, length: int) -> int:
-        """Write buf[:length] at offset. `buf` is bytes or a bytearray, not a memoryview:
-        startswith() on them compares against the zero block at memory speed, where
+    def write(self, offset: int, buf: bytes | bytearray, length: int, start: int = 0) -> int:
+        """Write buf[start:start+length] at offset. `buf` is bytes or a bytearray, not a
+        memoryview: startswith() on them compares against the zero block at memory speed, where
         memoryview comparisons are ~100x slower."""
         self._check_capacity(offset, length)
         fd = self.target.fd
         pos = 0
         data_bytes = zero_bytes = 0
-        view = memoryview(buf)
+        view = memoryview(buf)[start : start + length]
         while pos < length:
             # a run of data blocks, then a run of zero blocks
-            start = pos
-            while pos < length and not self._is_zero(buf, pos, length):
+            first = pos
+            while pos < length and not self._is_zero(buf, start + pos, length - pos):
                 pos = min(pos + ZERO_BLOCK, length)
-            if pos > start:
-                self._flush_zero_before(offset + start)
-                self._pwrite(fd, view[start:pos], offset + start)
-                data_bytes += pos - start
-            start = pos
-            while pos < length and self._is_zero(buf, pos, length):
+            if pos > first:
+                self._flush_zero_before(offset + first)
+                self._pwrite(fd, view[first:pos], offset + first)
+                data_bytes += pos - first
+            first = pos
+            while pos < length and self._is_zero(buf, start + pos, length - pos):
                 pos = min(pos + ZERO_BLOCK, length)
-            if pos > start:
-                self._zero(offset + start, offset + pos)
-                zero_bytes += pos - start
+            if pos > first:
+                self._zero(offset + first, offset + pos)
+                zero_bytes += pos - first
         with self._lock:
             self.high_water = max(self.high_water, offset + length)
             self._since_flush += data_bytes
@@ -90,10 +90,11 @@ class SparseWriter:
                 f"size of {self.target.path}; a larger target is required",
                 required=offset + length, available=self.target.capacity)
 
-    def _is_zero(self, buf: bytes | bytearray, pos: int, length: int) -> bool:
+    def _is_zero(self, buf: bytes | bytearray, pos: int, left: int) -> bool:
+        """Whether buf[pos:pos+min(ZERO_BLOCK, left)] is all zeros."""
         if not self.skip_zeros:
             return False
-        n = min(ZERO_BLOCK, length - pos)
+        n = min(ZERO_BLOCK, left)
         if n == ZERO_BLOCK:
             return buf.startswith(_ZEROS, pos)
         return buf.startswith(_ZEROS[:n], pos)

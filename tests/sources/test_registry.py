@@ -54,11 +54,11 @@ def test_qcow2_in_uncompressed_layer_goes_to_qemu_img_without_scratch(
     assert "layer digest verified" in caplog.text
 
 
-def test_qcow2_in_gzip_layer_is_staged_and_says_why(plain: Registry, disks: Disks, images: Images,
-                                                     tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_qcow2_in_gzip_layer_streams_and_says_why(plain: Registry, disks: Disks, images: Images,
+                                                   tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     r = _import(plain.ref("cd", "qcow2-gz"), tmp_path / "out.img")
-    assert r.path == "staged" and r.format == "qcow2"
+    assert (r.plan, r.converter, r.format, r.staged_bytes) == ("stream", "native", "qcow2", 0)
     assert "the disk is inside a gzip-compressed layer" in caplog.text
     assert same_disk(images.raw, tmp_path / "out.img")
 
@@ -247,8 +247,13 @@ def test_registry_without_range_support_streams_and_verifies(
         caplog: pytest.LogCaptureFixture) -> None:
     r = _import(f"docker://127.0.0.1:{no_range_proxy}/cd:qcow2", tmp_path / "q.img",
                 scratch_dir=str(tmp_path))
-    assert r.path == "staged"
+    assert (r.plan, r.converter, r.staged_bytes) == ("stream", "native", 0)
+    assert "the registry does not serve byte ranges" in r.plan_reason
+    r = _import(f"docker://127.0.0.1:{no_range_proxy}/cd:qcow2", tmp_path / "q2.img",
+                scratch_dir=str(tmp_path), converter="qemu-img")
+    assert r.plan == "staged"
     assert "because the registry does not serve byte ranges" in caplog.text
+    assert same_disk(images.raw, tmp_path / "q2.img")
     assert same_disk(images.raw, tmp_path / "q.img")
     r = _import(f"docker://127.0.0.1:{no_range_proxy}/cd:raw", tmp_path / "r.img")
     assert r.path == "stream"

@@ -1,0 +1,341 @@
+"""A qcow2 read in file order, from a stream that cannot seek (inside gzip or zstd, from a server
+without ranges): converted while it arrives instead of staged whole.
+
+`qemu-img convert` writes the header, the refcount structures and the L1 table first, then each
+L2 table before the clusters it places, so almost every data cluster is placed by a table seen
+earlier: it is written to its guest offset as it passes. What arrives before the table that
+places it (an image whose metadata lies after its data: resized, or written by other tools) is
+held in memory up to a bound, then spilled to a scratch file; the amount spilled is reported as
+the staged bytes. Nothing is read twice: every region of the stream is judged once, when it
+passes.
+
+The same checks as the random-access reader (disks/qcow2.py) apply to every table entry before
+it is used; the clusters themselves go through the same decompression.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import logging
+import os
+import struct
+import tempfile
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FormatError, ScratchSpaceRequiredError, TargetError
+from .base import NativeUnsupported
+from .qcow2 import (
+    COMPRESSED,
+    OFFSET_MASK,
+    Qcow2Header,
+    decompress_cluster,
+    reads_zero,
+)
+
+__all__ = ["StreamStats", "StreamedQcow2"]
+
+log = logging.getLogger(__name__)
+
+WINDOW = 4 << 20  # read granularity; a multiple of every cluster size
+HOLD_IN_MEMORY = 64 << 20  # clusters waiting for their table, before they spill to scratch
+
+#: (guest offset, buffer, length, start in buffer) -> zero bytes
+Writer = Callable[[int, bytes | bytearray, int, int], int]
+
+
+@dataclass(order=True, slots=True)
+class _Need:
+    """A byte range of the file someone is waiting for, and what to do with it."""
+
+    start: int
+    end: int
+    kind: str = field(compare=False)  # l2, plain, compressed
+    arg: int = field(compare=False)  # L1 index (l2) or guest offset (plain, compressed)
+
+
+@dataclass(slots=True)
+class StreamStats:
+    held_peak: int = 0
+    spilled: int = 0
+    data_bytes: int = 0
+
+
+class _Held:
+    """Clusters that passed before anyone asked for them: in memory up to a bound, then in a
+    scratch file."""
+
+    def __init__(self, cluster_size: int, scratch_dir: Path | None, *, limit: int,
+                 scratch_required: bool, stats: StreamStats) -> None:
+        self._cs = cluster_size
+        self._mem: dict[int, bytes] = {}
+        self._disk: dict[int, int] = {}  # cluster index -> offset in the spill file
+        self._limit = limit
+        self._scratch_dir = scratch_dir
+        self._scratch_required = scratch_required
+        self._fd = -1
+        self._spill_end = 0
+        self._stats = stats
+
+    def put(self, index: int, data: bytes) -> None:
+        if index in self._mem or index in self._disk:
+            return
+        if len(self._mem) * self._cs < self._limit:
+            self._mem[index] = data
+            self._stats.held_peak = max(self._stats.held_peak, len(self._mem) * self._cs)
+            return
+        if self._fd < 0:
+            if self._scratch_required and self._scratch_dir is None:
+                raise ScratchSpaceRequiredError(
+                    "scratch space required and none found (the qcow2 image places data before "
+                    "its tables beyond what is held in memory)")
+            where = self._scratch_dir or Path(tempfile.gettempdir())
+            fd, name = tempfile.mkstemp(prefix=".importer-spill-", dir=where)
+            os.unlink(name)  # gone when closed, whatever happens
+            self._fd = fd
+            log.warning("qcow2 clusters arrive before the tables that place them: holding more "
+                        "than %d MiB, the rest spills to %s", self._limit >> 20, where)
+        os.pwrite(self._fd, data, self._spill_end)
+        self._disk[index] = self._spill_end
+        self._spill_end += len(data)
+        self._stats.spilled += len(data)
+
+    def get(self, index: int) -> bytes | None:
+        if index in self._mem:
+            return self._mem[index]
+        off = self._disk.get(index)
+        if off is None:
+            return None
+        return os.pread(self._fd, self._cs, off)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._mem.clear()
+
+
+class StreamedQcow2:
+    """Feed the decoded image in file order to `run`; data goes to `write` at guest offsets,
+    zero and unallocated ranges to `write_zeros` (holes on a fresh file, zeroed on a device)."""
+
+    def __init__(self, header: Qcow2Header, *, write: Writer,
+                 write_zeros: Callable[[int, int], None], scratch_dir: Path | None, scratch_required: bool,
+                 hold_limit: int | None = None) -> None:
+        if header.extended_l2:
+            raise NativeUnsupported("the image uses extended L2 entries (subclusters), which "
+                                    "the native reader does not read")
+        self.h = header
+        self._write = write
+        self._write_zeros = write_zeros
+        cs = header.cluster_size
+        self._cs = cs
+        self._l2_entries = cs // 8
+        self._span = cs * self._l2_entries
+        self._needed_l1 = -(-header.size // self._span)
+        if header.l1_size < self._needed_l1:
+            raise FormatError(f"qcow2 L1 table too small: {header.l1_size} entries for a virtual "
+                              f"size of {header.size} bytes, which needs {self._needed_l1}")
+        if header.l1_offset % cs:
+            raise FormatError(f"qcow2 L1 table offset {header.l1_offset} is not cluster-aligned; "
+                              "the image is corrupt")
+        self.stats = StreamStats()
+        limit = HOLD_IN_MEMORY if hold_limit is None else hold_limit
+        self._held = _Held(cs, scratch_dir, limit=limit, scratch_required=scratch_required,
+                           stats=self.stats)
+        self._needs: list[_Need] = []  # sorted by start
+        self._window_start = 0  # file offset of the window's first byte
+        self._window = bytearray()
+        self._add(_Need(header.l1_offset, header.l1_offset + self._needed_l1 * 8, "l1", 0))
+
+    # ------------------------------------------------------------------ needs
+
+    def _add(self, need: _Need) -> None:
+        """Register a range; served at once from held clusters when it has passed already."""
+        if need.start < self._window_start:
+            data = self._from_held(need.start, need.end)
+            if data is None:
+                raise FormatError(f"qcow2 {need.kind} data at byte {need.start} was expected "
+                                  "earlier in the stream than it can be found; the image is "
+                                  "corrupt")
+            self._serve(need, data)
+            return
+        bisect.insort(self._needs, need)
+
+    def _from_held(self, start: int, end: int) -> bytes | None:
+        out = bytearray()
+        cs = self._cs
+        for index in range(start // cs, -(-end // cs)):
+            chunk = self._held.get(index)
+            if chunk is None:
+                # part of it may still be in the current window
+                lo = index * cs
+                if lo >= self._window_start and lo < self._window_start + len(self._window):
+                    off = lo - self._window_start
+                    chunk = bytes(self._window[off : off + cs])
+                else:
+                    return None
+            out += chunk
+        base = (start // cs) * cs
+        return bytes(out[start - base : end - base])
+
+    def _serve(self, need: _Need, data: bytes | bytearray | memoryview) -> None:
+        if need.kind == "l1":
+            self._on_l1(bytes(data))
+        elif need.kind == "l2":
+            self._on_l2(need.arg, bytes(data))
+        elif need.kind == "plain":
+            n = min(self._cs, self.h.size - need.arg)
+            if isinstance(data, memoryview):  # a slice of the window: written without a copy
+                self._write(need.arg, self._window, n, need.start - self._window_start)
+            else:
+                self._write(need.arg, data, n, 0)
+            self.stats.data_bytes += n
+        else:
+            cluster = decompress_cluster(self.h, memoryview(data), need.start)
+            n = min(self._cs, self.h.size - need.arg)
+            self._write(need.arg, cluster, n, 0)
+            self.stats.data_bytes += n
+
+    def _on_l1(self, data: bytes) -> None:
+        table = _be64(data)
+        for i, e in enumerate(table):
+            off = e & OFFSET_MASK
+            guest = i * self._span
+            span = min(self._span, self.h.size - guest)
+            if not off:
+                self._write_zeros(guest, span)
+                continue
+            if off % self._cs:
+                raise FormatError(f"qcow2 L2 table offset {off} (L1 entry {i}) is not "
+                                  "cluster-aligned; the image is corrupt")
+            self._add(_Need(off, off + self._cs, "l2", i))
+
+    def _on_l2(self, index: int, data: bytes) -> None:
+        cb, cs = self.h.cluster_bits, self._cs
+        base = index * self._span
+        clusters = -(-min(self._span, self.h.size - base) // cs)
+        table = _be64(data)
+        shift = 62 - (cb - 8)
+        zero_start = -1
+        for j in range(clusters):
+            e = table[j]
+            guest = base + j * cs
+            if reads_zero(e):
+                if zero_start < 0:
+                    zero_start = guest
+                continue
+            if zero_start >= 0:
+                self._write_zeros(zero_start, guest - zero_start)
+                zero_start = -1
+            if e & COMPRESSED:
+                host = e & ((1 << shift) - 1)
+                sectors = ((e >> shift) & ((1 << (cb - 8)) - 1)) + 1
+                self._add(_Need(host, host + sectors * 512 - (host & 511), "compressed", guest))
+            else:
+                host = e & OFFSET_MASK
+                if host % cs:
+                    raise FormatError(f"qcow2 data cluster offset {host} (guest byte {guest}) is "
+                                      "not cluster-aligned; the image is corrupt")
+                self._add(_Need(host, host + cs, "plain", guest))
+        if zero_start >= 0:
+            self._write_zeros(zero_start, min(base + clusters * cs, self.h.size) - zero_start)
+
+    # ------------------------------------------------------------------ the stream
+
+    def run(self, stream: io.RawIOBase, cancel: Callable[[], bool]) -> None:
+        head = bytearray(WINDOW)
+        try:
+            while True:
+                if cancel():
+                    raise TargetError("cancelled")
+                n = _read_full(stream, head)
+                if not n:
+                    break
+                self._window = self._window + head[:n] if self._window else bytearray(head[:n])
+                self._consume(final=False)
+            self._consume(final=True)
+        finally:
+            self._held.close()
+        if self._needs:
+            first = self._needs[0]
+            # a compressed cluster's descriptor rounds up to sectors: the last one may pass
+            # the end of the file, which qemu reads as zeros
+            end = self._window_start + len(self._window)
+            if first.kind == "compressed" and first.start < end:
+                raise FormatError(f"qcow2 compressed cluster at byte {first.start} is corrupt")
+            raise FormatError(f"qcow2 {first.kind} data at byte {first.start} lies past the end of "
+                              f"the file ({end} bytes): the image is truncated")
+
+    def _consume(self, *, final: bool) -> None:
+        wstart = self._window_start
+        wend = wstart + len(self._window)
+        view = memoryview(self._window)
+        covered: list[tuple[int, int]] = []
+        # needs are served in file order; serving one may add more (an L2 table's entries)
+        while self._needs and self._needs[0].start < wend:
+            need = self._needs[0]
+            end = need.end
+            if end > wend:
+                if not final:
+                    break
+                if need.kind != "compressed":
+                    break  # reported as truncated after the loop
+                end = wend  # the sector-rounded tail of the last compressed cluster
+            self._needs.pop(0)
+            self._serve(need, view[need.start - wstart : end - wstart])
+            covered.append((need.start, end))
+        # what is left: carried over when a need straddles the window's end, else held when no
+        # one has asked for it yet (its table may come later)
+        keep_from = min(self._needs[0].start, wend) if self._needs and not final else wend
+        keep_from = max(keep_from, wstart)
+        cs = self._cs
+        first = -(-wstart // cs) if wstart % cs else wstart // cs
+        last = keep_from // cs
+        covered.sort()
+        for index in range(first, last):
+            lo, hi = index * cs, (index + 1) * cs
+            if lo < wstart or hi > wend:
+                continue
+            if index == 0 or _fully_covered(covered, lo, hi):
+                continue
+            self._held.put(index, bytes(view[lo - wstart : hi - wstart]))
+        # keep whole clusters from the first unserved byte on
+        keep = (keep_from // cs) * cs
+        keep = max(keep, wstart)
+        del view
+        self._window = self._window[keep - wstart :]
+        self._window_start = keep
+
+
+def _fully_covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
+    pos = lo
+    i = bisect.bisect_right(ranges, (lo, 1 << 63)) - 1
+    i = max(i, 0)
+    while i < len(ranges) and ranges[i][0] <= pos:
+        pos = max(pos, ranges[i][1])
+        if pos >= hi:
+            return True
+        i += 1
+    return pos >= hi
+
+
+def _read_full(stream: io.RawIOBase, buf: bytearray) -> int:
+    view = memoryview(buf)
+    n = 0
+    while n < len(buf):
+        got = stream.readinto(view[n:])
+        if not got:
+            break
+        n += got
+    return n
+
+
+def _be64(data: bytes) -> array[int]:
+    table = array("Q", data[: len(data) - len(data) % 8])
+    if struct.pack("=H", 1) == b"\x01\x00":
+        table.byteswap()
+    return table
