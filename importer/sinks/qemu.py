@@ -14,7 +14,7 @@ because the others have been bypassed somewhere before:
    `data-file` that the header asks for, which is why layer 3 exists;
 3. `qemu-img info` runs first, and any backing reference, external data file or encryption it
    reports refuses the image before `convert` reads a byte of data.
-qemu-img also runs with a minimal environment: it never sees our credentials.
+qemu-img also runs with a minimal environment: it never sees our credentials (children.py).
 """
 
 from __future__ import annotations
@@ -26,30 +26,26 @@ import re
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CancelledError, ConversionError, FormatError, UnsafeImageError
+from ..children import child_environment, run_child, watch_child
+from ..errors import ConversionError, FormatError, UnsafeImageError
 from ..progress import Progress
 
-__all__ = ["QemuInput", "child_environment", "choose_cache_mode", "qemu_convert", "qemu_info"]
+__all__ = [
+    "QemuInput",
+    "child_environment",
+    "choose_cache_mode",
+    "qemu_convert",
+    "qemu_info",
+]
 
 log = logging.getLogger(__name__)
 _PROGRESS = re.compile(rb"\((\d{1,3}\.\d+)/100%\)")
 INFO_LIMITS = ("--as=1073741824", "--cpu=30")  # what OpenStack and CDI use for untrusted info
 CONVERT_LIMITS = ("--as=4294967296", "--cpu=86400")
 
-
-#: a child's whole environment: tools are found by absolute path, messages stay in English,
-#: and nothing of ours (IMPORTER_*, AWS_*, proxies with passwords) is inherited
-_CHILD_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-              "LC_ALL": "C"}
-
-
-def child_environment() -> dict[str, str]:
-    return dict(_CHILD_ENV)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +81,11 @@ def _qemu_img() -> str:
     return path
 
 
-def _limited(limits: Sequence[str], argv: list[str]) -> list[str]:
-    prlimit = shutil.which("prlimit")
-    if not prlimit:  # pragma: no cover - util-linux is essential on Debian
-        log.warning("prlimit not found; qemu-img runs without resource limits")
-        return argv
-    return [prlimit, *limits, "--", *argv]
-
-
 def qemu_info(src: QemuInput, *, timeout: float = 120) -> dict[str, object]:
     driver = src.driver
-    argv = _limited(INFO_LIMITS, [_qemu_img(), "info", "--output=json", src.filename])
+    argv = [_qemu_img(), "info", "--output=json", src.filename]
     try:
-        r = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
-                           stdin=subprocess.DEVNULL, env=child_environment(),
-                           pass_fds=src.pass_fds)
+        r = run_child(argv, timeout=timeout, limits=INFO_LIMITS, pass_fds=src.pass_fds)
     except subprocess.TimeoutExpired as exc:
         raise FormatError(f"qemu-img info did not finish within {timeout:g} s; the image is "
                           "refused") from exc
@@ -160,45 +146,16 @@ def qemu_convert(src: QemuInput, dest: str, *, cache: str, target_is_zero: bool,
     argv += [src.filename, dest]
     log.info("running %s", " ".join(argv))
     fds = src.pass_fds + (() if dest_fd is None else (dest_fd,))
-    proc = subprocess.Popen(_limited(CONVERT_LIMITS, argv), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=child_environment(), pass_fds=fds)
-    stderr = bytearray()
+    tail = b""
 
-    def read_progress() -> None:
-        assert proc.stdout is not None
-        buf = b""
-        while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
-            buf = (buf + chunk)[-256:]
-            for m in _PROGRESS.finditer(buf):
-                progress.set_fraction(float(m.group(1)) / 100)
+    def on_stdout(chunk: bytes) -> None:
+        nonlocal tail
+        tail = (tail + chunk)[-256:]
+        for m in _PROGRESS.finditer(tail):
+            progress.set_fraction(float(m.group(1)) / 100)
 
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        while chunk := proc.stderr.read1(4096):  # type: ignore[attr-defined]
-            stderr.extend(chunk)
-            del stderr[:-8192]
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (read_progress, read_stderr)]
-    for t in threads:
-        t.start()
-    try:
-        while proc.poll() is None:
-            if cancel is not None and cancel.is_set():
-                raise CancelledError(15)
-            time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for t in threads:
-            t.join(timeout=5)
-    if proc.returncode != 0:
-        msg = stderr.decode(errors="replace").strip().splitlines()
-        raise ConversionError(
-            f"qemu-img convert failed (exit {proc.returncode}): {' '.join(msg[-3:]) or 'no message'}")
+    r = watch_child(argv, limits=CONVERT_LIMITS, pass_fds=fds, on_stdout=on_stdout,
+                    cancel=cancel)
+    if r.returncode != 0:
+        raise ConversionError(f"qemu-img convert failed (exit {r.returncode}): {r.message()}")
     progress.set_fraction(1.0)

@@ -1,0 +1,134 @@
+"""Child processes (qemu-img now; nbdkit, qemu-img rebase/commit next), started one way.
+
+* argv is a list, never a shell string;
+* the environment is minimal (PATH and LC_ALL): nothing of ours (IMPORTER_*, AWS_*, proxies
+  with passwords) is inherited;
+* a secret reaches the child only through an inherited pipe whose fd number goes in argv
+  (nbdkit's `password=-N`), never argv or the environment;
+* resource limits through util-linux prlimit, so nothing runs in the forked child before exec;
+* stdout is handed to a line/chunk callback (progress), stderr is kept (the last 8 KiB) for the
+  error message;
+* stopping is terminate, then kill after a grace period, whether the caller returns, raises or
+  is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .errors import CancelledError
+
+__all__ = ["ChildResult", "child_environment", "limited", "run_child", "watch_child"]
+
+log = logging.getLogger(__name__)
+
+_CHILD_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+              "LC_ALL": "C"}
+STDERR_KEPT = 8192
+
+
+def child_environment() -> dict[str, str]:
+    """A child's whole environment: tools found by absolute path, messages in English."""
+    return dict(_CHILD_ENV)
+
+
+def limited(limits: Sequence[str], argv: list[str]) -> list[str]:
+    """argv under prlimit limits such as `--as=BYTES`, `--cpu=SECONDS`."""
+    if not limits:
+        return argv
+    prlimit = shutil.which("prlimit")
+    if not prlimit:  # pragma: no cover - util-linux is essential on Debian
+        log.warning("prlimit not found; %s runs without resource limits", argv[0])
+        return argv
+    return [prlimit, *limits, "--", *argv]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    def message(self, lines: int = 3) -> str:
+        text = self.stderr.decode(errors="replace").strip().splitlines()
+        return " ".join(text[-lines:]) or "no message"
+
+
+def _secret_pipe(secret: bytes | None) -> tuple[int, ...]:
+    """The read end of a pipe holding `secret` (closed for writing), for the child to inherit."""
+    if secret is None:
+        return ()
+    r, w = os.pipe()
+    try:
+        os.write(w, secret)  # a pipe holds 64 KiB without a reader: plenty for a password
+    finally:
+        os.close(w)
+    return (r,)
+
+
+def run_child(argv: list[str], *, timeout: float, limits: Sequence[str] = (),
+              pass_fds: Sequence[int] = (), secret: bytes | None = None,
+              secret_fd_placeholder: str = "{secret_fd}") -> ChildResult:
+    """Run to completion and capture its output. A `{secret_fd}` in argv becomes the fd number
+    of the pipe holding `secret`. subprocess.TimeoutExpired propagates: the caller says what
+    the timeout means."""
+    fds = _secret_pipe(secret)
+    try:
+        argv = [a.replace(secret_fd_placeholder, str(fds[0])) if fds else a for a in argv]
+        r = subprocess.run(limited(limits, argv), capture_output=True, timeout=timeout,
+                           check=False, stdin=subprocess.DEVNULL, env=child_environment(),
+                           pass_fds=(*pass_fds, *fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return ChildResult(r.returncode, r.stdout, r.stderr)
+
+
+def watch_child(argv: list[str], *, limits: Sequence[str] = (), pass_fds: Sequence[int] = (),
+                on_stdout: Callable[[bytes], None] | None = None,
+                cancel: threading.Event | None = None, grace: float = 5.0) -> ChildResult:
+    """Run a long child (a conversion), feeding its stdout to `on_stdout` as it comes; stopped
+    (terminate, then kill after `grace`) when `cancel` is set or the caller is interrupted."""
+    proc = subprocess.Popen(limited(limits, argv), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=child_environment(), pass_fds=tuple(pass_fds))
+    stderr = bytearray()
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(4096):  # type: ignore[attr-defined]
+            if on_stdout is not None:
+                on_stdout(chunk)
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read1(4096):  # type: ignore[attr-defined]
+            stderr.extend(chunk)
+            del stderr[:-STDERR_KEPT]
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
+    for t in threads:
+        t.start()
+    try:
+        while proc.poll() is None:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(15)
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for t in threads:
+            t.join(timeout=grace)
+    return ChildResult(proc.returncode, b"", bytes(stderr))
