@@ -20,6 +20,7 @@ from .config import build_config
 from .engine import inspect_source, run_import
 from .errors import ConfigError, ImporterError
 from .progress import Progress
+from .sources.kinds import selectable_names
 from .stopping import StopSignals
 
 __all__ = ["main"]
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--insecure", action="store_true", help="skip TLS certificate verification")
         g.add_argument("--retries", type=int, default=8, help="retries after network errors")
         g.add_argument("--source", dest="source_kind",
-                       choices=("auto", "http", "s3", "gcs", "registry"),
+                       choices=("auto", *selectable_names()),
                        default="auto",
                        help="what SOURCE is when its scheme cannot tell (an https URL of a "
                             "path-style S3 endpoint)")

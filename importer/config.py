@@ -8,6 +8,7 @@ in one go.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from .checksum import ChecksumSpec, parse_checksum
 from .errors import ConfigError
 from .quantity import parse_quantity
+from .sources.options import GcsOptions, RegistryOptions, S3Options, SourceOptions
 
 __all__ = [
     "ContentType",
@@ -115,15 +117,11 @@ class ImportConfig:
     cache_mode: str | None = None
     #: parallel ranged reads for random-access sources
     connections: int = 4
-    #: what SOURCE is when its scheme cannot tell (a path-style S3 endpoint is plain https)
+    #: what SOURCE is when its scheme cannot tell (a path-style S3 endpoint is plain https);
+    #: a name of sources/kinds.py, "auto", or "blank" (a new empty disk)
     source_kind: str = "auto"
-    s3_endpoint: str | None = None
-    s3_region: str | None = None
-    gcs_credentials: Path | None = None  # service-account key file
-    #: architecture to pick from a multi-arch image index (default: the host's)
-    registry_arch: str | None = None
-    #: docker/podman credentials file consulted for registry logins
-    registry_auth_file: Path | None = None
+    #: the options of the source's kind (sources/options.py)
+    options: SourceOptions = None
     #: a tar given as a disk image is written as raw bytes (CDI does, and its tests check the
     #: md5), instead of refused with advice to use the archive content type
     tar_as_raw: bool = False
@@ -210,10 +208,16 @@ def build_config(
     env = os.environ if environ is None else environ
     problems: list[str] = []
 
+    from .sources.kinds import kind_for, selectable_names, supported_schemes
+
     parts = urlsplit(source)
-    if source_kind not in ("auto", "http", "s3", "gcs", "registry"):
-        problems.append(f"--source {source_kind!r}: use http, s3, gcs or registry")
-    registry = parts.scheme in ("docker", "oci-archive") or source_kind == "registry"
+    kind_name = "auto"
+    if source_kind != "auto" and source_kind not in selectable_names():
+        problems.append(f"--source {source_kind!r}: use {', '.join(selectable_names())}")
+    else:
+        with contextlib.suppress(KeyError):  # an unknown scheme is reported below
+            kind_name = kind_for(source, source_kind).name
+    registry = kind_name == "registry"
     if registry:
         from .sources.oci.reference import parse_reference
 
@@ -226,11 +230,10 @@ def build_config(
                         "arm64, s390x or ppc64le")
     if gcs_credentials and not Path(gcs_credentials).is_file():
         problems.append(f"--gcs-credentials {gcs_credentials}: no such file")
-    if parts.scheme not in ("http", "https", "file", "s3", "gs", "docker", "oci-archive", ""):
-        problems.append(
-            f"source {source!r}: unsupported scheme {parts.scheme!r}; use http://, https://, "
-            "s3://, gs://, docker://, oci-archive:, file:// or a local path"
-        )
+    if parts.scheme not in supported_schemes():
+        shown = ", ".join(f"{s}://" if s not in ("", "oci-archive") else (s + ":" if s else "a local path")
+                          for s in supported_schemes())
+        problems.append(f"source {source!r}: unsupported scheme {parts.scheme!r}; use {shown}")
     elif parts.scheme in ("http", "https") and not parts.hostname:
         problems.append(f"source {source!r}: the URL has no host")
 
@@ -365,15 +368,24 @@ def build_config(
         http=http,
         cache_mode=cache_mode,
         connections=connections,
-        source_kind="registry" if registry else {"s3": "s3", "gs": "gcs"}.get(parts.scheme,
-                                                                              source_kind),
-        s3_endpoint=s3_endpoint,
-        s3_region=s3_region,
-        gcs_credentials=Path(gcs_credentials) if gcs_credentials else None,
-        registry_arch=registry_arch,
-        registry_auth_file=auth_file,
+        source_kind=kind_name if kind_name in ("registry", "s3", "gcs") else source_kind,
+        options=_source_options(kind_name, s3_endpoint=s3_endpoint, s3_region=s3_region,
+                                gcs_credentials=gcs_credentials, registry_arch=registry_arch,
+                                registry_auth_file=auth_file),
         converter=converter,
     )
+
+
+def _source_options(kind: str, *, s3_endpoint: str | None, s3_region: str | None,
+                    gcs_credentials: str | None, registry_arch: str | None,
+                    registry_auth_file: Path | None) -> SourceOptions:
+    if kind == "s3":
+        return S3Options(s3_endpoint, s3_region)
+    if kind == "gcs":
+        return GcsOptions(Path(gcs_credentials) if gcs_credentials else None)
+    if kind == "registry":
+        return RegistryOptions(registry_arch, registry_auth_file)
+    return None
 
 
 def proxies_from_environment(env: Mapping[str, str]) -> dict[str, str]:

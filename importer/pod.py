@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import ImportConfig
 from .engine import run_import
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_logging = threading.Event()
     threading.Thread(target=_progress_logger, args=(progress, stop_logging), daemon=True).start()
     try:
-        settings, config = read_pod_environment(os.environ, verbosity)
+        settings, config = preflight(*read_pod_environment(os.environ, verbosity))
         code, message = _run(settings, config, progress, cancel)
         stop.answered.set()
     except ConfigError as exc:
@@ -138,6 +139,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         cancel.wait(METRICS_LINGER)  # so that a last scrape sees 100; a SIGTERM ends it early
     metrics.close()
     return code
+
+
+def preflight(settings: PodSettings, config: ImportConfig | None
+              ) -> tuple[PodSettings, ImportConfig | None]:
+    """What the pod does to the volume before importing, kept out of the configuration reader:
+    a stale image of an earlier attempt is removed (CDI quirk Q17: it would shrink the free
+    space; not for a warm-import delta, which applies onto it), then the available space is
+    measured, and the import's sizes follow from it."""
+    if not settings.block and not settings.delta_stage:
+        for stale in (settings.data_dir / "disk.img", settings.data_dir / "disk.img.partial"):
+            stale.unlink(missing_ok=True)
+    available = _available_space(settings.dest if settings.block else settings.data_dir,
+                                 settings.block, settings.image_size)
+    settings = dataclasses.replace(settings, available=available)
+    if config is not None:
+        resize_to = None
+        if settings.image_size is not None and not settings.block:
+            resize_to = min(get_usable_space(settings.overhead, available), settings.image_size)
+        config = dataclasses.replace(config, image_size=resize_to, size_limit=available)
+    return settings, config
+
+
+def _available_space(path: Path, block: bool, image_size: int | None) -> int:
+    """Contract 3.3: a block device's size, or min(free space of /data, IMAGE_SIZE)."""
+    if block:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    return free if image_size is None else min(free, image_size)
+
 
 
 def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,

@@ -30,6 +30,8 @@ from .config import (
 )
 from .errors import ConfigError
 from .quantity import parse_quantity
+from .sources.kinds import KINDS
+from .sources.options import GcsOptions, RegistryOptions, S3Options
 
 __all__ = [
     "EarlySettings",
@@ -41,9 +43,10 @@ __all__ = [
 ]
 
 MiB = 1 << 20
-SOURCES = ("http", "s3", "gcs", "registry", "imageio", "vddk", "none")
+#: IMPORTER_SOURCE values: every pod kind of sources/kinds.py, and `none` (a blank disk)
+SOURCES = (*(k.pod_name for k in KINDS if k.pod_name), "none")
 #: sources whose transports later issues add; until then they fail with a clear message
-NOT_YET = {"imageio", "vddk"}
+NOT_YET = {k.pod_name for k in KINDS if k.pod_name and k.opener is None}
 
 
 def get_usable_space(overhead: Decimal, available: int) -> int:
@@ -68,7 +71,6 @@ class PodSettings:
     data_dir: Path
     image_size: int | None  # IMPORTER_IMAGE_SIZE in bytes
     overhead: Decimal
-    available: int  # the "available space" of contract 3.3, measured before any write
     preallocation: bool
     metrics_port: int
     verbosity: int
@@ -80,6 +82,10 @@ class PodSettings:
     done_path: Path = Path("/shared/done")
     #: seconds to wait for the ready file (CDI: 60); IMPORTER_READY_TIMEOUT is our extension
     ready_timeout: float = 60.0
+    #: a warm import's delta stage: it applies onto the disk a previous stage wrote
+    delta_stage: bool = False
+    #: the "available space" of contract 3.3, measured by the pod's pre-flight (pod.py)
+    available: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,23 +238,15 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         raise ConfigError("; ".join(problems), exit_code=2 if size_unparsable else 1,
                           termination=termination)
 
-    # CDI quirk Q17: a partial image from an earlier attempt of this pod would shrink the free
-    # space; it is removed before the space is measured (not for a warm-import delta, which
-    # applies onto the existing disk).
-    if not block and not env.get("IMPORTER_PREVIOUS_CHECKPOINT"):
-        for stale in (data_dir / "disk.img", data_dir / "disk.img.partial"):
-            stale.unlink(missing_ok=True)
-    available = _available_space(block_dev if block else data_dir, block, image_size)
-
     settings = PodSettings(
         source=source, owner_uid=env.get("OWNER_UID", ""), content_type=ctype, block=block,
         dest=dest, data_dir=data_dir,
-        image_size=image_size, overhead=overhead, available=available,
-        preallocation=preallocation, metrics_port=metrics_port, verbosity=verbosity,
+        image_size=image_size, overhead=overhead, preallocation=preallocation,
+        metrics_port=metrics_port, verbosity=verbosity,
         node_pull=node_pull, ready_file=env.get("IMPORTER_READY_FILE", ""),
         ready_path=root / env.get("IMPORTER_READY_FILE", "").lstrip("/"),
         done_path=root / env.get("IMPORTER_DONE_FILE", "").lstrip("/"),
-        ready_timeout=ready_timeout)
+        ready_timeout=ready_timeout, delta_stage=bool(env.get("IMPORTER_PREVIOUS_CHECKPOINT")))
     if source == "none":
         return settings, None
 
@@ -274,16 +272,14 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
     gcs_key = None
     if source == "gcs" and env.get("GOOGLE_APPLICATION_CREDENTIALS"):
         gcs_key = root / env["GOOGLE_APPLICATION_CREDENTIALS"].lstrip("/")
-    resize_to = None
-    if image_size is not None and not block:
-        resize_to = min(get_usable_space(overhead, available), image_size)
+    # the sizes (image_size, size_limit) are set by the pre-flight, once the space is measured
     config = ImportConfig(
-        source=endpoint, dest=dest, content_type=ctype, image_size=resize_to,
-        size_limit=available, preallocation=preallocation, checksum=checksum,
+        source=endpoint, dest=dest, content_type=ctype, preallocation=preallocation, checksum=checksum,
         scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
         cache_mode=None, source_kind=source if source in ("s3", "gcs", "registry") else "http",
-        gcs_credentials=gcs_key,
-        registry_arch=env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None,
+        options=(GcsOptions(gcs_key) if source == "gcs" else
+                 RegistryOptions(env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
+                 if source == "registry" else S3Options() if source == "s3" else None),
         tar_as_raw=True, converter=converter)
     return settings, config
 
@@ -297,16 +293,3 @@ def _split_userinfo(endpoint: str) -> tuple[str, str | None, str | None]:
     user, _, password = userinfo.partition(":")
     return (urlunsplit(parts._replace(netloc=hostport)), unquote(user),
             unquote(password) if ":" in userinfo else None)
-
-
-def _available_space(path: Path, block: bool, image_size: int | None) -> int:
-    """Contract 3.3: a block device's size, or min(free space of /data, IMAGE_SIZE)."""
-    if block:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    return free if image_size is None else min(free, image_size)

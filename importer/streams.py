@@ -84,6 +84,8 @@ class HeadThenStream(io.RawIOBase):
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.closed:
+            raise ValueError("read of a closed stream")
         if self._stream is None and self._pos < min(self.HEAD, self._size):
             want = min(len(b), self.HEAD - self._pos, self._size - self._pos)
             n = int(self._src.readinto_at(self._pos, memoryview(b)[:want]))
@@ -92,7 +94,11 @@ class HeadThenStream(io.RawIOBase):
         if self._stream is None:
             if self._pos >= self._size:
                 return 0
-            self._stream = self._src.open_stream(self._pos)
+            stream = self._src.open_stream(self._pos)
+            if self.closed:  # closed meanwhile by another thread: never left open
+                stream.close()
+                raise ValueError("read of a closed stream")
+            self._stream = stream
         n = self._stream.readinto(b) or 0
         self._pos += n
         return n
@@ -136,6 +142,8 @@ class ThreadedReader(io.RawIOBase):
             while not self._stop.is_set():
                 if not self._go.is_set() and not self._want.wait(timeout=0.2):
                     continue
+                if self._stop.is_set():  # close() wakes a waiting thread: it must not read
+                    break
                 if self._unmade and self._free.empty():
                     self._unmade -= 1
                     buf = bytearray(self._chunk)

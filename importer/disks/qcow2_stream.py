@@ -16,6 +16,7 @@ it is used; the clusters themselves go through the same decompression.
 from __future__ import annotations
 
 import bisect
+import heapq
 import io
 import logging
 import os
@@ -146,9 +147,12 @@ class StreamedQcow2:
         limit = HOLD_IN_MEMORY if hold_limit is None else hold_limit
         self._held = _Held(cs, scratch_dir, limit=limit, scratch_required=scratch_required,
                            stats=self.stats)
-        self._needs: list[_Need] = []  # sorted by start
+        self._needs: list[_Need] = []  # a heap by start
         self._window_start = 0  # file offset of the window's first byte
-        self._window = bytearray()
+        # the window is the first _wlen bytes of one reused buffer (fresh buffers cost page
+        # faults): a few clusters carried over, then up to WINDOW new bytes
+        self._buf = bytearray(WINDOW + 4 * cs)
+        self._wlen = 0
         self._add(_Need(header.l1_offset, header.l1_offset + self._needed_l1 * 8, "l1", 0))
 
     # ------------------------------------------------------------------ needs
@@ -163,7 +167,7 @@ class StreamedQcow2:
                                   "corrupt")
             self._serve(need, data)
             return
-        bisect.insort(self._needs, need)
+        heapq.heappush(self._needs, need)
 
     def _from_held(self, start: int, end: int) -> bytes | None:
         out = bytearray()
@@ -173,9 +177,9 @@ class StreamedQcow2:
             if chunk is None:
                 # part of it may still be in the current window
                 lo = index * cs
-                if lo >= self._window_start and lo < self._window_start + len(self._window):
+                if lo >= self._window_start and lo < self._window_start + self._wlen:
                     off = lo - self._window_start
-                    chunk = bytes(self._window[off : off + cs])
+                    chunk = bytes(self._buf[off : min(off + cs, self._wlen)])
                 else:
                     return None
             out += chunk
@@ -190,7 +194,7 @@ class StreamedQcow2:
         elif need.kind == "plain":
             n = min(self._cs, self.h.size - need.arg)
             if isinstance(data, memoryview):  # a slice of the window: written without a copy
-                self._write(need.arg, self._window, n, need.start - self._window_start)
+                self._write(need.arg, self._buf, n, need.start - self._window_start)
             else:
                 self._write(need.arg, data, n, 0)
             self.stats.data_bytes += n
@@ -247,15 +251,14 @@ class StreamedQcow2:
     # ------------------------------------------------------------------ the stream
 
     def run(self, stream: io.RawIOBase, cancel: Callable[[], bool]) -> None:
-        head = bytearray(WINDOW)
         try:
             while True:
                 if cancel():
                     raise TargetError("cancelled")
-                n = _read_full(stream, head)
+                n = _read_full(stream, memoryview(self._buf)[self._wlen : self._wlen + WINDOW])
                 if not n:
                     break
-                self._window = self._window + head[:n] if self._window else bytearray(head[:n])
+                self._wlen += n
                 self._consume(final=False)
             self._consume(final=True)
         finally:
@@ -264,7 +267,7 @@ class StreamedQcow2:
             first = self._needs[0]
             # a compressed cluster's descriptor rounds up to sectors: the last one may pass
             # the end of the file, which qemu reads as zeros
-            end = self._window_start + len(self._window)
+            end = self._window_start + self._wlen
             if first.kind == "compressed" and first.start < end:
                 raise FormatError(f"qcow2 compressed cluster at byte {first.start} is corrupt")
             raise FormatError(f"qcow2 {first.kind} data at byte {first.start} lies past the end of "
@@ -272,8 +275,8 @@ class StreamedQcow2:
 
     def _consume(self, *, final: bool) -> None:
         wstart = self._window_start
-        wend = wstart + len(self._window)
-        view = memoryview(self._window)
+        wend = wstart + self._wlen
+        view = memoryview(self._buf)
         covered: list[tuple[int, int]] = []
         # needs are served in file order; serving one may add more (an L2 table's entries)
         while self._needs and self._needs[0].start < wend:
@@ -285,7 +288,7 @@ class StreamedQcow2:
                 if need.kind != "compressed":
                     break  # reported as truncated after the loop
                 end = wend  # the sector-rounded tail of the last compressed cluster
-            self._needs.pop(0)
+            heapq.heappop(self._needs)
             self._serve(need, view[need.start - wstart : end - wstart])
             covered.append((need.start, end))
         # what is left: carried over when a need straddles the window's end, else held when no
@@ -303,12 +306,15 @@ class StreamedQcow2:
             if index == 0 or _fully_covered(covered, lo, hi):
                 continue
             self._held.put(index, bytes(view[lo - wstart : hi - wstart]))
-        # keep whole clusters from the first unserved byte on
-        keep = (keep_from // cs) * cs
-        keep = max(keep, wstart)
+        # keep whole clusters from the first unserved byte on, moved to the buffer's start
+        keep = max((keep_from // cs) * cs, wstart)
+        carry = wend - keep
+        if carry > len(self._buf) - WINDOW:
+            raise FormatError(f"qcow2 compressed cluster at byte {keep} spans more than "
+                              f"{len(self._buf) - WINDOW} bytes; the image is corrupt")
         del view
-        self._window = self._window[keep - wstart :]
-        self._window_start = keep
+        self._buf[:carry] = self._buf[keep - wstart : wend - wstart]
+        self._window_start, self._wlen = keep, carry
 
 
 def _fully_covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
@@ -323,8 +329,8 @@ def _fully_covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
     return pos >= hi
 
 
-def _read_full(stream: io.RawIOBase, buf: bytearray) -> int:
-    view = memoryview(buf)
+def _read_full(stream: io.RawIOBase, buf: memoryview) -> int:
+    view = buf
     n = 0
     while n < len(buf):
         got = stream.readinto(view[n:])

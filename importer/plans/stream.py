@@ -6,6 +6,7 @@ import logging
 
 from ..sinks.raw import pump
 from ..sinks.target import Target
+from ..streams import ThreadedReader
 from . import Plan
 from .context import RunState
 from .writing import raw_target, settle_raw
@@ -48,8 +49,12 @@ def _qcow2(st: RunState, target: Target) -> None:
         reader = StreamedQcow2(header, write=writer.write, write_zeros=writer.write_zeros,
                                scratch_dir=st.config.scratch_dir,
                                scratch_required=st.config.scratch_required)
-        # the head was consumed by detection only as a peek: the stream starts at byte 0
-        reader.run(det.stream, st.cancel.is_set)
+        # decoding (gzip, zstd: they release the GIL) runs on its own thread while this one
+        # places clusters; the head was only peeked by detection: the stream starts at byte 0
+        decoded = ThreadedReader(det.stream, chunk=4 << 20, depth=3)
+        decoded.run_ahead()
+        st.stack.callback(decoded.close)
+        reader.run(decoded, st.cancel.is_set)
         writer.finish()
         st.result.staged_bytes = reader.stats.spilled
         if reader.stats.spilled:

@@ -49,7 +49,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo, read_via_readinto
-from .retry import backoff
+from .retry import backoff, retrying
 from .tls import verify_setting
 
 if TYPE_CHECKING:
@@ -137,8 +137,7 @@ class GcsSource:
         self._credentials_file = credentials_file
         with self._errors("opening"):
             self._creds, self._project = self._credentials()
-            client = self._client()
-            blob = client.bucket(self.loc.bucket).get_blob(self.loc.name)
+        blob = retrying(opts, self._closed, self._get_blob)
         if blob is None:
             raise SourceNotFoundError(f"{self.loc}: the object does not exist")
         self._size = int(blob.size or 0)
@@ -169,6 +168,13 @@ class GcsSource:
                                     client_options=options)
         self._local.client = client
         return client
+
+    def _get_blob(self) -> Any:
+        with self._errors("opening"):
+            # retry=None: google's own policy would retry for up to 120 s under ours
+            return self._client().bucket(self.loc.bucket).get_blob(
+                self.loc.name, retry=None,
+                timeout=(self.opts.connect_timeout, self.opts.read_timeout))
 
     def _credentials(self) -> tuple[Any, str]:
         """Loaded once and shared by every thread's client, so the token is fetched once."""

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from .base import SourceInfo, read_via_readinto
 from .resumable import ResumableStream
-from .retry import backoff
+from .retry import backoff, retrying
 from .tls import verify_setting
 
 __all__ = ["S3Location", "S3Source", "parse_s3_url"]
@@ -99,10 +99,18 @@ class S3Source:
         self._closed = threading.Event()
         self._anonymous = False
         self.client = self._make_client()
+        head = retrying(opts, self._closed, self._head)
+        self._size = int(head["ContentLength"])
+        self._etag: str = head["ETag"]
+        self._checksum = _object_checksum(head)
+        log.info("%s: %d bytes, ETag %s%s", self.loc, self._size, self._etag,
+                 f", {self._checksum.algorithm} checksum" if self._checksum else "")
+
+    def _head(self) -> dict[str, Any]:
         with self._refused_anonymous(), self._errors("opening"):
             try:
-                head = self.client.head_object(Bucket=self.loc.bucket, Key=self.loc.key,
-                                               ChecksumMode="ENABLED")
+                head: dict[str, Any] = self.client.head_object(
+                    Bucket=self.loc.bucket, Key=self.loc.key, ChecksumMode="ENABLED")
             except botocore.exceptions.ClientError as exc:
                 # A HEAD answer has no body, so no S3 error code (Swift's s3api answers a bare
                 # 400 to an unsigned HEAD): ask once more with a 1-byte GET to learn why.
@@ -110,11 +118,7 @@ class S3Source:
                     self.client.get_object(Bucket=self.loc.bucket, Key=self.loc.key,
                                            Range="bytes=0-0")
                 raise
-        self._size = int(head["ContentLength"])
-        self._etag: str = head["ETag"]
-        self._checksum = _object_checksum(head)
-        log.info("%s: %d bytes, ETag %s%s", self.loc, self._size, self._etag,
-                 f", {self._checksum.algorithm} checksum" if self._checksum else "")
+        return head
 
     # ------------------------------------------------------------------ client
 
@@ -138,7 +142,8 @@ class S3Source:
             signature_version=signature,
             s3={"addressing_style": "virtual" if self.loc.virtual_host else "path"},
             proxies=proxies or None,
-            retries={"max_attempts": max(1, opts.max_retries), "mode": "standard"},
+            # one attempt per call: retries are ours (sources/retry.py), counted once
+            retries={"max_attempts": 1, "mode": "standard"},
             connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
             max_pool_connections=32)
         return session.client("s3", endpoint_url=endpoint, region_name=self.loc.region or "us-east-1",

@@ -18,7 +18,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from importer.errors import ConfigError, FormatError, ImporterError, SourceContentError
+from importer.disks.base import NativeUnsupported
+from importer.disks.qcow2 import Qcow2Disk, parse_header
+from importer.disks.qcow2_stream import StreamedQcow2
+from importer.errors import (
+    ConfigError,
+    FormatError,
+    ImporterError,
+    SourceContentError,
+    UnsafeImageError,
+)
 from importer.formats.codecs import open_decoder, sniff_codec
 from importer.formats.detect import detect
 from importer.formats.headers import inspect_image, sniff_format
@@ -126,9 +135,71 @@ def pinned(data: bytes) -> None:
                 assert got[k] == truth[off + k]
 
 
+#: a hostile qcow2 may also be declined (NativeUnsupported) or refused as unsafe
+QCOW2_EXPECTED = (FormatError, SourceContentError, UnsafeImageError, NativeUnsupported)
+QCOW2_VIRTUAL_LIMIT = 64 << 20  # bounds the copy a mutated header can ask for
+
+
+def _sink() -> tuple[Callable[[int, bytes | bytearray, int, int], int],
+                     Callable[[int, int], None]]:
+    def write(offset: int, buf: bytes | bytearray, length: int, start: int = 0) -> int:
+        assert offset >= 0 and length >= 0 and start + length <= len(buf)
+        return 0
+
+    def write_zeros(offset: int, length: int) -> None:
+        assert offset >= 0 and length >= 0
+
+    return write, write_zeros
+
+
+def qcow2_random(data: bytes) -> None:
+    """The native reader over hostile bytes: every extent read, or a documented refusal."""
+    try:
+        header = parse_header(data[:512])
+        if header.size > QCOW2_VIRTUAL_LIMIT:
+            return
+        buf = bytearray(data)
+
+        def readinto(offset: int, out: bytearray | memoryview) -> int:
+            chunk = buf[offset : offset + len(out)]
+            memoryview(out)[: len(chunk)] = chunk
+            return len(chunk)
+
+        disk = Qcow2Disk(header, readinto, len(data), PinnedBytes(), workers=1)
+        try:
+            pos = 0
+            for ext in disk.extents():
+                assert ext.start == pos and ext.length > 0
+                pos = ext.end
+                if not ext.zero:
+                    for off in range(ext.start, ext.end, 1 << 20):
+                        n = min(1 << 20, ext.end - off)
+                        assert disk.readinto_at(off, bytearray(n)) == n
+            assert pos == header.size
+        finally:
+            disk.close()
+    except QCOW2_EXPECTED:
+        pass
+
+
+def qcow2_stream(data: bytes) -> None:
+    """The streaming reader over hostile bytes."""
+    try:
+        header = parse_header(data[:512])
+        if header.size > QCOW2_VIRTUAL_LIMIT:
+            return
+        write, write_zeros = _sink()
+        reader = StreamedQcow2(header, write=write, write_zeros=write_zeros, scratch_dir=None,
+                               scratch_required=False, hold_limit=1 << 20)
+        reader.run(io.BytesIO(data), lambda: False)  # type: ignore[arg-type]
+    except QCOW2_EXPECTED:
+        pass
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "headers": headers, "detection": detection, "codecs": codecs, "xz_index": xz_index,
     "tar": tar_walker, "oci": oci, "termination": termination, "pinned": pinned,
+    "qcow2_random": qcow2_random, "qcow2_stream": qcow2_stream,
 }
 
 
@@ -140,6 +211,13 @@ def make_seeds(work: Path) -> dict[str, list[bytes]]:
         f.seek(1 << 20)
         f.write(b"importer fuzz seed " * 1000)
     images = []
+    qcow2s = []
+    for opts in (["-o", "cluster_size=4096"], ["-c", "-o", "cluster_size=4096"],
+                 ["-c", "-o", "compression_type=zstd,cluster_size=4096"]):
+        out = work / f"seed-q{len(qcow2s)}.qcow2"
+        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", *opts, str(raw),
+                        str(out)], check=True)
+        qcow2s.append(out.read_bytes())
     for fmt, opts in (("qcow2", []), ("qcow2", ["-o", "compat=0.10"]), ("vmdk", ["-o",
                       "subformat=streamOptimized"]), ("vmdk", []), ("vdi", []), ("vpc", []),
                       ("vhdx", [])):
@@ -173,4 +251,5 @@ def make_seeds(work: Path) -> dict[str, list[bytes]]:
         "tar": [buf.getvalue()], "oci": [manifest, b"docker://quay.io/a/b:1",
                                          b"oci-archive:/x.tar:name"],
         "termination": [b"Import Complete", "é".encode() * 3000], "pinned": [bytes(range(256))],
+        "qcow2_random": qcow2s, "qcow2_stream": qcow2s,
     }

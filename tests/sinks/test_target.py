@@ -137,3 +137,43 @@ def test_preallocation_without_fallocate_fills_only_the_holes(
         data = dest.read_bytes()
         assert len(data) == 32 << 20 and data[: images.raw.stat().st_size] == images.raw.read_bytes()
         assert dest.stat().st_blocks * 512 >= 32 << 20  # every block allocated
+
+
+# ------------------------------------------------------------------ modes (issue 10)
+
+def test_apply_mode_writes_onto_an_existing_disk_without_truncating(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"A" * 8192)
+    target = Target(disk, mode="apply")
+    with target.writing():
+        os.pwrite(target.fd, b"B" * 512, 4096)
+    assert disk.read_bytes() == b"A" * 4096 + b"B" * 512 + b"A" * 3584
+    assert not (tmp_path / "disk.img.partial").exists()
+
+
+def test_apply_mode_keeps_the_disk_when_the_stage_fails(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"A" * 4096)
+    target = Target(disk, mode="apply")
+    with pytest.raises(RuntimeError), target.writing():
+        os.pwrite(target.fd, b"B" * 512, 0)
+        raise RuntimeError("the stage broke")
+    assert disk.read_bytes() == b"B" * 512 + b"A" * 3584  # not removed: the base of a retry
+
+
+def test_apply_mode_needs_the_disk(tmp_path: Path) -> None:
+    with pytest.raises(TargetError, match="does not exist"), \
+            Target(tmp_path / "missing.img", mode="apply").writing():
+        pass
+
+
+def test_create_mode_aborts_in_one_place(tmp_path: Path) -> None:
+    dest = tmp_path / "disk.img"
+    target = Target(dest)
+    with pytest.raises(RuntimeError), target.writing():
+        os.pwrite(target.fd, b"data", 0)
+        raise RuntimeError("failed")
+    assert list(tmp_path.iterdir()) == []
+    with Target(dest).writing() as t:
+        os.pwrite(t.fd, b"data", 0)
+    assert dest.read_bytes() == b"data"
