@@ -39,6 +39,7 @@ __all__ = [
     "Qcow2Disk",
     "Qcow2Header",
     "decompress_cluster",
+    "layout",
     "parse_header",
     "reads_zero",
 ]
@@ -109,28 +110,36 @@ def parse_header(h: bytes) -> Qcow2Header:
     return Qcow2Header(version, cluster_bits, size, l1_size, l1_offset, compression, ext_l2)
 
 
+def layout(h: Qcow2Header) -> tuple[int, int, int]:
+    """(entries per L2 table, guest bytes one L2 table maps, L1 entries the virtual size needs)
+    after the checks both native readers make before reading a table."""
+    if h.extended_l2:
+        raise NativeUnsupported("the image uses extended L2 entries (subclusters), which the "
+                                "native reader does not read")
+    cs = h.cluster_size
+    entries = cs // 8
+    span = cs * entries
+    needed = -(-h.size // span)
+    if h.l1_size < needed:
+        raise FormatError(f"qcow2 L1 table too small: {h.l1_size} entries for a virtual size of "
+                          f"{h.size} bytes, which needs {needed}")
+    if h.l1_offset % cs:
+        raise FormatError(f"qcow2 L1 table offset {h.l1_offset} is not cluster-aligned; the "
+                          "image is corrupt")
+    return entries, span, needed
+
+
 class Qcow2Disk:
     read_unit = 0
 
     def __init__(self, header: Qcow2Header, readinto_at: ReadInto, file_size: int,
                  pins: PinnedBytes, *, workers: int = 4) -> None:
-        if header.extended_l2:
-            raise NativeUnsupported("the image uses extended L2 entries (subclusters), which the "
-                                    "native reader does not read")
+        self._l2_entries, self._span, needed = layout(header)
         self.h = header
         self._readinto_at = readinto_at
         self._file_size = file_size
         self._pins = pins
         cs = header.cluster_size
-        self._l2_entries = cs // 8
-        self._span = cs * self._l2_entries  # guest bytes one L2 table maps
-        needed = -(-header.size // self._span)
-        if header.l1_size < needed:
-            raise FormatError(f"qcow2 L1 table too small: {header.l1_size} entries for a virtual "
-                              f"size of {header.size} bytes, which needs {needed}")
-        if header.l1_offset % cs:
-            raise FormatError(f"qcow2 L1 table offset {header.l1_offset} is not cluster-aligned; "
-                              "the image is corrupt")
         self._l1 = self._read_table(header.l1_offset, needed * 8, "L1 table")
         distinct = {e & OFFSET_MASK for e in self._l1} - {0}
         if len(distinct) * cs > MAX_L2_BYTES:

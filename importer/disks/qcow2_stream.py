@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FormatError, ScratchSpaceRequiredError, TargetError
-from .base import NativeUnsupported
 from .qcow2 import (
     COMPRESSED,
     OFFSET_MASK,
     Qcow2Header,
     decompress_cluster,
+    layout,
     reads_zero,
 )
 
@@ -124,25 +124,14 @@ class StreamedQcow2:
     zero and unallocated ranges to `write_zeros` (holes on a fresh file, zeroed on a device)."""
 
     def __init__(self, header: Qcow2Header, *, write: Writer,
-                 write_zeros: Callable[[int, int], None], scratch_dir: Path | None, scratch_required: bool,
-                 hold_limit: int | None = None) -> None:
-        if header.extended_l2:
-            raise NativeUnsupported("the image uses extended L2 entries (subclusters), which "
-                                    "the native reader does not read")
+                 write_zeros: Callable[[int, int], None], scratch_dir: Path | None,
+                 scratch_required: bool, hold_limit: int | None = None) -> None:
+        self._l2_entries, self._span, self._needed_l1 = layout(header)
         self.h = header
         self._write = write
         self._write_zeros = write_zeros
         cs = header.cluster_size
         self._cs = cs
-        self._l2_entries = cs // 8
-        self._span = cs * self._l2_entries
-        self._needed_l1 = -(-header.size // self._span)
-        if header.l1_size < self._needed_l1:
-            raise FormatError(f"qcow2 L1 table too small: {header.l1_size} entries for a virtual "
-                              f"size of {header.size} bytes, which needs {self._needed_l1}")
-        if header.l1_offset % cs:
-            raise FormatError(f"qcow2 L1 table offset {header.l1_offset} is not cluster-aligned; "
-                              "the image is corrupt")
         self.stats = StreamStats()
         limit = HOLD_IN_MEMORY if hold_limit is None else hold_limit
         self._held = _Held(cs, scratch_dir, limit=limit, scratch_required=scratch_required,
