@@ -46,6 +46,7 @@ from ..errors import (
     SourceUnreachableError,
 )
 from .base import SourceInfo, read_via_readinto
+from .resumable import ResumableStream
 from .retry import backoff
 from .tls import make_ssl_context
 
@@ -336,7 +337,39 @@ class HttpSource:
             raise err from exc
 
     def open_stream(self, offset: int = 0) -> io.RawIOBase:
-        return _ResumingStream(self, offset)
+        """The shared resumable stream (sources/resumable.py) over ranged GETs from `offset`."""
+        where = _redact(self.url)
+        verdict = _ShortBodyVerdict(where)
+
+        def open_at(pos: int) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+            if pos > 0 and not self._probe.ranges:
+                raise SourceUnavailableError(
+                    f"{where}: the connection broke at byte {pos} and the server does not "
+                    "support range requests, so the import cannot resume; try again")
+            with self._bulk_errors():
+                conn = self._new_connection()
+                try:
+                    return conn, self._request(conn, pos, None)
+                except BaseException:
+                    _close_connection(conn, None)
+                    raise
+
+        def read(body: tuple[http.client.HTTPConnection, http.client.HTTPResponse],
+                 buf: memoryview) -> int:
+            with self._bulk_errors():
+                return body[1].readinto(buf)
+
+        def on_failure(exc: SourceUnavailableError, pos: int, attempt: int) -> None:
+            verdict.judge(exc, pos)
+            if attempt > self.opts.max_retries:
+                raise SourceUnavailableError(f"{exc}; gave up after {self.opts.max_retries} "
+                                             f"retries at byte {pos}") from exc
+
+        return ResumableStream(offset=offset, size=self._probe.size, where=where,
+                               open_at=open_at, read=read, backoff=self._sleep_backoff,
+                               on_failure=on_failure,
+                               close_body=lambda body: _close_connection(*body),
+                               short_error=_ShortBody)
 
     def read_at(self, offset: int, size: int) -> bytes:
         return read_via_readinto(self, offset, size)
@@ -478,6 +511,30 @@ class _ShortBody(SourceUnavailableError):
 SHORT_BODY_LIMIT = 2
 
 
+class _ShortBodyVerdict:
+    """_short_body_verdict for a stream: the count restarts when the stream moved on."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._shorts = 0
+        self._at = -1
+
+    def judge(self, exc: SourceUnavailableError, pos: int) -> None:
+        if pos != self._at:
+            self._shorts, self._at = 0, pos
+        self._shorts = _short_body_verdict(exc, self._shorts, self._where, pos)
+
+
+def _close_connection(conn: http.client.HTTPConnection,
+                      resp: http.client.HTTPResponse | None) -> None:
+    if conn.sock is not None:
+        with contextlib.suppress(OSError):  # wakes a read blocked in another thread
+            conn.sock.shutdown(socket.SHUT_RDWR)
+    if resp is not None:
+        resp.close()
+    conn.close()
+
+
 def _short_body_verdict(exc: SourceUnavailableError, shorts: int, where: str, at: int) -> int:
     """Count a failure; raise SourceContentError when short bodies keep coming."""
     if not isinstance(exc, _ShortBody):
@@ -531,76 +588,3 @@ def _classify(exc: BaseException, where: str) -> SourceError:
             return SourceContentError(f"{where}: the server's answer is malformed ({e}); this "
                                       "does not heal by retrying")
     return SourceUnavailableError(f"{where}: connection failed: {exc!r}")
-
-
-class _ResumingStream(io.RawIOBase):
-    """Sequential bytes that survive dropped connections, stalls and 5xx by reconnecting with
-    a Range request at the first missing byte, with bounded exponential back-off. The number of
-    bytes delivered must equal the size the server announced."""
-
-    def __init__(self, src: HttpSource, offset: int) -> None:
-        self._src = src
-        self._pos = offset
-        self._resp: http.client.HTTPResponse | None = None
-        self._conn: http.client.HTTPConnection | None = None
-        self._failures = 0
-        self._shorts = 0
-        self._size = src.info().size
-
-    def readable(self) -> bool:
-        return True
-
-    def _open(self) -> http.client.HTTPResponse:
-        src = self._src
-        if self._pos > 0 and not src._probe.ranges:
-            raise SourceUnavailableError(
-                f"{_redact(src.url)}: the connection broke at byte {self._pos} and the server "
-                "does not support range requests, so the import cannot resume; try again"
-            )
-        with src._bulk_errors():
-            self._conn = src._new_connection()
-            return src._request(self._conn, self._pos, None)
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if len(b) == 0:
-            return 0
-        while True:
-            try:
-                with self._src._bulk_errors():
-                    if self._resp is None:
-                        self._resp = self._open()
-                    n = self._resp.readinto(b)
-                    if n == 0 and self._size is not None and self._pos < self._size:
-                        raise _ShortBody(
-                            f"{_redact(self._src.url)}: body ended at byte {self._pos} of "
-                            f"{self._size}")
-                self._pos += n
-                if n:
-                    self._failures = self._shorts = 0
-                return n
-            except SourceUnavailableError as exc:
-                self._drop()
-                self._shorts = _short_body_verdict(exc, self._shorts, _redact(self._src.url),
-                                                   self._pos)
-                self._failures += 1
-                if self._failures > self._src.opts.max_retries:
-                    raise SourceUnavailableError(
-                        f"{exc}; gave up after {self._src.opts.max_retries} retries at byte "
-                        f"{self._pos}") from exc
-                self._src._sleep_backoff(self._failures, exc)
-
-    def _drop(self) -> None:
-        conn, resp = self._conn, self._resp
-        self._resp = self._conn = None
-        if conn is not None and conn.sock is not None:
-            with contextlib.suppress(OSError):  # wakes a read blocked in another thread
-                conn.sock.shutdown(socket.SHUT_RDWR)
-        if resp is not None:
-            resp.close()
-        if conn is not None:
-            conn.close()
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
-
