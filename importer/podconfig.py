@@ -30,8 +30,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .quantity import parse_quantity
-from .sources.kinds import KINDS
-from .sources.options import GcsOptions, RegistryOptions, S3Options
+from .sources.kinds import KINDS, pod_kind
 
 __all__ = [
     "EarlySettings",
@@ -269,17 +268,13 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         extra_ca_dirs=(proxy_certs,) if proxy_certs.is_dir() else (),
         insecure=insecure, proxies=proxies)
     scratch = root / "scratch"
-    gcs_key = None
-    if source == "gcs" and env.get("GOOGLE_APPLICATION_CREDENTIALS"):
-        gcs_key = root / env["GOOGLE_APPLICATION_CREDENTIALS"].lstrip("/")
+    kind = pod_kind(source)
     # the sizes (image_size, size_limit) are set by the pre-flight, once the space is measured
     config = ImportConfig(
         source=endpoint, dest=dest, content_type=ctype, preallocation=preallocation, checksum=checksum,
         scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
-        cache_mode=None, source_kind=source if source in ("s3", "gcs", "registry") else "http",
-        options=(GcsOptions(gcs_key) if source == "gcs" else
-                 RegistryOptions(env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
-                 if source == "registry" else S3Options() if source == "s3" else None),
+        cache_mode=None, source_kind=kind.name if kind else "http",
+        options=kind.pod_options(env, root) if kind and kind.pod_options else None,
         tar_as_raw=True, converter=converter)
     return settings, config
 

@@ -9,13 +9,13 @@ Nothing here imports a source module at load time: each opener imports its modul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from .options import GcsOptions, RegistryOptions, S3Options
+from .options import GcsOptions, RegistryOptions, S3Options, SourceOptions
 
 if TYPE_CHECKING:
     from ..config import ImportConfig
@@ -37,6 +37,17 @@ class SourceKind:
     opener: Callable[[ImportConfig], Source] | None
     #: what `--source NAME` may force when the scheme cannot tell (an https S3 endpoint)
     selectable: bool = True
+    #: the kind's options from the pod's environment (and its filesystem root, for paths)
+    pod_options: Callable[[Mapping[str, str], Path], SourceOptions] | None = None
+
+
+def _gcs_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
+    key = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    return GcsOptions(root / key.lstrip("/") if key else None)
+
+
+def _registry_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
+    return RegistryOptions(env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
 
 
 def _http(config: ImportConfig) -> Source:
@@ -83,11 +94,14 @@ KINDS: tuple[SourceKind, ...] = (
     SourceKind("http", ("http", "https"), "http",
                (*_COMMON_HTTP, "IMPORTER_EXTRA_HEADER_*", "IMPORTER_PULL_METHOD",
                 "IMPORTER_READY_FILE", "IMPORTER_DONE_FILE"), _http),
-    SourceKind("s3", ("s3",), "s3", _COMMON_HTTP, _s3),
+    SourceKind("s3", ("s3",), "s3", _COMMON_HTTP, _s3,
+               pod_options=lambda env, root: S3Options()),
     SourceKind("gcs", ("gs",), "gcs", ("IMPORTER_ENDPOINT", "GOOGLE_APPLICATION_CREDENTIALS",
-                                       "IMPORTER_CERT_DIR", "INSECURE_TLS"), _gcs),
+                                       "IMPORTER_CERT_DIR", "INSECURE_TLS"), _gcs,
+               pod_options=_gcs_pod),
     SourceKind("registry", ("docker", "oci-archive"), "registry",
-               (*_COMMON_HTTP, "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE"), _registry),
+               (*_COMMON_HTTP, "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE"), _registry,
+               pod_options=_registry_pod),
     SourceKind("file", ("file", ""), None, (), _file, selectable=False),
     # announced in CDI's contract, built by later work (issues 11 and 12)
     SourceKind("imageio", (), "imageio", (*_COMMON_HTTP, "IMPORTER_DISK_ID",
