@@ -9,7 +9,29 @@ from typing import Any
 
 from .progress import Progress
 
-__all__ = ["CountingStream", "HeadThenStream", "PositionedReader", "ThreadedReader", "drain"]
+__all__ = [
+    "CountingStream",
+    "HeadThenStream",
+    "PositionedReader",
+    "ThreadedReader",
+    "drain",
+    "read_full",
+]
+
+#: what format detection sniffs (formats/detect.py SNIFF_BYTES): read on demand, before a plan
+#: says whether the rest is read in order at all
+DETECTION_HEAD = 64 << 10
+
+
+def read_full(stream: io.RawIOBase, buf: memoryview) -> int:
+    """Fill buf from the stream; fewer bytes only at its end."""
+    n = 0
+    while n < len(buf):
+        got = stream.readinto(buf[n:])
+        if not got:
+            break
+        n += got
+    return n
 
 
 def drain(stream: io.RawIOBase) -> None:
@@ -72,7 +94,7 @@ class HeadThenStream(io.RawIOBase):
     that then reads at random would otherwise leave a whole-object GET half read: wasted
     transfer, and a deadlock on a server that answers one request at a time."""
 
-    HEAD = 64 << 10  # what detection sniffs (formats/detect.py SNIFF_BYTES)
+    HEAD = DETECTION_HEAD
 
     def __init__(self, source: Any, size: int) -> None:
         self._src = source
@@ -110,7 +132,6 @@ class HeadThenStream(io.RawIOBase):
 
 
 _EOF = object()
-DEMAND = 64 << 10  # a read made for detection: the 64 KiB head it sniffs
 
 
 class ThreadedReader(io.RawIOBase):
@@ -154,7 +175,7 @@ class ThreadedReader(io.RawIOBase):
                         continue
                 self._want.clear()  # only now: a demand is never lost to a busy pool
                 # on demand (detection) a small read: a random-access plan reads the rest itself
-                n = self._raw.readinto(buf if self._go.is_set() else memoryview(buf)[:DEMAND]) or 0
+                n = self._raw.readinto(buf if self._go.is_set() else memoryview(buf)[:DETECTION_HEAD]) or 0
                 if n == 0:
                     break
                 self._q.put((buf, n))

@@ -11,11 +11,11 @@ qcow2 (disks/qcow2.py); later an NBD client (VDDK) and imageio's extents API.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Extent", "NativeUnsupported", "RandomAccessDisk", "merge_extents"]
+__all__ = ["Extent", "NativeUnsupported", "RandomAccessDisk", "fill_at", "merge_extents"]
 
 
 class NativeUnsupported(Exception):
@@ -73,3 +73,15 @@ def merge_extents(runs: Iterable[Extent]) -> Iterator[Extent]:
         cur = run
     if cur is not None:
         yield cur
+
+
+def fill_at(readinto_at: Callable[[int, memoryview], int], offset: int, view: memoryview) -> int:
+    """Fill `view` with the bytes at `offset` through a reader that may return less than asked;
+    fewer bytes than len(view) only where the reader has no more."""
+    got = 0
+    while got < len(view):
+        n = readinto_at(offset + got, view[got:])
+        if n <= 0:
+            break
+        got += n
+    return got

@@ -20,6 +20,7 @@ again here.
 
 from __future__ import annotations
 
+import bisect
 import struct
 import threading
 import zlib
@@ -32,13 +33,17 @@ from isal import isal_zlib
 
 from ..errors import FormatError, UnsafeImageError
 from ..formats.pinned import PinnedBytes
-from .base import Extent, NativeUnsupported
+from .base import Extent, NativeUnsupported, fill_at
 
 __all__ = [
     "NativeUnsupported",
     "Qcow2Disk",
     "Qcow2Header",
+    "be64_table",
+    "compressed_range",
+    "data_offset",
     "decompress_cluster",
+    "l2_offset",
     "layout",
     "parse_header",
     "reads_zero",
@@ -146,10 +151,7 @@ class Qcow2Disk:
             raise NativeUnsupported(f"the image has {len(distinct)} L2 tables ({len(distinct) * cs} "
                                     "bytes), more than the native reader holds in memory")
         for i, e in enumerate(self._l1):
-            off = e & OFFSET_MASK
-            if off % cs:
-                raise FormatError(f"qcow2 L2 table offset {off} (L1 entry {i}) is not "
-                                  "cluster-aligned; the image is corrupt")
+            off = l2_offset(header, i, e)
             if off and off + cs > file_size:
                 raise FormatError(f"qcow2 L2 table at byte {off} (L1 entry {i}) lies past the end "
                                   f"of the file ({file_size} bytes): the image is truncated")
@@ -168,13 +170,9 @@ class Qcow2Disk:
 
     def _read_exact(self, offset: int, buf: bytearray | memoryview, what: str) -> None:
         view = memoryview(buf)
-        got = 0
-        while got < len(view):
-            n = self._readinto_at(offset + got, view[got:])
-            if n <= 0:
-                raise FormatError(f"qcow2 {what} at byte {offset} runs past the end of the file "
-                                  f"({self._file_size} bytes): the image is truncated")
-            got += n
+        if fill_at(self._readinto_at, offset, view) < len(view):
+            raise FormatError(f"qcow2 {what} at byte {offset} runs past the end of the file "
+                              f"({self._file_size} bytes): the image is truncated")
         self._pins.overlay(offset, view)  # the inspected bytes win over a second answer
 
     def _read_table(self, offset: int, length: int, what: str) -> array[int]:
@@ -183,22 +181,10 @@ class Qcow2Disk:
                               f"of the file ({self._file_size} bytes): the image is truncated")
         buf = bytearray(length)
         self._read_exact(offset, buf, what)
-        table = array("Q", bytes(buf))
-        if table.itemsize != 8:
-            raise RuntimeError("array('Q') is not 64-bit here")
-        if struct.pack("=H", 1) == b"\x01\x00":
-            table.byteswap()  # qcow2 is big-endian
-        return table
+        return be64_table(bytes(buf))
 
     def _table(self, index: int) -> array[int]:
-        with self._lock:
-            fut = self._tables.get(index)
-            if fut is None:
-                off = self._l1[index] & OFFSET_MASK
-                fut = self._pool.submit(self._read_table, off, self.h.cluster_size,
-                                        f"L2 table {index}")
-                self._tables[index] = fut
-        return fut.result()
+        return self._prefetch(index).result()
 
     def _entry(self, cluster: int) -> int:
         index, j = divmod(cluster, self._l2_entries)
@@ -233,7 +219,7 @@ class Qcow2Disk:
                     if zero != prev:
                         kinds.append((base + (j << cb), zero))
                         prev = zero
-                # drop the table once mapped? no: workers read it while copying this range
+                # the table stays: the workers read it again while they copy this range
             for start, zero in kinds:
                 if zero != run_zero:
                     if start > run_start:
@@ -242,12 +228,16 @@ class Qcow2Disk:
         if size > run_start:
             yield Extent(run_start, size - run_start, run_zero)
 
-    def _prefetch(self, index: int) -> None:
+    def _prefetch(self, index: int) -> Future[array[int]]:
+        """The L2 table's read, started once; every caller shares it."""
         with self._lock:
-            if index not in self._tables:
+            fut = self._tables.get(index)
+            if fut is None:
                 off = self._l1[index] & OFFSET_MASK
-                self._tables[index] = self._pool.submit(self._read_table, off,
-                                                        self.h.cluster_size, f"L2 table {index}")
+                fut = self._pool.submit(self._read_table, off, self.h.cluster_size,
+                                        f"L2 table {index}")
+                self._tables[index] = fut
+        return fut
 
     # ------------------------------------------------------------------ data
 
@@ -267,14 +257,10 @@ class Qcow2Disk:
             e = self._entry(cluster)
             if e & COMPRESSED:
                 packed.append((pos, inner, n, e))
-            elif e & ZERO_FLAG or not e & OFFSET_MASK:
+            elif reads_zero(e):
                 zeros.append((pos, n))
             else:
-                host = e & OFFSET_MASK
-                if host % cs:
-                    raise FormatError(f"qcow2 data cluster offset {host} (guest byte {g}) is not "
-                                      "cluster-aligned; the image is corrupt")
-                host += inner
+                host = data_offset(self.h, e, g) + inner
                 if host + n > self._file_size:
                     raise FormatError(f"qcow2 data for guest byte {g} lies past the end of the "
                                       f"file ({self._file_size} bytes): the image is truncated")
@@ -293,13 +279,9 @@ class Qcow2Disk:
         return want
 
     def _read_compressed(self, packed: list[tuple[int, int, int, int]], out: memoryview) -> None:
-        cb = self.h.cluster_bits
-        shift = 62 - (cb - 8)
         where: list[tuple[int, int, int, int, int]] = []  # bpos, inner, n, host, csize
         for bpos, inner, n, e in packed:
-            host = e & ((1 << shift) - 1)
-            sectors = ((e >> shift) & ((1 << (cb - 8)) - 1)) + 1
-            csize = sectors * 512 - (host & 511)
+            host, csize = compressed_range(self.h, e)
             if host >= self._file_size:
                 raise FormatError(f"qcow2 compressed cluster at byte {host} lies past the end of "
                                   f"the file ({self._file_size} bytes): the image is truncated")
@@ -326,8 +308,6 @@ class Qcow2Disk:
             fetched.append((start, data))
             pos += end - start
         starts = [s for s, _ in fetched]
-        import bisect
-
         for bpos, inner, n, host, csize in where:
             k = bisect.bisect_right(starts, host) - 1
             start, data = fetched[k]
@@ -389,6 +369,43 @@ def reads_zero(entry: int) -> bool:
     if entry & COMPRESSED:
         return False
     return bool(entry & ZERO_FLAG) or not entry & OFFSET_MASK
+
+
+def be64_table(data: bytes) -> array[int]:
+    """A qcow2 table (big-endian 64-bit entries) as integers."""
+    table = array("Q", data[: len(data) - len(data) % 8])
+    if table.itemsize != 8:
+        raise RuntimeError("array('Q') is not 64-bit here")
+    if struct.pack("=H", 1) == b"\x01\x00":
+        table.byteswap()
+    return table
+
+
+def l2_offset(h: Qcow2Header, index: int, entry: int) -> int:
+    """Where L1 entry `index` puts its L2 table (0: none), checked for alignment as qemu does."""
+    off = entry & OFFSET_MASK
+    if off % h.cluster_size:
+        raise FormatError(f"qcow2 L2 table offset {off} (L1 entry {index}) is not "
+                          "cluster-aligned; the image is corrupt")
+    return off
+
+
+def data_offset(h: Qcow2Header, entry: int, guest: int) -> int:
+    """Where a standard L2 entry puts the cluster of guest byte `guest`, checked for alignment."""
+    host = entry & OFFSET_MASK
+    if host % h.cluster_size:
+        raise FormatError(f"qcow2 data cluster offset {host} (guest byte {guest}) is not "
+                          "cluster-aligned; the image is corrupt")
+    return host
+
+
+def compressed_range(h: Qcow2Header, entry: int) -> tuple[int, int]:
+    """(file offset, size) of a compressed cluster; the size is rounded up to sectors, so the
+    last cluster's range may pass the end of the file (qemu reads zeros there)."""
+    shift = 62 - (h.cluster_bits - 8)
+    host = entry & ((1 << shift) - 1)
+    sectors = ((entry >> shift) & ((1 << (h.cluster_bits - 8)) - 1)) + 1
+    return host, sectors * 512 - (host & 511)
 
 
 def _fill_zeros(view: memoryview) -> None:

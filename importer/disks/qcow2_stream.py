@@ -20,19 +20,21 @@ import heapq
 import io
 import logging
 import os
-import struct
 import tempfile
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FormatError, ScratchSpaceRequiredError, TargetError
+from ..streams import read_full
 from .qcow2 import (
     COMPRESSED,
-    OFFSET_MASK,
     Qcow2Header,
+    be64_table,
+    compressed_range,
+    data_offset,
     decompress_cluster,
+    l2_offset,
     layout,
     reads_zero,
 )
@@ -194,25 +196,19 @@ class StreamedQcow2:
             self.stats.data_bytes += n
 
     def _on_l1(self, data: bytes) -> None:
-        table = _be64(data)
-        for i, e in enumerate(table):
-            off = e & OFFSET_MASK
+        for i, e in enumerate(be64_table(data)):
+            off = l2_offset(self.h, i, e)
             guest = i * self._span
-            span = min(self._span, self.h.size - guest)
             if not off:
-                self._write_zeros(guest, span)
+                self._write_zeros(guest, min(self._span, self.h.size - guest))
                 continue
-            if off % self._cs:
-                raise FormatError(f"qcow2 L2 table offset {off} (L1 entry {i}) is not "
-                                  "cluster-aligned; the image is corrupt")
             self._add(_Need(off, off + self._cs, "l2", i))
 
     def _on_l2(self, index: int, data: bytes) -> None:
-        cb, cs = self.h.cluster_bits, self._cs
+        cs = self._cs
         base = index * self._span
         clusters = -(-min(self._span, self.h.size - base) // cs)
-        table = _be64(data)
-        shift = 62 - (cb - 8)
+        table = be64_table(data)
         zero_start = -1
         for j in range(clusters):
             e = table[j]
@@ -225,14 +221,10 @@ class StreamedQcow2:
                 self._write_zeros(zero_start, guest - zero_start)
                 zero_start = -1
             if e & COMPRESSED:
-                host = e & ((1 << shift) - 1)
-                sectors = ((e >> shift) & ((1 << (cb - 8)) - 1)) + 1
-                self._add(_Need(host, host + sectors * 512 - (host & 511), "compressed", guest))
+                host, csize = compressed_range(self.h, e)
+                self._add(_Need(host, host + csize, "compressed", guest))
             else:
-                host = e & OFFSET_MASK
-                if host % cs:
-                    raise FormatError(f"qcow2 data cluster offset {host} (guest byte {guest}) is "
-                                      "not cluster-aligned; the image is corrupt")
+                host = data_offset(self.h, e, guest)
                 self._add(_Need(host, host + cs, "plain", guest))
         if zero_start >= 0:
             self._write_zeros(zero_start, min(base + clusters * cs, self.h.size) - zero_start)
@@ -244,7 +236,7 @@ class StreamedQcow2:
             while True:
                 if cancel():
                     raise TargetError("cancelled")
-                n = _read_full(stream, memoryview(self._buf)[self._wlen : self._wlen + WINDOW])
+                n = read_full(stream, memoryview(self._buf)[self._wlen : self._wlen + WINDOW])
                 if not n:
                     break
                 self._wlen += n
@@ -316,21 +308,3 @@ def _fully_covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:
             return True
         i += 1
     return pos >= hi
-
-
-def _read_full(stream: io.RawIOBase, buf: memoryview) -> int:
-    view = buf
-    n = 0
-    while n < len(buf):
-        got = stream.readinto(view[n:])
-        if not got:
-            break
-        n += got
-    return n
-
-
-def _be64(data: bytes) -> array[int]:
-    table = array("Q", data[: len(data) - len(data) % 8])
-    if struct.pack("=H", 1) == b"\x01\x00":
-        table.byteswap()
-    return table

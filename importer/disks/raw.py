@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 from ..errors import SourceContentError
 from ..formats.pinned import PinnedBytes
-from .base import Extent
+from .base import Extent, fill_at
 
 __all__ = ["RawDisk", "file_extents"]
 
@@ -40,13 +40,10 @@ class RawDisk:
     def readinto_at(self, offset: int, buf: bytearray | memoryview) -> int:
         want = min(len(buf), self._size - offset)
         view = memoryview(buf)[:want]
-        got = 0
-        while got < want:  # a source may return less than asked; only the end is short
-            n = self._readinto_at(offset + got, view[got:])
-            if n <= 0:
-                raise SourceContentError(f"the source ended at byte {offset + got}, before the "
-                                         f"{self._size} bytes it announced")
-            got += n
+        got = fill_at(self._readinto_at, offset, view)
+        if got < want:
+            raise SourceContentError(f"the source ended at byte {offset + got}, before the "
+                                     f"{self._size} bytes it announced")
         self._pins.overlay(offset, view, want)  # the inspected head, never a re-read
         return want
 

@@ -162,17 +162,18 @@ def open_qcow2(st: RunState, reads: SourceReads, size: int) -> RandomAccessDisk:
     return disk
 
 
-def run(st: RunState, plan: Plan, target: Target, *, reads: SourceReads | None = None,
-        size: int | None = None, disk: RandomAccessDisk | None = None) -> None:
-    """The ranges and extents plans; the staged plan calls it with the staged file."""
+def run(st: RunState, plan: Plan, target: Target, *, disk: RandomAccessDisk | None = None
+        ) -> None:
+    """The ranges and extents plans; the staged plan calls it with the staged file's disk."""
     cfg = st.config
-    if reads is None:
-        reads = st.reads(progress=False)  # progress counts guest bytes here
-        size = st.source.info().size
-        st.stream_closer.close()  # the sequential stream is not needed
-    assert size is not None
     if disk is None:
-        disk = st.disk or open_disk(st, plan, reads, size)
+        st.stream_closer.close()  # the sequential stream is not needed
+        disk = st.disk  # opened by the planner to confirm a native plan
+    if disk is None:
+        size = st.source.info().size
+        assert size is not None
+        # progress counts guest bytes here, not source bytes
+        disk = open_disk(st, plan, st.reads(progress=False), size)
     st.result.virtual_size = disk.size
     if plan.name != "staged":  # the staged plan has planned its two phases already
         st.progress.plan([("TransferDataFile", 100, True)])

@@ -52,7 +52,7 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
                      exc.reason)
             st.result.converter = "qemu-img"
         else:
-            extents.run(st, plan, target, reads=reads, size=size, disk=disk)
+            extents.run(st, plan, target, disk=disk)
             return
 
     @contextlib.contextmanager

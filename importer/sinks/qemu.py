@@ -29,17 +29,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..children import child_environment, run_child, watch_child
+from ..children import run_child, watch_child
 from ..errors import ConversionError, FormatError, UnsafeImageError
 from ..progress import Progress
 
-__all__ = [
-    "QemuInput",
-    "child_environment",
-    "choose_cache_mode",
-    "qemu_convert",
-    "qemu_info",
-]
+__all__ = ["QemuInput", "choose_cache_mode", "qemu_convert", "qemu_info"]
 
 log = logging.getLogger(__name__)
 _PROGRESS = re.compile(rb"\((\d{1,3}\.\d+)/100%\)")

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import TargetError, TargetTooSmallError
 from ..progress import Progress
+from ..streams import read_full
 from .target import Target, _oserror, start_writeback
 
 __all__ = ["SparseWriter", "pump"]
@@ -162,13 +163,7 @@ def pump(stream: io.RawIOBase, writer: SparseWriter, *, limit: int | None = None
                 buf = free.get()
                 if buf is _DONE:
                     return
-                n = 0
-                view = memoryview(buf)
-                while n < CHUNK:
-                    got = stream.readinto(view[n:])
-                    if not got:
-                        break
-                    n += got
+                n = read_full(stream, memoryview(buf))
                 full.put((buf, n))
                 if n < CHUNK:
                     full.put(_DONE)

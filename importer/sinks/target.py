@@ -79,8 +79,7 @@ class Target:
         self.path = path
         self.mode = mode
         self.is_block = _is_block_device(path)
-        self.in_place = mode != "create"
-        partial = not (self.is_block or self.in_place)
+        partial = not self.is_block and mode == "create"
         self.write_path = path.with_name(path.name + ".partial") if partial else path
         self.fd = -1
         self.capacity: int | None = None

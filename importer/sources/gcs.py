@@ -49,7 +49,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo, read_via_readinto
-from .retry import backoff, retrying
+from .retry import retrying
 from .tls import verify_setting
 
 if TYPE_CHECKING:
@@ -208,9 +208,6 @@ class GcsSource:
         except gexc.GoogleAPICallError as exc:
             raise SourceError(f"{where}: {exc} while {action}") from exc
 
-    def _backoff(self, attempt: int, exc: Exception) -> None:
-        backoff(self.opts, self._closed, attempt, exc)
-
     def info(self) -> SourceInfo:
         return SourceInfo(size=self._size, random_access=True, name=self.loc.name,
                           version=str(self._generation), checksum=self._checksum)
@@ -219,25 +216,23 @@ class GcsSource:
         size = max(0, min(len(buf), self._size - offset))
         if size == 0:
             return 0
-        attempt = 0
-        while True:
+
+        def fetch() -> int:
             if self._closed.is_set():
                 raise SourceError(f"{self.loc}: the import was stopped")
-            try:
-                with self._errors("reading"):
-                    blob = self._client().bucket(self.loc.bucket).blob(
-                        self.loc.name, generation=self._generation)
-                    data = blob.download_as_bytes(
-                        start=offset, end=offset + size - 1, raw_download=True, checksum=None,
-                        timeout=(self.opts.connect_timeout, self.opts.read_timeout), retry=None)
-                if len(data) != size:
-                    raise SourceUnavailableError(f"{self.loc}: short answer to a range request "
-                                                 f"({len(data)} of {size} bytes)")
-                buf[:size] = data
-                return size
-            except SourceUnavailableError as exc:
-                attempt += 1
-                self._backoff(attempt, exc)
+            with self._errors("reading"):
+                blob = self._client().bucket(self.loc.bucket).blob(
+                    self.loc.name, generation=self._generation)
+                data = blob.download_as_bytes(
+                    start=offset, end=offset + size - 1, raw_download=True, checksum=None,
+                    timeout=(self.opts.connect_timeout, self.opts.read_timeout), retry=None)
+            if len(data) != size:
+                raise SourceUnavailableError(f"{self.loc}: short answer to a range request "
+                                             f"({len(data)} of {size} bytes)")
+            buf[:size] = data
+            return size
+
+        return retrying(self.opts, self._closed, fetch)
 
     def read_at(self, offset: int, size: int) -> bytes:
         return read_via_readinto(self, offset, size)

@@ -90,8 +90,7 @@ class HttpSource:
         self._closed = threading.Event()
         self._probe = self._run_probe()
         self.url = self._probe.url
-        self._send_credentials = _origin(self.url) == _origin(url)
-        if not self._send_credentials and (opts.username or opts.headers):
+        if _origin(self.url) != _origin(url) and (opts.username or opts.headers):
             log.warning(
                 "redirected to another host (%s): credentials and extra headers are not sent there",
                 urlsplit(self.url).hostname,
@@ -159,14 +158,8 @@ class HttpSource:
     def _probe_once(self, url: str) -> tuple[int, str, dict[str, str]]:
         conn = self._connection_for(url)
         try:
-            p = urlsplit(url)
-            target = (p.path or "/") + (f"?{p.query}" if p.query else "")
             headers = self._headers(url) | {"Range": "bytes=0-0"}
-            proxy = self.opts.proxy_for(url)
-            if proxy and p.scheme == "http":
-                target = url
-                headers.update(self._proxy_headers(proxy))
-            conn.request("GET", target, headers=headers)
+            conn.request("GET", self._request_target(url, headers), headers=headers)
             resp = conn.getresponse()
             found = {k.lower(): v for k, v in resp.getheaders()}
             if resp.status in (200, 206, 416) or 300 <= resp.status < 400:
@@ -276,6 +269,16 @@ class HttpSource:
             conn = _MeteredHTTPConnection(opts, p.hostname or "", port or 80)
         return conn
 
+    def _request_target(self, url: str, headers: dict[str, str]) -> str:
+        """What the request line names: the path, or through a plain-HTTP proxy the absolute
+        URL (and the proxy's credentials join `headers`)."""
+        p = urlsplit(url)
+        proxy = self.opts.proxy_for(url)
+        if proxy and p.scheme == "http":
+            headers.update(self._proxy_headers(proxy))
+            return url
+        return (p.path or "/") + (f"?{p.query}" if p.query else "")
+
     @staticmethod
     def _proxy_headers(proxy: str) -> dict[str, str]:
         pp = urlsplit(proxy)
@@ -287,14 +290,8 @@ class HttpSource:
     def _request(self, conn: http.client.HTTPConnection, start: int, end: int | None
                  ) -> http.client.HTTPResponse:
         """GET bytes [start, end] (end inclusive, None = to the end) and check the answer."""
-        p = urlsplit(self.url)
-        target = (p.path or "/") + (f"?{p.query}" if p.query else "")
-        headers = self._headers(self.url) if self._send_credentials else {
-            "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-        proxy = self.opts.proxy_for(self.url)
-        if proxy and p.scheme == "http":
-            target = self.url
-            headers.update(self._proxy_headers(proxy))
+        headers = self._headers(self.url)  # credentials only for the origin the user named
+        target = self._request_target(self.url, headers)
         if self._probe.ranges and (start > 0 or end is not None):
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
             if self._probe.etag:
