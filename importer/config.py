@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .checksum import ChecksumSpec, parse_checksum
 from .errors import ConfigError
@@ -23,13 +24,19 @@ from .quantity import parse_quantity
 from .sources.options import GcsOptions, RegistryOptions, S3Options, SourceOptions
 
 __all__ = [
+    "CLI",
     "ContentType",
+    "Front",
     "Header",
     "HttpOptions",
     "ImportConfig",
+    "Problem",
     "build_config",
     "parse_header",
+    "parse_image_size",
     "read_header_files",
+    "split_userinfo",
+    "validate_config",
 ]
 
 
@@ -171,21 +178,83 @@ def parse_header(text: str, *, where: str, secret: bool) -> Header:
     return Header(name, value, secret)
 
 
-def build_config(
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One invalid setting: which field, the message naming it as the front-end does, and the
+    bare reason (the pod words some reasons into CDI's exact termination messages)."""
+
+    field: str
+    text: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Front:
+    """How a front-end names the settings in its messages (`--image-size` or
+    `IMPORTER_IMAGE_SIZE`), and the few rules in which the CLI and the CDI pod differ."""
+
+    names: Mapping[str, str]
+    #: credentials in an http(s) URL: the pod uses them as basic auth (CDI's Go client does,
+    #: and the controller passes such URLs); the CLI refuses them (process lists, shell history)
+    url_credentials: bool = False
+    #: the variable that may hold the password when no other was given
+    password_variable: str | None = "IMPORTER_PASSWORD"
+    #: the pod finds its destination from its volumes and checks it itself
+    check_dest: bool = True
+    #: IMPORTER_SOURCE names any kind of the table; `--source` only those it may force
+    any_kind: bool = False
+
+    #: how a message shows a setting's value: `--converter 'x'` or `IMPORTER_CONVERTER='x'`
+    separator: str = " "
+
+    def name(self, field: str) -> str:
+        return self.names.get(field, field)
+
+    def setting(self, field: str, value: object) -> str:
+        return f"{self.name(field)}{self.separator}{value!r}"
+
+
+CLI = Front({
+    "source": "source", "content_type": "--content-type", "image_size": "--image-size",
+    "checksum": "--checksum", "cache_mode": "--cache-mode", "converter": "--converter",
+    "connections": "--connections", "max_retries": "--retries", "read_timeout": "--read-timeout",
+    "connect_timeout": "--connect-timeout", "password_file": "--password-file",
+    "username": "--username", "headers": "--header", "ca_dir": "--ca-dir",
+    "scratch_dir": "--scratch-dir", "source_kind": "--source", "registry_arch": "--arch",
+    "gcs_credentials": "--gcs-credentials", "registry_auth_file": "--registry-auth-file",
+})
+
+
+def build_config(**values: Any) -> ImportConfig:
+    """validate_config for a front-end with nothing of its own to add: the config, or one
+    ConfigError listing every problem."""
+    config, problems = validate_config(**values)
+    if config is None:
+        raise ConfigError("; ".join(p.text for p in problems))
+    return config
+
+
+def validate_config(
     *,
     source: str,
-    dest: str,
+    dest: str | Path,
     content_type: str = "kubevirt",
     image_size: str | None = None,
     preallocation: bool = False,
     checksum: str | None = None,
-    scratch_dir: str | None = None,
+    scratch_dir: str | Path | None = None,
+    scratch_required: bool = False,
     username: str | None = None,
     password: str | None = None,
     password_file: str | None = None,
     headers: Sequence[str] = (),
-    header_files: Sequence[str] = (),
-    ca_dir: str | None = None,
+    header_files: Sequence[str | Path] = (),
+    parsed_headers: Sequence[Header] = (),
+    ca_dir: str | Path | None = None,
+    extra_ca_dirs: Sequence[Path] = (),
     insecure: bool = False,
     cache_mode: str | None = None,
     connections: int = 4,
@@ -200,144 +269,159 @@ def build_config(
     gcs_credentials: str | None = None,
     registry_arch: str | None = None,
     registry_auth_file: str | None = None,
+    options: SourceOptions = None,
     converter: str = "auto",
+    tar_as_raw: bool = False,
     environ: Mapping[str, str] | None = None,
-) -> ImportConfig:
-    """Validate raw option values into an ImportConfig, or raise one ConfigError listing all
-    problems. `environ` defaults to the process environment (proxies, IMPORTER_PASSWORD)."""
+    front: Front = CLI,
+) -> tuple[ImportConfig | None, list[Problem]]:
+    """The one validator of both front-ends: raw setting values into an ImportConfig, or None
+    and every problem found (each named as `front` names it). `environ` defaults to the process
+    environment (proxies, the password variable); `options` replaces the per-kind flags (the
+    pod reads its kind's variables through sources/kinds.py)."""
     env = os.environ if environ is None else environ
-    problems: list[str] = []
+    problems: list[Problem] = []
+    name = front.name
 
-    from .sources.kinds import kind_for, selectable_names, supported_schemes
+    def problem(field: str, text: str, detail: str = "") -> None:
+        problems.append(Problem(field, text, detail or text))
 
+    from .sources.kinds import all_names, kind_for, selectable_names, supported_schemes
+
+    url_user = url_password = None
+    if front.url_credentials:
+        source, url_user, url_password = split_userinfo(source)
     parts = urlsplit(source)
     kind_name = "auto"
-    if source_kind != "auto" and source_kind not in selectable_names():
-        problems.append(f"--source {source_kind!r}: use {', '.join(selectable_names())}")
+    if not source:
+        problem("source", f"{name('source')} is empty: it must name the image to import")
+    kinds = all_names() if front.any_kind else selectable_names()
+    if source_kind != "auto" and source_kind not in kinds:
+        problem("source_kind", f"{front.setting('source_kind', source_kind)}: use {', '.join(kinds)}")
     else:
         with contextlib.suppress(KeyError):  # an unknown scheme is reported below
             kind_name = kind_for(source, source_kind).name
     registry = kind_name == "registry"
-    if registry:
+    if registry and source:
         from .sources.oci.reference import parse_reference
 
         try:
             parse_reference(source)
         except ConfigError as exc:
-            problems.append(str(exc))
+            problem("source", str(exc))
     if registry_arch is not None and not re.fullmatch(r"[a-z0-9_]{1,32}", registry_arch):
-        problems.append(f"--arch {registry_arch!r}: use an OCI architecture such as amd64, "
-                        "arm64, s390x or ppc64le")
+        problem("registry_arch", f"{front.setting('registry_arch', registry_arch)}: use an OCI "
+                "architecture such as amd64, arm64, s390x or ppc64le")
     if gcs_credentials and not Path(gcs_credentials).is_file():
-        problems.append(f"--gcs-credentials {gcs_credentials}: no such file")
-    if parts.scheme not in supported_schemes():
+        problem("gcs_credentials", f"{name('gcs_credentials')} {gcs_credentials}: no such file")
+    if not source:
+        pass
+    elif parts.scheme not in supported_schemes():
         shown = ", ".join(f"{s}://" if s not in ("", "oci-archive") else (s + ":" if s else "a local path")
                           for s in supported_schemes())
-        problems.append(f"source {source!r}: unsupported scheme {parts.scheme!r}; use {shown}")
+        problem("source", f"{front.setting('source', source)}: unsupported scheme {parts.scheme!r}; "
+                f"use {shown}")
     elif parts.scheme in ("http", "https") and not parts.hostname:
-        problems.append(f"source {source!r}: the URL has no host")
+        problem("source", f"{front.setting('source', source)}: the URL has no host")
 
     try:
         ctype = ContentType(content_type)
     except ValueError:
-        problems.append(f"--content-type {content_type!r}: use 'kubevirt' (a disk image) or 'archive'")
+        problem("content_type", f"{front.setting('content_type', content_type)}: use 'kubevirt' "
+                "(a disk image) or 'archive'")
         ctype = ContentType.KUBEVIRT
-    if registry and ctype is ContentType.ARCHIVE:
-        problems.append("--content-type archive is not possible with a container image: its "
-                        "disk is imported as a disk image")
+    if ctype is ContentType.ARCHIVE and kind_name in ("registry", "imageio", "vddk"):
+        problem("content_type", f"{front.setting('content_type', 'archive')} is not possible with a "
+                f"{kind_name} source: its disk is imported as a disk image")
 
-    size: int | None = None
-    if image_size:
-        try:
-            size = parse_quantity(image_size)
-        except ValueError as exc:
-            problems.append(f"--image-size: {exc}")
-        if size is not None and size > MAX_FILE_SIZE:
-            problems.append(f"--image-size {image_size}: larger than any file or device Linux "
-                            f"can address ({MAX_FILE_SIZE} bytes)")
-            size = None
+    size, size_problem = parse_image_size(image_size, name("image_size"))
+    if size_problem:
+        problems.append(size_problem)
 
     spec: ChecksumSpec | None = None
     if checksum:
         try:
             spec = parse_checksum(checksum)
         except ValueError as exc:
-            problems.append(f"--checksum: {exc}")
+            problem("checksum", f"{name('checksum')}: {exc}", f"invalid checksum: {exc}")
 
     if cache_mode not in (None, "none", "writeback", "writethrough", "directsync", "unsafe"):
-        problems.append(f"--cache-mode {cache_mode!r}: use none, writeback, writethrough or directsync")
+        problem("cache_mode", f"{front.setting('cache_mode', cache_mode)}: use none, writeback, "
+                "writethrough or directsync")
     if converter not in CONVERTERS:
-        problems.append(f"--converter {converter!r}: use {' or '.join(CONVERTERS)}")
+        problem("converter", f"{front.setting('converter', converter)}: use {' or '.join(CONVERTERS)}")
     if not 1 <= connections <= 32:
-        problems.append(f"--connections {connections}: use a number from 1 to 32")
+        problem("connections", f"{name('connections')} {connections}: use a number from 1 to 32")
     if max_retries < 0:
-        problems.append(f"--retries {max_retries}: use 0 or more")
+        problem("max_retries", f"{name('max_retries')} {max_retries}: use 0 or more")
     if read_timeout <= 0:
-        problems.append(f"--read-timeout {read_timeout}: use a positive number of seconds")
+        problem("read_timeout", f"{name('read_timeout')} {read_timeout}: use a positive number "
+                "of seconds")
     if connect_timeout <= 0:
-        problems.append(f"--connect-timeout {connect_timeout}: use a positive number of seconds")
+        problem("connect_timeout", f"{name('connect_timeout')} {connect_timeout}: use a "
+                "positive number of seconds")
     if low_speed_limit < 0 or low_speed_time <= 0:
-        problems.append(f"--low-speed-limit {low_speed_limit} / --low-speed-time "
-                        f"{low_speed_time}: use 0 or more bytes and a positive number of seconds")
+        problem("low_speed", f"--low-speed-limit {low_speed_limit} / --low-speed-time "
+                f"{low_speed_time}: use 0 or more bytes and a positive number of seconds")
 
     if password_file:
         try:
             password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            problems.append(f"--password-file {password_file}: {exc.strerror}")
-    if password is None and env.get("IMPORTER_PASSWORD"):
-        password = env["IMPORTER_PASSWORD"]
+            problem("password_file", f"{name('password_file')} {password_file}: {exc.strerror}")
+    if password is None and front.password_variable and env.get(front.password_variable):
+        password = env[front.password_variable]
+    if url_user is not None and username is None:
+        username, password = url_user, url_password
     if password is not None and not username:
-        problems.append("a password was given without --username")
+        problem("username", f"a password was given without {name('username')}")
     if parts.username and not username:
-        problems.append(
-            "credentials in the URL are not accepted (they would appear in logs and process "
-            "lists): use --username and --password-file or IMPORTER_PASSWORD"
-        )
+        problem("source", "credentials in the URL are not accepted (they would appear in logs "
+                "and process lists): use --username and --password-file or IMPORTER_PASSWORD")
 
-    parsed_headers: list[Header] = []
+    all_headers: list[Header] = list(parsed_headers)
     for h in headers:
         try:
-            parsed_headers.append(parse_header(h, where="--header", secret=False))
+            all_headers.append(parse_header(h, where=name("headers"), secret=False))
         except ConfigError as exc:
-            problems.append(str(exc))
+            problem("headers", str(exc))
     for hf in header_files:
         try:
-            parsed_headers += read_header_files(Path(hf))
+            all_headers += read_header_files(Path(hf))
         except ConfigError as exc:
-            problems.append(str(exc))
+            problem("headers", str(exc))
 
-    ca_path: Path | None = None
-    if ca_dir:
-        ca_path = Path(ca_dir)
-        if not ca_path.is_dir():
-            problems.append(f"--ca-dir {ca_dir}: not a directory (give the directory holding the CA files)")
+    ca_path = Path(ca_dir) if ca_dir else None
+    if ca_path is not None and not ca_path.is_dir():
+        problem("ca_dir", f"{front.setting('ca_dir', str(ca_dir))}: not a directory (give the directory "
+                "holding the CA files)")
 
-    scratch: Path | None = Path(scratch_dir) if scratch_dir else None
+    scratch = Path(scratch_dir) if scratch_dir else None
     if scratch is not None and not scratch.is_dir():
-        problems.append(f"--scratch-dir {scratch_dir}: not a directory")
+        problem("scratch_dir", f"{name('scratch_dir')} {scratch_dir}: not a directory")
 
     dest_path = Path(dest)
-    if not dest:
-        pass  # inspect: no destination
+    if not front.check_dest or not dest:
+        pass  # the pod checks its volumes; inspect has no destination
     elif ctype is ContentType.ARCHIVE:
         if dest_path.exists() and not dest_path.is_dir():
-            problems.append(f"destination {dest}: --content-type archive extracts into a directory")
+            problem("dest", f"destination {dest}: --content-type archive extracts into a directory")
     elif dest_path.is_dir():
-        problems.append(f"destination {dest} is a directory; give a file path or a block device")
+        problem("dest", f"destination {dest} is a directory; give a file path or a block device")
     elif not dest_path.exists() and not dest_path.parent.is_dir():
-        problems.append(f"destination {dest}: the directory {dest_path.parent} does not exist")
+        problem("dest", f"destination {dest}: the directory {dest_path.parent} does not exist")
 
     auth_file: Path | None = None
     if registry_auth_file:
         auth_file = Path(registry_auth_file)
         if not auth_file.is_file():
-            problems.append(f"--registry-auth-file {registry_auth_file}: no such file")
-    elif registry:
+            problem("registry_auth_file", f"{name('registry_auth_file')} {registry_auth_file}: "
+                    "no such file")
+    elif registry and options is None:
         auth_file = default_registry_auth_file(env)
 
     if problems:
-        raise ConfigError("; ".join(problems))
+        return None, problems
 
     proxies = proxies_from_environment(os.environ)
     if environ is not None:  # an explicit environment replaces the process one entirely
@@ -347,8 +431,9 @@ def build_config(
     http = HttpOptions(
         username=username,
         password=password,
-        headers=tuple(parsed_headers),
+        headers=tuple(all_headers),
         ca_dir=ca_path,
+        extra_ca_dirs=tuple(extra_ca_dirs),
         insecure=insecure,
         proxies=proxies,
         max_retries=max_retries,
@@ -357,6 +442,10 @@ def build_config(
         low_speed_limit=low_speed_limit,
         low_speed_time=low_speed_time,
     )
+    if options is None:
+        options = _source_options(kind_name, s3_endpoint=s3_endpoint, s3_region=s3_region,
+                                  gcs_credentials=gcs_credentials, registry_arch=registry_arch,
+                                  registry_auth_file=auth_file)
     return ImportConfig(
         source=source,
         dest=dest_path,
@@ -365,15 +454,40 @@ def build_config(
         preallocation=preallocation,
         checksum=spec,
         scratch_dir=scratch,
+        scratch_required=scratch_required,
         http=http,
         cache_mode=cache_mode,
         connections=connections,
         source_kind=kind_name if kind_name in ("registry", "s3", "gcs") else source_kind,
-        options=_source_options(kind_name, s3_endpoint=s3_endpoint, s3_region=s3_region,
-                                gcs_credentials=gcs_credentials, registry_arch=registry_arch,
-                                registry_auth_file=auth_file),
+        options=options,
+        tar_as_raw=tar_as_raw,
         converter=converter,
-    )
+    ), []
+
+
+def parse_image_size(value: str | None, name: str) -> tuple[int | None, Problem | None]:
+    """A Kubernetes quantity that a file or a device can have."""
+    if not value:
+        return None, None
+    try:
+        size = parse_quantity(value)
+    except ValueError as exc:
+        return None, Problem("image_size", f"{name}: {exc}", str(exc))
+    if size > MAX_FILE_SIZE:
+        return None, Problem("image_size", f"{name} {value}: larger than any file or device "
+                             f"Linux can address ({MAX_FILE_SIZE} bytes)")
+    return size, None
+
+
+def split_userinfo(endpoint: str) -> tuple[str, str | None, str | None]:
+    """`http://user:pass@host/x` -> (`http://host/x`, user, pass), percent-decoded."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return endpoint, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return (urlunsplit(parts._replace(netloc=hostport)), unquote(user),
+            unquote(password) if ":" in userinfo else None)
 
 
 def _source_options(kind: str, *, s3_endpoint: str | None, s3_region: str | None,

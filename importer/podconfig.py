@@ -16,21 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
-from .checksum import parse_checksum
 from .config import (
-    CONVERTERS,
     ContentType,
+    Front,
     Header,
-    HttpOptions,
     ImportConfig,
+    Problem,
     parse_header,
-    read_header_files,
+    parse_image_size,
+    validate_config,
 )
 from .errors import ConfigError
-from .quantity import parse_quantity
-from .sources.kinds import KINDS, pod_kind
+from .sources.kinds import KINDS, SourceKind, pod_kind
 
 __all__ = [
     "EarlySettings",
@@ -105,45 +103,46 @@ def early_settings(env: Mapping[str, str]) -> EarlySettings:
         termination_log=Path(env.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log")
 
 
-def _parse_bool(name: str, value: str, problems: list[str]) -> bool:
+def _parse_bool(name: str, value: str, problems: list[Problem]) -> bool:
     # Go's strconv.ParseBool, which CDI uses
     if value in ("1", "t", "T", "TRUE", "true", "True"):
         return True
     if value in ("0", "f", "F", "FALSE", "false", "False"):
         return False
-    problems.append(f"{name}={value!r}: use true or false")
+    problems.append(Problem(name, f"{name}={value!r}: use true or false"))
     return False
+
+
+#: the pod's names for the settings it shares with the CLI (messages name what the user set)
+POD = Front({
+    "source": "IMPORTER_ENDPOINT", "source_kind": "IMPORTER_SOURCE",
+    "content_type": "IMPORTER_CONTENTTYPE", "image_size": "IMPORTER_IMAGE_SIZE",
+    "checksum": "IMPORTER_CHECKSUM", "converter": "IMPORTER_CONVERTER",
+    "username": "IMPORTER_ACCESS_KEY_ID", "headers": "IMPORTER_EXTRA_HEADER_*",
+    "ca_dir": "IMPORTER_CERT_DIR", "registry_arch": "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE",
+}, url_credentials=True, password_variable=None, check_dest=False, any_kind=True,
+    separator="=")
 
 
 def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
                          ) -> tuple[PodSettings, ImportConfig | None]:
-    """The pod settings and, unless the source is `none` (blank image), the import config."""
+    """The pod settings and, unless the source is `none` (blank image), the import config.
+
+    The settings the pod shares with the CLI are validated by config.validate_config, named as
+    the pod's variables; only what the pod alone has (volumes, node pull, the metrics port,
+    Go's booleans) is checked here."""
     root = Path(env.get("IMPORTER_FS_ROOT", "/"))
-    problems: list[str] = []
+    problems: list[Problem] = []
+
+    def problem(field: str, text: str) -> None:
+        problems.append(Problem(field, text))
 
     source = env.get("IMPORTER_SOURCE", "")
     if source not in SOURCES:
-        problems.append(f"Unknown data source: {source} (IMPORTER_SOURCE: use one of "
-                        f"{', '.join(SOURCES)})")
-    endpoint = env.get("IMPORTER_ENDPOINT", "")
-    if source not in ("none", "") and not endpoint:
-        problems.append("IMPORTER_ENDPOINT is empty: it must name the image to import")
-    try:
-        ctype = ContentType(env.get("IMPORTER_CONTENTTYPE") or "kubevirt")
-    except ValueError:
-        problems.append(f"IMPORTER_CONTENTTYPE={env.get('IMPORTER_CONTENTTYPE')!r}: use kubevirt or archive")
-        ctype = ContentType.KUBEVIRT
-    if source in ("registry", "imageio") and ctype is not ContentType.KUBEVIRT:
-        problems.append(f"IMPORTER_CONTENTTYPE=archive is not possible with IMPORTER_SOURCE={source}")
-
-    image_size: int | None = None
-    size_unparsable = False
-    if env.get("IMPORTER_IMAGE_SIZE"):
-        try:
-            image_size = parse_quantity(env["IMPORTER_IMAGE_SIZE"])
-        except ValueError as exc:
-            problems.append(f"IMPORTER_IMAGE_SIZE: {exc}")
-            size_unparsable = True
+        problem("source_kind", f"Unknown data source: {source} (IMPORTER_SOURCE: use one of "
+                f"{', '.join(SOURCES)})")
+    image_size, size_problem = parse_image_size(env.get("IMPORTER_IMAGE_SIZE"),
+                                                "IMPORTER_IMAGE_SIZE")
     overhead = Decimal(0)
     if env.get("FILESYSTEM_OVERHEAD"):
         try:
@@ -151,43 +150,21 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
             if not 0 <= overhead < 1:
                 raise InvalidOperation
         except InvalidOperation:
-            problems.append(f"FILESYSTEM_OVERHEAD={env['FILESYSTEM_OVERHEAD']!r}: use a decimal "
-                            "fraction from 0 to below 1, e.g. 0.055")
+            problem("overhead", f"FILESYSTEM_OVERHEAD={env['FILESYSTEM_OVERHEAD']!r}: use a "
+                    "decimal fraction from 0 to below 1, e.g. 0.055")
             overhead = Decimal(0)
-    converter = env.get("IMPORTER_CONVERTER") or "auto"  # ours: not set by CDI's controller
-    if converter not in CONVERTERS:
-        problems.append(f"IMPORTER_CONVERTER={converter!r}: use {' or '.join(CONVERTERS)}")
     preallocation = _parse_bool("PREALLOCATION", env.get("PREALLOCATION", "false"), problems)
     insecure = _parse_bool("INSECURE_TLS", env.get("INSECURE_TLS") or "false", problems)
     cache_mode = env.get("CACHE_MODE", "")
     if cache_mode not in ("", "TRYNONE"):
-        problems.append(f"CACHE_MODE={cache_mode!r}: use TRYNONE or leave it empty")
-    checksum = None
-    checksum_problem = None
-    if env.get("IMPORTER_CHECKSUM"):
-        try:
-            checksum = parse_checksum(env["IMPORTER_CHECKSUM"])
-        except ValueError as exc:
-            checksum_problem = f"invalid checksum: {exc}"
-            problems.append(f"IMPORTER_CHECKSUM: {checksum_problem}")
+        problem("cache_mode", f"CACHE_MODE={cache_mode!r}: use TRYNONE or leave it empty")
     try:
         metrics_port = int(env.get("IMPORTER_METRICS_PORT", "8443"))
     except ValueError:
-        problems.append("IMPORTER_METRICS_PORT: use a port number")
+        problem("metrics_port", "IMPORTER_METRICS_PORT: use a port number")
         metrics_port = 8443
-
-    headers: list[Header] = []
-    for name in sorted(k for k in env if k.startswith("IMPORTER_EXTRA_HEADER_")):
-        try:
-            headers.append(parse_header(env[name], where=name, secret=True))
-        except ConfigError as exc:
-            problems.append(str(exc))
-    extra_dir = root / "extraheaders"
-    if extra_dir.is_dir():
-        try:
-            headers += read_header_files(extra_dir)
-        except ConfigError as exc:
-            problems.append(str(exc))
+    ctype_value = env.get("IMPORTER_CONTENTTYPE") or "kubevirt"
+    ctype = ContentType.ARCHIVE if ctype_value == "archive" else ContentType.KUBEVIRT
 
     block_dev = root / "dev" / "cdi-block-volume"
     data_dir = root / "data"
@@ -202,40 +179,38 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
     else:
         dest = data_dir / "disk.img"
     if not block and not data_dir.is_dir():
-        problems.append(f"neither {block_dev} (block volume) nor the directory {data_dir} "
-                        "(filesystem volume) exists: mount the target volume")
+        problem("dest", f"neither {block_dev} (block volume) nor the directory {data_dir} "
+                "(filesystem volume) exists: mount the target volume")
 
     pull_method = env.get("IMPORTER_PULL_METHOD", "")
     if pull_method not in ("", "node"):
-        problems.append(f"IMPORTER_PULL_METHOD={pull_method!r}: use node or leave it empty")
+        problem("node_pull", f"IMPORTER_PULL_METHOD={pull_method!r}: use node or leave it empty")
     node_pull = pull_method == "node"
     if node_pull and source != "http":
-        problems.append(f"IMPORTER_PULL_METHOD=node goes with IMPORTER_SOURCE=http, not {source!r}")
+        problem("node_pull", f"IMPORTER_PULL_METHOD=node goes with IMPORTER_SOURCE=http, not "
+                f"{source!r}")
     if node_pull and not (env.get("IMPORTER_READY_FILE") and env.get("IMPORTER_DONE_FILE")):
-        problems.append("IMPORTER_PULL_METHOD=node needs IMPORTER_READY_FILE and IMPORTER_DONE_FILE")
+        problem("node_pull", "IMPORTER_PULL_METHOD=node needs IMPORTER_READY_FILE and "
+                "IMPORTER_DONE_FILE")
     ready_timeout = 60.0
     if env.get("IMPORTER_READY_TIMEOUT"):
         try:
             ready_timeout = float(env["IMPORTER_READY_TIMEOUT"])
         except ValueError:
-            problems.append("IMPORTER_READY_TIMEOUT: use a number of seconds")
+            problem("node_pull", "IMPORTER_READY_TIMEOUT: use a number of seconds")
 
-    cert_dir = env.get("IMPORTER_CERT_DIR")
-    ca_dir = None
-    if cert_dir:
-        ca_dir = root / cert_dir.lstrip("/")
-        if not ca_dir.is_dir():
-            problems.append(f"IMPORTER_CERT_DIR={cert_dir}: not a directory")
+    config = None
+    kind = pod_kind(source)
+    if source != "none":  # an unknown source too: every invalid value is reported at once
+        config, shared = _validate_shared(env, root, kind, dest, insecure, preallocation)
+        problems += shared
+    elif size_problem:  # a blank disk: the size is the one shared setting it has
+        problems.append(size_problem)
+    elif source == "none" and ctype_value not in ("kubevirt", "archive"):
+        problem("content_type", f"IMPORTER_CONTENTTYPE={ctype_value!r}: use 'kubevirt' (a disk "
+                "image) or 'archive'")
     if problems:
-        # CDI exits 1 on configuration errors; only an unparsable image size panics (exit 2).
-        # Where CDI has an exact message for a lone problem, the controller and users see it.
-        termination = None
-        if len(problems) == 1 and source not in SOURCES:
-            termination = f"Unknown data source: {source}"
-        elif len(problems) == 1 and checksum_problem:
-            termination = f"Unable to connect to {source} data source: {checksum_problem}"
-        raise ConfigError("; ".join(problems), exit_code=2 if size_unparsable else 1,
-                          termination=termination)
+        raise _pod_config_error(problems, source)
 
     settings = PodSettings(
         source=source, owner_uid=env.get("OWNER_UID", ""), content_type=ctype, block=block,
@@ -246,45 +221,56 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         ready_path=root / env.get("IMPORTER_READY_FILE", "").lstrip("/"),
         done_path=root / env.get("IMPORTER_DONE_FILE", "").lstrip("/"),
         ready_timeout=ready_timeout, delta_stage=bool(env.get("IMPORTER_PREVIOUS_CHECKPOINT")))
-    if source == "none":
-        return settings, None
-
-    proxies = {k[:-6].lower(): v for k, v in env.items()
-               if k.lower() in ("http_proxy", "https_proxy", "no_proxy") and v}
-    proxy_certs = root / "proxycerts"  # CDI reads this fixed path, not IMPORTER_PROXY_CERT_DIR
-    username = env.get("IMPORTER_ACCESS_KEY_ID") or None
-    password = env.get("IMPORTER_SECRET_KEY") or None
-    endpoint, url_user, url_password = _split_userinfo(endpoint)
-    if url_user is not None and username is None:
-        # CDI's Go client sends URL userinfo as basic auth unless credentials were given;
-        # so do we, but the URL we log and report no longer carries them
-        username, password = url_user, url_password
-    if source == "registry" and not (username and password):
-        username = password = None  # CDI: registry credentials count only as a pair
-    http = HttpOptions(
-        username=username,
-        password=password,
-        headers=tuple(headers), ca_dir=ca_dir,
-        extra_ca_dirs=(proxy_certs,) if proxy_certs.is_dir() else (),
-        insecure=insecure, proxies=proxies)
-    scratch = root / "scratch"
-    kind = pod_kind(source)
-    # the sizes (image_size, size_limit) are set by the pre-flight, once the space is measured
-    config = ImportConfig(
-        source=endpoint, dest=dest, content_type=ctype, preallocation=preallocation, checksum=checksum,
-        scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True, http=http,
-        cache_mode=None, source_kind=kind.name if kind else "http",
-        options=kind.pod_options(env, root) if kind and kind.pod_options else None,
-        tar_as_raw=True, converter=converter)
     return settings, config
 
 
-def _split_userinfo(endpoint: str) -> tuple[str, str | None, str | None]:
-    """`http://user:pass@host/x` -> (`http://host/x`, user, pass), percent-decoded."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
-        return endpoint, None, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    return (urlunsplit(parts._replace(netloc=hostport)), unquote(user),
-            unquote(password) if ":" in userinfo else None)
+def _validate_shared(env: Mapping[str, str], root: Path, kind: SourceKind | None, dest: Path,
+                     insecure: bool, preallocation: bool
+                     ) -> tuple[ImportConfig | None, list[Problem]]:
+    """The settings the pod shares with the CLI, through the one validator."""
+    headers: list[Header] = []
+    problems: list[Problem] = []
+    for name in sorted(k for k in env if k.startswith("IMPORTER_EXTRA_HEADER_")):
+        try:
+            headers.append(parse_header(env[name], where=name, secret=True))
+        except ConfigError as exc:
+            problems.append(Problem("headers", str(exc)))
+    extra_dir = root / "extraheaders"
+    username = env.get("IMPORTER_ACCESS_KEY_ID") or None
+    password = env.get("IMPORTER_SECRET_KEY") or None
+    if kind is not None and kind.name == "registry" and not (username and password):
+        username = password = None  # CDI: registry credentials count only as a pair
+    cert_dir = env.get("IMPORTER_CERT_DIR")
+    proxy_certs = root / "proxycerts"  # CDI reads this fixed path, not IMPORTER_PROXY_CERT_DIR
+    scratch = root / "scratch"
+    config, shared = validate_config(
+        source=env.get("IMPORTER_ENDPOINT", ""), dest=dest,
+        source_kind=kind.name if kind else "auto",
+        content_type=env.get("IMPORTER_CONTENTTYPE") or "kubevirt",
+        image_size=env.get("IMPORTER_IMAGE_SIZE"), preallocation=preallocation,
+        checksum=env.get("IMPORTER_CHECKSUM"),
+        scratch_dir=scratch if scratch.is_dir() else None, scratch_required=True,
+        username=username, password=password, parsed_headers=headers,
+        header_files=[extra_dir] if extra_dir.is_dir() else [],
+        ca_dir=root / cert_dir.lstrip("/") if cert_dir else None,
+        extra_ca_dirs=[proxy_certs] if proxy_certs.is_dir() else [], insecure=insecure,
+        options=kind.pod_options(env, root) if kind and kind.pod_options else None,
+        converter=env.get("IMPORTER_CONVERTER") or "auto",  # ours: not set by CDI's controller
+        tar_as_raw=True,
+        environ={k: v for k, v in env.items()
+                 if k.lower() in ("http_proxy", "https_proxy", "no_proxy")},
+        front=POD)
+    return config, problems + shared
+
+
+def _pod_config_error(problems: list[Problem], source: str) -> ConfigError:
+    """CDI exits 1 on configuration errors; only an unparsable image size panics (exit 2).
+    Where CDI has an exact message for a lone problem, the controller and users see it."""
+    termination = None
+    if len(problems) == 1 and source not in SOURCES:
+        termination = f"Unknown data source: {source}"
+    elif len(problems) == 1 and problems[0].field == "checksum":
+        termination = f"Unable to connect to {source} data source: {problems[0].detail}"
+    unparsable = any(p.field == "image_size" and "larger" not in p.text for p in problems)
+    return ConfigError("; ".join(p.text for p in problems), exit_code=2 if unparsable else 1,
+                       termination=termination)

@@ -116,6 +116,10 @@ KINDS: tuple[SourceKind, ...] = (
 _BY_NAME = {k.name: k for k in KINDS}
 
 
+def all_names() -> tuple[str, ...]:
+    return tuple(k.name for k in KINDS)
+
+
 def selectable_names() -> tuple[str, ...]:
     return tuple(k.name for k in KINDS if k.selectable and k.opener is not None)
 
