@@ -51,7 +51,11 @@ class Progress:
 
     def update(self, n: int) -> None:
         """tqdm-compatible: n more bytes read from the source."""
-        self.n += n  # a lone += on an int is atomic enough for a counter read by renderers
+        # the extent copier's workers call this concurrently, and `+=` on an attribute is a
+        # read, an add and a store: only the GIL's switching points keep it whole today, which
+        # free-threaded Python does not promise. One call per buffer (MiBs): the lock is free.
+        with self._lock:
+            self.n += n
 
     def wrote(self, data: int, zeros: int) -> None:
         with self._lock:
