@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                        choices=("auto", *selectable_names()),
                        default="auto",
                        help="what SOURCE is when its scheme cannot tell (an https URL of a "
-                            "path-style S3 endpoint)")
+                            "path-style S3 endpoint, an oVirt engine)")
         g.add_argument("--s3-endpoint", metavar="URL",
                        help="S3 endpoint for s3:// URLs (default AWS); credentials from "
                             "--username/--password-file or the standard AWS chain, else anonymous")
@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--registry-auth-file", metavar="FILE",
                        help="docker/podman credentials file (default: $REGISTRY_AUTH_FILE, "
                             "containers/auth.json, ~/.docker/config.json)")
+        o = sp.add_argument_group("oVirt (--source imageio; SOURCE is the engine's API URL, "
+                                  "https://ENGINE/ovirt-engine/api)")
+        o.add_argument("--disk-id", metavar="ID", help="the disk to import")
+        o.add_argument("--checkpoint", metavar="SNAPSHOT",
+                       help="a warm import's stage: the snapshot (volume id) to copy")
+        o.add_argument("--previous-checkpoint", metavar="SNAPSHOT",
+                       help="the snapshot the previous stage copied: only the changes since it "
+                            "are applied onto DEST, which must hold that stage's result")
         g.add_argument("--read-timeout", type=float, default=120.0,
                        help="seconds without data before a connection is resumed")
         g.add_argument("--connect-timeout", type=float, default=30.0,
@@ -97,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import SOURCE into DEST")
     imp.add_argument("source", metavar="SOURCE",
                      help="http(s)://, s3://, gs://, docker://host/repo:tag, oci-archive:PATH, "
-                          "file:// URL or local path")
+                          "file:// URL, local path, or an oVirt engine's API URL with "
+                          "--source imageio")
     imp.add_argument("dest", metavar="DEST", help="file, block device, or directory (archive)")
     imp.add_argument("--image-size", metavar="SIZE",
                      help="size of the resulting disk (10Gi, 500M, 1e9); grows, never shrinks")
@@ -205,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             gcs_credentials=args.gcs_credentials,
             registry_arch=args.registry_arch,
             registry_auth_file=args.registry_auth_file,
+            disk_id=args.disk_id,
+            checkpoint=args.checkpoint,
+            previous_checkpoint=args.previous_checkpoint,
             converter=args.converter,
         )
         result: dict[str, Any]

@@ -21,7 +21,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .checksum import ChecksumSpec, parse_checksum
 from .errors import ConfigError
 from .quantity import parse_quantity
-from .sources.options import GcsOptions, RegistryOptions, S3Options, SourceOptions
+from .sources.options import (
+    GcsOptions,
+    ImageioOptions,
+    RegistryOptions,
+    S3Options,
+    SourceOptions,
+)
 
 __all__ = [
     "CLI",
@@ -137,6 +143,12 @@ class ImportConfig:
     converter: str = "auto"
 
     @property
+    def delta_of(self) -> str | None:
+        """The checkpoint a warm import's delta stage applies onto (the previous stage's); None
+        for a full import. The target must exist: it is written in place."""
+        return getattr(self.options, "previous_checkpoint", None) or None
+
+    @property
     def capacity(self) -> int | None:
         """The most the target may take: the pod's available space, else --image-size."""
         return self.size_limit if self.size_limit is not None else self.image_size
@@ -225,6 +237,8 @@ CLI = Front({
     "username": "--username", "headers": "--header", "ca_dir": "--ca-dir",
     "scratch_dir": "--scratch-dir", "source_kind": "--source", "registry_arch": "--arch",
     "gcs_credentials": "--gcs-credentials", "registry_auth_file": "--registry-auth-file",
+    "disk_id": "--disk-id", "checkpoint": "--checkpoint",
+    "previous_checkpoint": "--previous-checkpoint",
 })
 
 
@@ -269,6 +283,9 @@ def validate_config(
     gcs_credentials: str | None = None,
     registry_arch: str | None = None,
     registry_auth_file: str | None = None,
+    disk_id: str | None = None,
+    checkpoint: str | None = None,
+    previous_checkpoint: str | None = None,
     options: SourceOptions = None,
     converter: str = "auto",
     tar_as_raw: bool = False,
@@ -330,9 +347,11 @@ def validate_config(
         problem("content_type", f"{front.setting('content_type', content_type)}: use 'kubevirt' "
                 "(a disk image) or 'archive'")
         ctype = ContentType.KUBEVIRT
-    if ctype is ContentType.ARCHIVE and kind_name in ("registry", "imageio", "vddk"):
-        problem("content_type", f"{front.setting('content_type', 'archive')} is not possible with a "
-                f"{kind_name} source: its disk is imported as a disk image")
+    whole_disk = {"registry": "a container image", "imageio": "an oVirt disk",
+                  "vddk": "a VMware disk"}
+    if ctype is ContentType.ARCHIVE and kind_name in whole_disk:
+        problem("content_type", f"{front.setting('content_type', 'archive')} is not possible "
+                f"with {whole_disk[kind_name]}: its disk is imported as a disk image")
 
     size, size_problem = parse_image_size(image_size, name("image_size"))
     if size_problem:
@@ -446,6 +465,13 @@ def validate_config(
         options = _source_options(kind_name, s3_endpoint=s3_endpoint, s3_region=s3_region,
                                   gcs_credentials=gcs_credentials, registry_arch=registry_arch,
                                   registry_auth_file=auth_file)
+        if kind_name == "imageio":
+            options = ImageioOptions(disk_id or "", checkpoint or None,
+                                     previous_checkpoint or None)
+    if kind_name == "imageio":
+        problems += _imageio_problems(options, username, front)
+        if problems:
+            return None, problems
     return ImportConfig(
         source=source,
         dest=dest_path,
@@ -488,6 +514,23 @@ def split_userinfo(endpoint: str) -> tuple[str, str | None, str | None]:
     user, _, password = userinfo.partition(":")
     return (urlunsplit(parts._replace(netloc=hostport)), unquote(user),
             unquote(password) if ":" in userinfo else None)
+
+
+def _imageio_problems(options: SourceOptions, username: str | None, front: Front
+                      ) -> list[Problem]:
+    found = []
+    if not isinstance(options, ImageioOptions) or not options.disk_id:
+        found.append(Problem("disk_id", f"{front.name('disk_id')} is needed: the id of the oVirt "
+                             "disk to import"))
+    elif options.previous_checkpoint and not options.checkpoint:
+        # CDI's words
+        found.append(Problem("checkpoint", f"previous checkpoint set without current "
+                             f"({front.name('previous_checkpoint')} needs "
+                             f"{front.name('checkpoint')})"))
+    if not username:
+        found.append(Problem("username", f"the engine needs a user: {front.name('username')} "
+                             "(e.g. admin@internal) and a password"))
+    return found
 
 
 def _source_options(kind: str, *, s3_endpoint: str | None, s3_region: str | None,

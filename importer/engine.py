@@ -9,10 +9,12 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .config import ImportConfig
 from .disks.base import NativeUnsupported
+from .errors import FormatError, SourceError
 from .formats.detect import detect
 from .plans import Plan, SourceFacts, choose_plan
 from .plans.context import RunState
@@ -20,6 +22,7 @@ from .progress import Progress
 from .result import ImportResult
 from .sinks.target import Target
 from .sources import Source, open_source
+from .sources.base import ExtentSource, Transactional
 from .streams import CountingStream, HeadThenStream, ThreadedReader
 
 __all__ = ["ImportResult", "inspect_source", "run_import"]
@@ -54,6 +57,8 @@ def inspect_source(config: ImportConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         st = _open(config, Progress(), threading.Event(), stack, None)
         plan = resolve_plan(st)
+        if isinstance(st.source, Transactional):
+            st.source.end(False)  # nothing was imported: an oVirt transfer is cancelled
         sinfo = st.source.info()
         info = st.detected.info
         vsize = info.virtual_size
@@ -81,8 +86,12 @@ def inspect_source(config: ImportConfig) -> dict[str, Any]:
 
 def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
           stack: contextlib.ExitStack, source: Source | None) -> RunState:
-    src = source if source is not None else open_source(config)
-    stack.callback(src.close)
+    try:
+        src = source if source is not None else open_source(config)
+    except SourceError as exc:
+        exc.connecting = True  # the pod words these as CDI does ("Unable to connect to ...")
+        raise
+    stack.push(_closing(src))
     info = src.info()
     progress.total = info.size
     spec = config.checksum or info.checksum
@@ -94,13 +103,29 @@ def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
     stack.callback(stream_closer.close)
     stream_closer.callback(stream.close)
     detected = detect(stream, size=info.size,
-                      source_read_at=src.read_at if info.random_access else None)
+                      source_read_at=src.read_at if info.random_access else None,
+                      backing_allowed=config.delta_of is not None)
     result = ImportResult(
         source=_redact(config.source), destination=str(config.dest), target_kind="file",
         format=detected.info.format, compression=detected.codecs,
         virtual_size=detected.info.virtual_size, labels=dict(info.labels))
     return RunState(config, progress, cancel, stack, src, detected, counting, result,
                     stream_closer, spec, run_ahead=stream.run_ahead)
+
+
+def _closing(src: Source) -> Callable[..., bool]:
+    """The source's end: a transactional source learns whether the import succeeded (the
+    target is committed by then), then every source is closed."""
+
+    def exit_(exc_type: type[BaseException] | None, *_: object) -> bool:
+        try:
+            if isinstance(src, Transactional):
+                src.end(exc_type is None)
+        finally:
+            src.close()
+        return False
+
+    return exit_
 
 
 def source_facts(st: RunState) -> SourceFacts:
@@ -116,7 +141,9 @@ def source_facts(st: RunState) -> SourceFacts:
         else:
             log.info("xz file has %d block(s): decoding it as one stream", len(blocks))
     return SourceFacts(random_access=info.random_access, size=info.size,
-                       sequential_reason=info.sequential_reason, xz_blocks=xz_count)
+                       sequential_reason=info.sequential_reason, xz_blocks=xz_count,
+                       extent_map=isinstance(st.source, ExtentSource)
+                       and st.source.extent_map() is not None)
 
 
 def resolve_plan(st: RunState) -> Plan:
@@ -125,7 +152,7 @@ def resolve_plan(st: RunState) -> Plan:
     facts = source_facts(st)
     det = st.detected
     plan = choose_plan(facts, det.info, det.codecs, st.config)
-    if plan.name == "extents" and plan.disk == "qcow2":
+    if plan.name in ("extents", "delta") and plan.disk == "qcow2":
         from .plans.extents import open_disk
 
         size = st.source.info().size
@@ -133,6 +160,8 @@ def resolve_plan(st: RunState) -> Plan:
         try:
             st.disk = open_disk(st, plan, st.reads(progress=False), size)
         except NativeUnsupported as exc:
+            if plan.name == "delta":
+                raise FormatError(f"the qcow2 delta cannot be applied: {exc.reason}") from exc
             log.info("the native qcow2 reader declines: %s; qemu-img converts it", exc.reason)
             plan = choose_plan(facts, det.info, det.codecs,
                                dataclasses.replace(st.config, converter="qemu-img"))
@@ -153,7 +182,9 @@ def _execute(st: RunState, plan: Plan) -> None:
         if st.detected.info.format == "tar":
             log.warning("the data is a tar archive, written as a raw disk image as CDI does; "
                         "use contentType: archive to extract it into the volume instead")
-        target = Target(cfg.dest, cfg.capacity)
+        # a delta is applied onto the disk the previous stage wrote, in place
+        target = Target(cfg.dest, cfg.capacity,
+                        mode="apply" if plan.name == "delta" else "create")
         st.result.target_kind = "block" if target.is_block else "file"
         runner = _runner(plan.name)
         runner(st, plan, target)
@@ -170,7 +201,7 @@ def _runner(name: str) -> Any:
         from .plans import stream
 
         return stream.run
-    if name in ("ranges", "extents"):
+    if name in ("ranges", "extents", "delta"):
         from .plans import extents
 
         return extents.run

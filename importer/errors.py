@@ -68,7 +68,9 @@ class ConfigError(ImporterError):
 
 
 class SourceError(ImporterError):
-    pass
+    #: raised while the source was being opened (connected, logged in, its object found):
+    #: the pod words these as CDI does, "Unable to connect to <source> data source: ..."
+    connecting = False
 
 
 class SourceNotFoundError(SourceError):

@@ -28,6 +28,7 @@ from .errors import (
     ImporterError,
     ScratchSpaceRequiredError,
     SourceAuthError,
+    SourceError,
     SourceNotFoundError,
     SourceTLSError,
     SourceUnavailableError,
@@ -234,11 +235,16 @@ def _import(settings: PodSettings, config: ImportConfig, progress: Progress,
             # the controller gives the DataVolume reason ImagePullFailed on this phrase
             return exc.exit_code, text_message(f"Unable to process data: failed to pull image: "
                                                f"{exc}")
-        if isinstance(exc, SourceUnavailableError):
+        if isinstance(exc, SourceUnavailableError) and not exc.connecting:
             return exc.exit_code, text_message(f"Unable to process data: {exc}")
         return exc.exit_code, text_message(f"Unable to connect to {src} data source: {exc}")
     except CancelledError:
         raise
+    except SourceError as exc:
+        log.error("%s", exc)
+        if exc.connecting and src != "registry":  # CDI: its data source's constructor failed
+            return exc.exit_code, text_message(f"Unable to connect to {src} data source: {exc}")
+        return exc.exit_code, text_message(f"Unable to process data: {exc}")
     except ImporterError as exc:
         log.error("%s", exc)
         return exc.exit_code, text_message(f"Unable to process data: {exc}")

@@ -120,6 +120,8 @@ POD = Front({
     "checksum": "IMPORTER_CHECKSUM", "converter": "IMPORTER_CONVERTER",
     "username": "IMPORTER_ACCESS_KEY_ID", "headers": "IMPORTER_EXTRA_HEADER_*",
     "ca_dir": "IMPORTER_CERT_DIR", "registry_arch": "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE",
+    "disk_id": "IMPORTER_DISK_ID", "checkpoint": "IMPORTER_CURRENT_CHECKPOINT",
+    "previous_checkpoint": "IMPORTER_PREVIOUS_CHECKPOINT",
 }, url_credentials=True, password_variable=None, check_dest=False, any_kind=True,
     separator="=")
 

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(qemu-utils qemu-block-extra nbdkit libnbd-bin nginx pigz zstd xz-utils curl
               apache2-utils util-linux mount procps e2fsprogs fdisk python3-venv
               swift swift-proxy swift-object swift-container swift-account
-              docker-registry skopeo gcc libc6-dev)
+              docker-registry skopeo gcc libc6-dev
+              python3-dev libxml2-dev)  # to build ovirt-imageio and ovirt-engine-sdk-python
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

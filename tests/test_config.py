@@ -66,7 +66,7 @@ SHARED_CASES = [
                                       "IMPORTER_ENDPOINT": "docker://UPPER/x"}, "UPPER"),
     ({"source": "docker://quay.io/x", "content_type": "archive"},
      {"IMPORTER_SOURCE": "registry", "IMPORTER_ENDPOINT": "docker://quay.io/x",
-      "IMPORTER_CONTENTTYPE": "archive"}, "'archive' is not possible with a registry source"),
+      "IMPORTER_CONTENTTYPE": "archive"}, "'archive' is not possible with a container image"),
 ]
 
 

@@ -195,9 +195,9 @@ def test_tls_credentials_and_headers_from_cdi_paths(pod: Pod, nginx: Nginx, imag
 
 
 def test_sources_of_later_issues_fail_clearly(pod: Pod) -> None:
-    code, _ = pod.run(IMPORTER_SOURCE="imageio", IMPORTER_ENDPOINT="https://127.0.0.1:1/api")
+    code, _ = pod.run(IMPORTER_SOURCE="vddk", IMPORTER_ENDPOINT="https://127.0.0.1:1/sdk")
     assert code == 1
-    assert pod.termination.startswith("Unable to connect to imageio data source:")
+    assert pod.termination.startswith("Unable to connect to vddk data source:")
 
 
 def test_progress_metric_rises_to_100_during_import(pod: Pod, nginx: Nginx) -> None:

@@ -42,6 +42,10 @@ class RandomAccessDisk(Protocol):
     @property
     def size(self) -> int: ...
 
+    #: False for a delta (a warm stage): extents() then names only the runs the delta changes,
+    #: with gaps where the disk keeps what it holds
+    complete: bool
+
     @property
     def read_unit(self) -> int:
         """0 when any range of a data extent may be read; otherwise every data extent must be
@@ -49,8 +53,8 @@ class RandomAccessDisk(Protocol):
         ...
 
     def extents(self) -> Iterator[Extent]:
-        """Data and zero runs covering [0, size) in order, without gaps. May read metadata
-        lazily: callers consume it as they copy."""
+        """Data and zero runs covering [0, size) in order, without gaps (unless not
+        `complete`). May read metadata lazily: callers consume it as they copy."""
         ...
 
     def readinto_at(self, offset: int, buf: bytearray | memoryview) -> int:

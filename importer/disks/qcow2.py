@@ -80,7 +80,9 @@ class Qcow2Header:
         return 1 << self.cluster_bits
 
 
-def parse_header(h: bytes) -> Qcow2Header:
+def parse_header(h: bytes, *, backing: bool = False) -> Qcow2Header:
+    """The header; `backing` (a delta stage) accepts a backing file, which is never opened:
+    its clusters are simply not part of the delta."""
     if len(h) < 72 or not h.startswith(b"QFI\xfb"):
         raise FormatError("not a qcow2 header")
     (version, backing_off, _blen, cluster_bits, size, crypt, l1_size, l1_offset) = \
@@ -89,7 +91,7 @@ def parse_header(h: bytes) -> Qcow2Header:
         raise FormatError(f"qcow2 version {version} is not supported (2 and 3 are)")
     if not 9 <= cluster_bits <= 21:
         raise FormatError(f"qcow2 cluster_bits {cluster_bits} is invalid")
-    if backing_off:
+    if backing_off and not backing:
         raise UnsafeImageError("qcow2 image has a backing file; refusing")
     if crypt:
         raise UnsafeImageError("qcow2 image is encrypted; import a decrypted image")
@@ -135,10 +137,16 @@ def layout(h: Qcow2Header) -> tuple[int, int, int]:
 
 
 class Qcow2Disk:
+    """The guest disk of the image's active layer. As a `delta` (a warm stage: the image's
+    backing file is the disk already imported), extents() names only what the delta changes:
+    its allocated clusters (data) and its zero clusters (zero); unallocated clusters belong to
+    the backing file and are left out, so the map has gaps (`complete` is False)."""
+
     read_unit = 0
 
     def __init__(self, header: Qcow2Header, readinto_at: ReadInto, file_size: int,
-                 pins: PinnedBytes, *, workers: int = 4) -> None:
+                 pins: PinnedBytes, *, workers: int = 4, delta: bool = False) -> None:
+        self.complete = not delta
         self._l2_entries, self._span, needed = layout(header)
         self.h = header
         self._readinto_at = readinto_at
@@ -196,16 +204,17 @@ class Qcow2Disk:
 
     def extents(self) -> Iterator[Extent]:
         size, span, cb = self.h.size, self._span, self.h.cluster_bits
+        gap = _ZERO if self.complete else _GAP  # what an unallocated cluster is
         allocated = [i for i, e in enumerate(self._l1) if e & OFFSET_MASK]
         for i in allocated[:L2_PREFETCH]:
             self._prefetch(i)
         ahead = iter(allocated[L2_PREFETCH:])
-        run_start, run_zero = 0, True
+        run_start, run_kind = 0, gap
         for index in range(len(self._l1)):
             base = index * span
             end = min(base + span, size)
             if not self._l1[index] & OFFSET_MASK:
-                kinds: list[tuple[int, bool]] = [(base, True)]
+                kinds: list[tuple[int, int]] = [(base, gap)]
             else:
                 nxt = next(ahead, None)
                 if nxt is not None:
@@ -215,18 +224,18 @@ class Qcow2Disk:
                 kinds = []
                 prev = None
                 for j in range(clusters):
-                    zero = reads_zero(table[j])
-                    if zero != prev:
-                        kinds.append((base + (j << cb), zero))
-                        prev = zero
+                    kind = _kind(table[j], gap)
+                    if kind != prev:
+                        kinds.append((base + (j << cb), kind))
+                        prev = kind
                 # the table stays: the workers read it again while they copy this range
-            for start, zero in kinds:
-                if zero != run_zero:
-                    if start > run_start:
-                        yield Extent(run_start, start - run_start, run_zero)
-                    run_start, run_zero = start, zero
-        if size > run_start:
-            yield Extent(run_start, size - run_start, run_zero)
+            for start, kind in kinds:
+                if kind != run_kind:
+                    if start > run_start and run_kind != _GAP:
+                        yield Extent(run_start, start - run_start, run_kind == _ZERO)
+                    run_start, run_kind = start, kind
+        if size > run_start and run_kind != _GAP:
+            yield Extent(run_start, size - run_start, run_kind == _ZERO)
 
     def _prefetch(self, index: int) -> Future[array[int]]:
         """The L2 table's read, started once; every caller shares it."""
@@ -361,6 +370,19 @@ def _zstd_cluster(data: memoryview, cs: int) -> bytes:
             break
         out += piece
     return bytes(out)
+
+
+_DATA, _ZERO, _GAP = 0, 1, 2
+
+
+def _kind(entry: int, unallocated: int) -> int:
+    """What a standard L2 entry holds for the extent map: data, zeros (the zero flag), or, with
+    no offset, `unallocated` (zeros, or a gap in a delta: the backing file's)."""
+    if entry & COMPRESSED:
+        return _DATA
+    if entry & ZERO_FLAG:
+        return _ZERO
+    return _DATA if entry & OFFSET_MASK else unallocated
 
 
 def reads_zero(entry: int) -> bool:

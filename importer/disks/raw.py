@@ -1,6 +1,6 @@
-"""A raw image over any ranged source: one data extent, or the file's own data/hole map when
-the source is a local file (SEEK_DATA/SEEK_HOLE), so a sparse local image is never read where
-it has holes."""
+"""A raw image over any ranged source: one data extent; the file's own data/hole map when the
+source is a local file (SEEK_DATA/SEEK_HOLE); or the map the server gives (the imageio
+daemon's extents), so a sparse image is never read where it has holes."""
 
 from __future__ import annotations
 
@@ -20,19 +20,24 @@ ReadInto = Callable[[int, bytearray | memoryview], int]
 class RawDisk:
     read_unit = 0
 
+    complete = True
+
     def __init__(self, readinto_at: ReadInto, size: int, pins: PinnedBytes, *,
-                 local_fd: int | None = None) -> None:
+                 local_fd: int | None = None, extent_map: list[Extent] | None = None) -> None:
         self._readinto_at = readinto_at
         self._size = size
         self._pins = pins
         self._fd = local_fd
+        self._map = extent_map
 
     @property
     def size(self) -> int:
         return self._size
 
     def extents(self) -> Iterator[Extent]:
-        if self._fd is not None:
+        if self._map is not None:
+            yield from self._map
+        elif self._fd is not None:
             yield from file_extents(self._fd, self._size)
         elif self._size:
             yield Extent(0, self._size, False)

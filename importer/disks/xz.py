@@ -17,6 +17,8 @@ ReadAt = Callable[[int, int], bytes]
 
 
 class XzDisk:
+    complete = True
+
     def __init__(self, read_at: ReadAt, blocks: list[XzBlock], pins: PinnedBytes) -> None:
         self._read_at = read_at
         self._blocks = blocks

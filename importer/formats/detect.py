@@ -33,9 +33,11 @@ class Detected:
         return bool(self.codecs)
 
 
-def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None) -> Detected:
+def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None,
+           backing_allowed: bool = False) -> Detected:
     """`raw` is the source stream from byte 0; `source_read_at` (random access into the same
-    bytes) lets inspection read beyond the head when the data is not compressed."""
+    bytes) lets inspection read beyond the head when the data is not compressed;
+    `backing_allowed`: a delta stage's qcow2 names its backing file (formats/headers.py)."""
     codecs: list[str] = []
     stream = PeekableStream(raw)
     while True:
@@ -55,7 +57,7 @@ def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None
     fmt = sniff_format(head)
     plain = not codecs
     read_at = pins.reader(source_read_at if (plain and source_read_at) else stream.read_at)
-    info = inspect_image(fmt, read_at, size if plain else None)
+    info = inspect_image(fmt, read_at, size if plain else None, backing_allowed=backing_allowed)
     if info.format == "raw" and plain and source_read_at and size and size >= 1024:
         vhd_size = vhd_fixed_footer_size(read_at(size - 512, 512))
         if vhd_size is not None and vhd_size == size - 512:

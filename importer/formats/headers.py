@@ -73,11 +73,14 @@ def sniff_format(head: bytes) -> str:
     return "raw"
 
 
-def inspect_image(fmt: str, read_at: ReadAt, size: int | None) -> ImageInfo:
+def inspect_image(fmt: str, read_at: ReadAt, size: int | None, *,
+                  backing_allowed: bool = False) -> ImageInfo:
     """Parse the header of `fmt` through `read_at`; raise UnsafeImageError for anything qemu-img
-    would resolve outside the image, FormatError for damaged headers."""
+    would resolve outside the image, FormatError for damaged headers. `backing_allowed` (a warm
+    import's delta stage) reports a qcow2 backing file name in the details instead of refusing
+    it: that delta is applied onto the disk itself, and no file is ever opened by the name."""
     if fmt == "qcow2":
-        return _qcow2(read_at)
+        return _qcow2(read_at, backing_allowed)
     if fmt == "vmdk":
         return _vmdk(read_at)
     if fmt == "vmdk-descriptor":
@@ -112,7 +115,7 @@ def _need(data: bytes, n: int, what: str) -> None:
 
 # --------------------------------------------------------------------------------- qcow2
 
-def _qcow2(read_at: ReadAt) -> ImageInfo:
+def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
     h = read_at(0, 112)
     _need(h, 72, "qcow2")
     (version, backing_off, backing_len, cluster_bits, size, crypt, l1_size) = struct.unpack_from(
@@ -128,6 +131,8 @@ def _qcow2(read_at: ReadAt) -> ImageInfo:
     details: dict[str, object] = {"version": version, "cluster_size": 1 << cluster_bits}
     if backing_off:
         name = read_at(backing_off, min(backing_len, 1023)).decode("utf-8", "replace")
+        details["backing_file"] = name
+    if backing_off and not backing_allowed:
         raise UnsafeImageError(
             f"qcow2 image has a backing file ({name!r}); it would be read from this host. "
             "Flatten it first: qemu-img convert -O qcow2 image.qcow2 flat.qcow2"

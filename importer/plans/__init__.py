@@ -18,11 +18,15 @@ Plans, cheapest first:
             read at random (no ranges, gz or zstd around it, a checksum to verify first):
             decoded to scratch, inspected again, then converted;
 * archive   a tar extracted safely into a directory;
+* delta     a warm import's later stage: a qcow2 delta whose backing file is the previous
+            checkpoint, read at random by the native reader, only its allocated and zero
+            clusters applied onto the existing disk;
 * blank     a new empty disk.
 """
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 
 from ..config import ContentType, ImportConfig
@@ -47,11 +51,13 @@ class SourceFacts:
     xz_blocks: int = 0
     #: why a blank disk: the source kind names no data
     blank: bool = False
+    #: the source has a map of data and zero extents (the imageio daemon)
+    extent_map: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    name: str  # stream, ranges, extents, convert, staged, archive, blank
+    name: str  # stream, ranges, extents, convert, staged, archive, delta, blank
     reason: str
     #: who turns the image into raw: "native", "qemu-img", or None when nothing converts
     converter: str | None = None
@@ -74,6 +80,8 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
         if fmt != "tar":
             raise FormatError(f"--content-type archive needs a tar archive, but the data is {fmt}")
         return Plan("archive", "a tar archive is extracted member by member into the directory")
+    if config.delta_of is not None:
+        return _delta(src, image, codecs, config.delta_of)
     if fmt == "tar" and not config.tar_as_raw:
         raise FormatError("the data is a tar archive; use --content-type archive to extract it "
                           "into a directory")
@@ -88,6 +96,10 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
         if src.xz_blocks > 1:
             return Plan("extents", f"the xz file has {src.xz_blocks} blocks: they are decoded in "
                         "parallel from ranged reads", converter=None, disk="xz")
+        if not codecs and src.random_access and src.size and src.extent_map:
+            return Plan("ranges", f"{what} copied by the source's map of data and zero extents: "
+                        "zero runs become holes, data runs are fetched on up to "
+                        f"{config.connections} connections", disk="raw")
         if not codecs and src.random_access and src.size and config.connections > 1:
             return Plan("ranges", f"{what} from a source with byte ranges: {config.connections} "
                         "connections fetch chunks at their offsets", disk="raw")
@@ -132,3 +144,22 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
                     converter="native", disk=fmt)
     return Plan("convert", f"{fmt}{inner} is converted by qemu-img reading it through an NBD "
                 f"export of the source{suffix}", converter="qemu-img")
+
+
+def _delta(src: SourceFacts, image: ImageInfo, codecs: list[str], previous: str) -> Plan:
+    """A delta stage: only a qcow2 whose backing file is the previous checkpoint can be applied
+    onto what that stage wrote (CDI's check and words)."""
+    if image.format != "qcow2":
+        raise FormatError(f"a delta stage applies a qcow2 delta onto the disk of checkpoint "
+                          f"{previous}, but the source holds {image.format}")
+    backing = posixpath.basename(str(image.details.get("backing_file", "")))
+    if backing != previous:
+        raise FormatError(f"snapshot backing file '{backing}' does not match expected checkpoint "
+                          f"'{previous}', unable to safely rebase snapshot")
+    if codecs or not src.random_access:
+        raise FormatError("a delta stage reads the qcow2 delta at random, but "
+                          + (f"it is {'+'.join(codecs)}-compressed" if codecs else
+                             src.sequential_reason or "the source does not serve byte ranges"))
+    return Plan("delta", f"a qcow2 delta on checkpoint {previous}: its allocated and zero "
+                "clusters are applied in place onto the disk the previous stage wrote; nothing "
+                "else is read or written", converter="native", disk="qcow2")

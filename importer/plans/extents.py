@@ -119,20 +119,24 @@ def open_disk(st: RunState, plan: Plan, reads: SourceReads, size: int) -> Random
         local = getattr(st.source, "fileno", None)
         fd = local() if callable(local) and limit is None else None
         from ..disks.raw import RawDisk
+        from ..sources.base import ExtentSource
 
+        extent_map = (st.source.extent_map() if isinstance(st.source, ExtentSource)
+                      and limit is None else None)
         return RawDisk(reads.readinto_at, size if limit is None else limit, det.pins,
-                       local_fd=fd)
+                       local_fd=fd, extent_map=extent_map)
     if plan.disk == "xz":
         from ..disks.xz import XzDisk
 
         assert st.xz_blocks is not None
         return XzDisk(reads.read_at, st.xz_blocks, det.pins)
     if plan.disk == "qcow2":
-        return open_qcow2(st, reads, size)
+        return open_qcow2(st, reads, size, delta=plan.name == "delta")
     raise AssertionError(f"no disk reader for {plan.disk}")
 
 
-def open_qcow2(st: RunState, reads: SourceReads, size: int) -> RandomAccessDisk:
+def open_qcow2(st: RunState, reads: SourceReads, size: int, *, delta: bool = False
+               ) -> RandomAccessDisk:
     from ..disks.qcow2 import Qcow2Disk, parse_header
 
     det = st.detected
@@ -156,15 +160,17 @@ def open_qcow2(st: RunState, reads: SourceReads, size: int) -> RandomAccessDisk:
         return bytes(buf[: readinto(offset, buf)])
 
     head = det.pins.reader(read_at)(0, min(512, size))  # the bytes the inspector judged
-    disk = Qcow2Disk(parse_header(head), readinto, size, det.pins,
-                     workers=st.config.connections)
+    disk = Qcow2Disk(parse_header(head, backing=delta), readinto, size, det.pins,
+                     workers=st.config.connections, delta=delta)
     st.stack.callback(disk.close)
     return disk
 
 
 def run(st: RunState, plan: Plan, target: Target, *, disk: RandomAccessDisk | None = None
         ) -> None:
-    """The ranges and extents plans; the staged plan calls it with the staged file's disk."""
+    """The ranges, extents and delta plans; the staged plan calls it with the staged file's
+    disk. A delta's disk maps only what it changes: those runs are applied onto the target
+    (opened in `apply` mode), and nothing else of it is touched."""
     cfg = st.config
     if disk is None:
         st.stream_closer.close()  # the sequential stream is not needed
@@ -180,8 +186,34 @@ def run(st: RunState, plan: Plan, target: Target, *, disk: RandomAccessDisk | No
         st.progress.enter("TransferDataFile")
     # progress counts the guest bytes copied, data and zeros alike, from here
     st.progress.total, st.progress.n = disk.size, 0
+    if not disk.complete:  # a delta: the map is read first, so progress has a total
+        changes = list(disk.extents())
+        st.progress.total = sum(e.length for e in changes)
+        log.info("the delta changes %d bytes in %d runs (%d of them zeroed)",
+                 st.progress.total, len(changes), sum(e.length for e in changes if e.zero))
+        disk = _Listed(disk, changes)
     workers = max(2, os.cpu_count() or 2) if plan.disk == "xz" else cfg.connections
+    readers = st.source.info().max_readers
+    if readers is not None and readers < workers:
+        log.info("the server serves %d readers at a time: %d connections", readers, readers)
+        workers = readers
     with raw_target(st, target, disk.size) as writer:
         copy_extents(disk, writer, workers=workers, progress=st.progress, cancel=st.cancel,
                      on_error=st.source.close)
         settle_raw(st, target, writer, disk.size, disk.size)
+
+
+class _Listed:
+    """A disk whose extents were read up front (a delta's changes, to know their total)."""
+
+    complete = False
+
+    def __init__(self, disk: RandomAccessDisk, runs: list[Extent]) -> None:
+        self._disk = disk
+        self._runs = runs
+        self.size = disk.size
+        self.read_unit = disk.read_unit
+        self.readinto_at = disk.readinto_at
+
+    def extents(self) -> Iterator[Extent]:
+        return iter(self._runs)

@@ -1,10 +1,10 @@
 """The sparse raw writer: raw bytes to the target, all-zero blocks skipped.
 
 Zero blocks become holes in a fresh file (it was truncated, so they already read as zeros) and
-zero ranges on a block device (whose old content is unknown), merged into as few calls as
-possible. With preallocation a file is fully allocated up front and a block device gets every
-zero written. Writes may come in any order (the parallel xz decoder writes blocks as they
-finish), so every call names its offset.
+zero ranges on a block device or on the existing disk a delta stage applies onto (whose old
+content is unknown), merged into as few calls as possible. With preallocation a file is fully
+allocated up front and a block device gets every zero written. Writes may come in any order
+(the parallel xz decoder writes blocks as they finish), so every call names its offset.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class SparseWriter:
             raise _oserror(exc, self.target.path, "writing") from exc
 
     def _zero(self, start: int, end: int) -> None:
-        if not self.target.is_block:
+        if not self.target.is_block and self.target.mode != "apply":
             return  # a fresh or preallocated file already reads zeros there
         with self._lock:
             pend = self._pending_zero

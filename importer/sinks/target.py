@@ -90,7 +90,9 @@ class Target:
                 self.capacity = struct.unpack("Q", buf)[0]
             finally:
                 os.close(fd)
-        elif capacity is not None:
+        elif capacity is not None and mode != "apply":
+            # a delta grows an existing file at most by what it adds: the free space measured
+            # beside the file (the pod's "available") does not bound it
             self.capacity = capacity
         self._zero_method: str | None = None  # remembered outcome of the zeroing fallbacks
 
@@ -125,9 +127,19 @@ class Target:
             self.fd = self._open(os.O_RDWR | os.O_NOFOLLOW | os.O_TRUNC)
         elif self.mode == "apply":  # an existing disk: its content is the base of the stage
             if not os.path.lexists(self.path):
-                raise TargetError(f"{self.path} does not exist; a delta stage applies changes "
-                                  "onto the disk a previous stage wrote")
+                # CDI's words (the VDDK source), then ours
+                raise TargetError(f"Disk image does not exist, cannot apply deltas for warm "
+                                  f"migration: {self.path} is missing; a delta stage applies "
+                                  "changes onto the disk a previous stage wrote, so run the "
+                                  "first stage (no previous checkpoint) again")
             self.fd = self._open(os.O_RDWR | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self.fd)
+                self.fd = -1
+                raise TargetError(f"another import is writing {self.path}; wait for it to "
+                                  "finish") from None
         else:
             self.fd = self._create_partial()
             try:
@@ -264,6 +276,8 @@ class Target:
     def set_size(self, size: int) -> None:
         if self.is_block:
             return
+        if self.mode == "apply":  # the disk a stage applies onto never shrinks
+            size = max(size, self.current_size())
         try:
             os.ftruncate(self.fd, size)
         except OSError as exc:

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..checksum import ChecksumSpec
+from ..disks.base import Extent
 from ..streams import PositionedReader
 
-__all__ = ["RandomAccessFile", "Source", "SourceInfo", "read_via_readinto"]
+__all__ = ["ExtentSource", "RandomAccessFile", "Source", "SourceInfo", "Transactional",
+           "read_via_readinto"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,8 @@ class SourceInfo:
     labels: dict[str, str] = field(default_factory=dict)
     #: why random access is impossible, for the log when the plan has to stage
     sequential_reason: str | None = None
+    #: the most parallel readers the server serves (an imageio backend's max_readers)
+    max_readers: int | None = None
 
 
 @runtime_checkable
@@ -53,6 +57,25 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ExtentSource(Protocol):
+    """A source that knows which of its bytes are data and which read as zeros (the imageio
+    daemon's extents): a raw image from it is copied by that map, zero runs never fetched."""
+
+    def extent_map(self) -> list[Extent] | None:
+        """Data and zero runs covering the whole object, or None when the server has none."""
+        ...
+
+
+@runtime_checkable
+class Transactional(Protocol):
+    """A source that holds something on the server for the import (an oVirt image transfer
+    locks the disk) and must be told how the import ended: `end(True)` after success (the
+    target committed), `end(False)` after a failure or a signal; at most once, before close."""
+
+    def end(self, ok: bool) -> None: ...
 
 
 def read_via_readinto(source: Source, offset: int, size: int) -> bytes:

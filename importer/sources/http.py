@@ -50,7 +50,7 @@ from .resumable import ResumableStream
 from .retry import backoff
 from .tls import make_ssl_context
 
-__all__ = ["HttpSource"]
+__all__ = ["HttpConnector", "HttpSource", "classify_error"]
 
 log = logging.getLogger(__name__)
 USER_AGENT = f"importer/{__version__}"
@@ -79,15 +79,103 @@ class _Probe:
     content_type: str
 
 
-class HttpSource:
-    def __init__(self, url: str, opts: HttpOptions) -> None:
-        self.original_url = url
+class HttpConnector:
+    """Connections to http(s) URLs as every HTTP client of the importer makes them: one TLS
+    context (CA directories, --insecure), the proxy decision, the low-speed meter, and an
+    abort that reaches reads blocked in other threads. The HTTP source and the oVirt engine
+    client (sources/ovirt/engine_api.py) share it, so TLS and proxies mean one thing."""
+
+    def __init__(self, opts: HttpOptions) -> None:
         self.opts = opts
         self._ctx_made: ssl.SSLContext | None = None
-        self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()
-        self._closed = threading.Event()
+        self.closed = threading.Event()
+
+    @property
+    def ctx(self) -> ssl.SSLContext:
+        """Made on first use: loading the CA store costs ~25 ms, which a plain-http import
+        (most of a 1 MiB image's time) never needs."""
+        if self._ctx_made is None:
+            self._ctx_made = make_ssl_context(self.opts.ca_dirs, self.opts.insecure)
+        return self._ctx_made
+
+    def connection(self, url: str, *, tracked: bool = False) -> http.client.HTTPConnection:
+        """A new (unconnected) connection for `url`; `tracked` ones are aborted by close()."""
+        if self.closed.is_set():
+            raise SourceError(f"{_redact(url)}: the import was stopped")
+        p = urlsplit(url)
+        if p.scheme not in ("http", "https"):
+            raise SourceError(f"{_redact(url)}: unsupported URL scheme {p.scheme!r}; use http "
+                              "or https")
+        try:
+            port = p.port
+        except ValueError as exc:
+            raise SourceError(f"{_redact(url)}: invalid URL: {exc}") from exc
+        proxy = self.opts.proxy_for(url)
+        opts = self.opts
+        conn: http.client.HTTPConnection
+        if proxy:
+            pp = urlsplit(proxy)
+            ptarget = (pp.hostname or "", pp.port or (443 if pp.scheme == "https" else 80))
+            if p.scheme == "https":  # CONNECT tunnel: the proxy sees only the host
+                conn = _MeteredHTTPSConnection(opts, *ptarget, context=self.ctx)
+                conn.set_tunnel(p.hostname or "", port or 443, headers=self._proxy_headers(proxy))
+            else:  # plain HTTP through a proxy: absolute URLs in the request line
+                conn = _MeteredHTTPConnection(opts, *ptarget)
+        elif p.scheme == "https":
+            conn = _MeteredHTTPSConnection(opts, p.hostname or "", port or 443, context=self.ctx)
+        else:
+            conn = _MeteredHTTPConnection(opts, p.hostname or "", port or 80)
+        if tracked:
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def request_target(self, url: str, headers: dict[str, str]) -> str:
+        """What the request line names: the path, or through a plain-HTTP proxy the absolute
+        URL (and the proxy's credentials join `headers`)."""
+        p = urlsplit(url)
+        proxy = self.opts.proxy_for(url)
+        if proxy and p.scheme == "http":
+            headers.update(self._proxy_headers(proxy))
+            return url
+        return (p.path or "/") + (f"?{p.query}" if p.query else "")
+
+    @staticmethod
+    def _proxy_headers(proxy: str) -> dict[str, str]:
+        pp = urlsplit(proxy)
+        if not pp.username:
+            return {}
+        creds = f"{pp.username}:{pp.password or ''}".encode()
+        return {"Proxy-Authorization": "Basic " + base64.b64encode(creds).decode()}
+
+    def close(self) -> None:
+        """Abort every tracked connection, including reads blocked in other threads (shutdown
+        wakes a blocked recv; close alone does not), so an import stops at once."""
+        self.closed.set()
+        with self._conns_lock:
+            for c in self._conns:
+                if c.sock is not None:
+                    with contextlib.suppress(OSError):
+                        c.sock.shutdown(socket.SHUT_RDWR)
+                c.close()
+            self._conns.clear()
+
+
+class HttpSource:
+    def __init__(self, url: str, opts: HttpOptions, *, shown: str | None = None,
+                 auth_hint: str | None = None) -> None:
+        """`shown`: how logs and messages name the URL when its path is a secret (an oVirt
+        transfer URL holds the ticket that grants access to the disk); `auth_hint`: what a
+        401/403 means there, when not credentials."""
+        self._auth_hint = auth_hint
+        self.original_url = url
+        self.opts = opts
+        self._net = HttpConnector(opts)
+        self._closed = self._net.closed
+        self._local = threading.local()
+        self._shown = shown
         self._probe = self._run_probe()
         self.url = self._probe.url
         if _origin(self.url) != _origin(url) and (opts.username or opts.headers):
@@ -97,12 +185,12 @@ class HttpSource:
             )
 
     @property
-    def _ctx(self) -> ssl.SSLContext:
-        """Made on first use: loading the CA store costs ~25 ms, which a plain-http import
-        (most of a 1 MiB image's time) never needs."""
-        if self._ctx_made is None:
-            self._ctx_made = make_ssl_context(self.opts.ca_dirs, self.opts.insecure)
-        return self._ctx_made
+    def connector(self) -> HttpConnector:
+        """The connections this source makes, for other calls to the same server."""
+        return self._net
+
+    def _where(self, url: str) -> str:
+        return self._shown or _redact(url)
 
     # ----------------------------------------------------------------- probe
 
@@ -130,14 +218,14 @@ class HttpSource:
                 if status in (301, 302, 303, 307, 308):
                     hops += 1
                     if hops > self.opts.max_redirects:
-                        raise SourceError(f"{_redact(self.original_url)}: more than "
+                        raise SourceError(f"{self._where(self.original_url)}: more than "
                                           f"{self.opts.max_redirects} redirects; check the URL")
                     target = urljoin(url, headers.get("location", ""))
                     if urlsplit(target).scheme not in ("http", "https"):
                         raise SourceError(
-                            f"{_redact(url)} redirects to {_redact(target)}: only http "
+                            f"{self._where(url)} redirects to {self._where(target)}: only http "
                             "and https redirects are followed; check the URL")
-                    log.info("redirect %d -> %s", status, _redact(target))
+                    log.info("redirect %d -> %s", status, self._where(target))
                     url = target
                     continue
                 self._check_status(status, url, reason)
@@ -177,12 +265,12 @@ class HttpSource:
             # CDI logs this and goes on; servers mislabel images. An HTML body is refused by
             # the format sniffer, which looks at the bytes themselves.
             log.warning("Unexpected content type '%s' from %s; the data decides", ctype,
-                        _redact(url))
+                        self._where(url))
         if status == 206:
             m = _CONTENT_RANGE.match(headers.get("content-range", ""))
             if not m or m.group(1) != "0" or m.group(3) == "*":
                 raise SourceContentError(
-                    f"{_redact(url)}: unusable Content-Range "
+                    f"{self._where(url)}: unusable Content-Range "
                     f"{headers.get('content-range')!r} in answer to a range request"
                 )
             return _Probe(url, int(m.group(3)), True, etag, ctype)
@@ -190,7 +278,7 @@ class HttpSource:
             m = re.match(r"bytes\s+\*/(\d+)", headers.get("content-range", ""))
             return _Probe(url, int(m.group(1)) if m else 0, True, etag, ctype)
         length = headers.get("content-length")
-        log.info("%s does not support range requests: streaming only, no resume", _redact(url))
+        log.info("%s does not support range requests: streaming only, no resume", self._where(url))
         return _Probe(url, int(length) if length and length.isdigit() else None, False, etag, ctype)
 
     def _check_status(self, status: int, url: str, reason: str) -> None:
@@ -198,9 +286,9 @@ class HttpSource:
             return
         # CDI's wording first: its tests and users' alerts match on it
         what = (f"expected status code 200, got {status}. Status: {status} {reason}"
-                f" ({_redact(url)})")
+                f" ({self._where(url)})")
         if status in (401, 403):
-            hint = (
+            hint = self._auth_hint or (
                 "the credentials were refused" if self.opts.username
                 else "the server wants credentials: use --username with --password-file"
             )
@@ -213,7 +301,7 @@ class HttpSource:
 
     @contextlib.contextmanager
     def _probe_errors(self, url: str) -> Iterator[None]:
-        where = _redact(url)
+        where = self._where(url)
         try:
             yield
         except ImporterError:
@@ -223,7 +311,7 @@ class HttpSource:
         except http.client.InvalidURL as exc:
             raise SourceError(f"{where}: invalid URL: {exc}") from exc
         except (http.client.HTTPException, OSError) as exc:
-            raise _classify(exc, where) from exc
+            raise classify_error(exc, where) from exc
 
     def _sleep_backoff(self, attempt: int, exc: Exception) -> None:
         backoff(self.opts, self._closed, attempt, exc)
@@ -236,56 +324,13 @@ class HttpSource:
                           version=p.etag)
 
     def _new_connection(self) -> http.client.HTTPConnection:
-        conn = self._connection_for(self.url)
-        with self._conns_lock:
-            self._conns.append(conn)
-        return conn
+        return self._net.connection(self.url, tracked=True)
 
     def _connection_for(self, url: str) -> http.client.HTTPConnection:
-        if self._closed.is_set():
-            raise SourceError(f"{_redact(url)}: the import was stopped")
-        p = urlsplit(url)
-        if p.scheme not in ("http", "https"):
-            raise SourceError(f"{_redact(url)}: unsupported URL scheme {p.scheme!r}; use http "
-                              "or https")
-        try:
-            port = p.port
-        except ValueError as exc:
-            raise SourceError(f"{_redact(url)}: invalid URL: {exc}") from exc
-        proxy = self.opts.proxy_for(url)
-        opts = self.opts
-        conn: http.client.HTTPConnection
-        if proxy:
-            pp = urlsplit(proxy)
-            ptarget = (pp.hostname or "", pp.port or (443 if pp.scheme == "https" else 80))
-            if p.scheme == "https":  # CONNECT tunnel: the proxy sees only the host
-                conn = _MeteredHTTPSConnection(opts, *ptarget, context=self._ctx)
-                conn.set_tunnel(p.hostname or "", port or 443, headers=self._proxy_headers(proxy))
-            else:  # plain HTTP through a proxy: absolute URLs in the request line
-                conn = _MeteredHTTPConnection(opts, *ptarget)
-        elif p.scheme == "https":
-            conn = _MeteredHTTPSConnection(opts, p.hostname or "", port or 443, context=self._ctx)
-        else:
-            conn = _MeteredHTTPConnection(opts, p.hostname or "", port or 80)
-        return conn
+        return self._net.connection(url)
 
     def _request_target(self, url: str, headers: dict[str, str]) -> str:
-        """What the request line names: the path, or through a plain-HTTP proxy the absolute
-        URL (and the proxy's credentials join `headers`)."""
-        p = urlsplit(url)
-        proxy = self.opts.proxy_for(url)
-        if proxy and p.scheme == "http":
-            headers.update(self._proxy_headers(proxy))
-            return url
-        return (p.path or "/") + (f"?{p.query}" if p.query else "")
-
-    @staticmethod
-    def _proxy_headers(proxy: str) -> dict[str, str]:
-        pp = urlsplit(proxy)
-        if not pp.username:
-            return {}
-        creds = f"{pp.username}:{pp.password or ''}".encode()
-        return {"Proxy-Authorization": "Basic " + base64.b64encode(creds).decode()}
+        return self._net.request_target(url, headers)
 
     def _request(self, conn: http.client.HTTPConnection, start: int, end: int | None
                  ) -> http.client.HTTPResponse:
@@ -303,31 +348,31 @@ class HttpSource:
                 if resp.status == 200:
                     resp.close()
                     raise SourceContentError(
-                        f"{_redact(self.url)} changed during the import (its ETag no longer "
+                        f"{self._where(self.url)} changed during the import (its ETag no longer "
                         "matches) or stopped honouring range requests; start the import again"
                     )
                 m = _CONTENT_RANGE.match(resp.getheader("content-range") or "")
                 if not m or int(m.group(1)) != start:
                     resp.close()
                     raise SourceContentError(
-                        f"{_redact(self.url)}: answered range {start}- with "
+                        f"{self._where(self.url)}: answered range {start}- with "
                         f"{resp.getheader('content-range')!r}"
                     )
             return resp
         body = resp.read(512)
         resp.close()
         self._check_status(resp.status, self.url, resp.reason)
-        raise SourceError(f"{_redact(self.url)}: unexpected HTTP {resp.status}: {body[:80]!r}")
+        raise SourceError(f"{self._where(self.url)}: unexpected HTTP {resp.status}: {body[:80]!r}")
 
     @contextlib.contextmanager
     def _bulk_errors(self) -> Iterator[None]:
-        where = _redact(self.url)
+        where = self._where(self.url)
         try:
             yield
         except ImporterError:
             raise
         except (http.client.HTTPException, OSError) as exc:  # resets, timeouts, short bodies
-            err = _classify(exc, where)
+            err = classify_error(exc, where)
             if isinstance(err, SourceUnreachableError):
                 # the probe reached this server: now it is an outage (a restart), retried
                 err = SourceUnavailableError(str(err))
@@ -335,7 +380,7 @@ class HttpSource:
 
     def open_stream(self, offset: int = 0) -> io.RawIOBase:
         """The shared resumable stream (sources/resumable.py) over ranged GETs from `offset`."""
-        where = _redact(self.url)
+        where = self._where(self.url)
         verdict = _ShortBodyVerdict(where)
 
         def open_at(pos: int) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -375,7 +420,7 @@ class HttpSource:
         """Fill buf from `offset` with ranged GETs on this thread's kept-alive connection,
         resuming after failures like the sequential stream does."""
         if not self._probe.ranges:
-            raise SourceError(f"{_redact(self.url)}: random access needs range support")
+            raise SourceError(f"{self._where(self.url)}: random access needs range support")
         size = len(buf)
         if self._probe.size is not None:
             size = max(0, min(size, self._probe.size - offset))
@@ -396,13 +441,13 @@ class HttpSource:
                             break
                         got += n
                     if got < size:
-                        raise _ShortBody(f"{_redact(self.url)}: short answer to a range request")
+                        raise _ShortBody(f"{self._where(self.url)}: short answer to a range request")
             except SourceUnavailableError as exc:
                 if conn is not None:
                     conn.close()
                 self._local.conn = None
                 shorts = _short_body_verdict(exc, 0 if got > before else shorts,
-                                             _redact(self.url), offset + got)
+                                             self._where(self.url), offset + got)
                 failures += 1
                 if failures > self.opts.max_retries:
                     raise
@@ -413,16 +458,7 @@ class HttpSource:
         pass  # nothing is checked out of band: checksums are verified in the stream
 
     def close(self) -> None:
-        """Abort every connection, including reads blocked in other threads (shutdown wakes
-        a blocked recv; close alone does not), so an import stops at once."""
-        self._closed.set()
-        with self._conns_lock:
-            for c in self._conns:
-                if c.sock is not None:
-                    with contextlib.suppress(OSError):
-                        c.sock.shutdown(socket.SHUT_RDWR)
-                c.close()
-            self._conns.clear()
+        self._net.close()
 
 
 class _LowSpeedSocket:
@@ -554,7 +590,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-def _classify(exc: BaseException, where: str) -> SourceError:
+def classify_error(exc: BaseException, where: str) -> SourceError:
     """Which failures are outages (retried) and which are not: a name that does not resolve, a
     refused connection, a TLS failure or a protocol violation does not heal by waiting."""
     chain = list(_chain(exc))

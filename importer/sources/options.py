@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GcsOptions", "RegistryOptions", "S3Options", "SourceOptions"]
+__all__ = ["GcsOptions", "ImageioOptions", "RegistryOptions", "S3Options", "SourceOptions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,4 +28,24 @@ class RegistryOptions:
     auth_file: Path | None = None
 
 
-SourceOptions = S3Options | GcsOptions | RegistryOptions | None
+@dataclass(frozen=True, slots=True)
+class ImageioOptions:
+    """An oVirt disk (cdi-contract.md 4.5). The engine URL is the import's source; the user and
+    password are the HTTP credentials."""
+
+    disk_id: str
+    #: the snapshot (volume id) this stage copies; None: the disk as it is now
+    checkpoint: str | None = None
+    #: the snapshot the previous stage copied: this stage downloads the delta between the two
+    #: (a qcow2 whose backing file is that snapshot) and applies it onto the existing disk
+    previous_checkpoint: str | None = None
+    #: the last stage of a warm import (logged, as CDI does)
+    final: bool = False
+    #: how long a locked disk is waited for before the import fails (transient: retried later)
+    locked_wait: float = 600.0
+    locked_retry: float = 15.0
+    #: renew the transfer ticket after this many idle seconds (CDI: 30)
+    renew_after: float = 30.0
+
+
+SourceOptions = S3Options | GcsOptions | RegistryOptions | ImageioOptions | None
