@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import ssl
@@ -21,6 +22,14 @@ _PEM_MARK = "-----BEGIN CERTIFICATE-----"
 
 
 def make_ssl_context(ca_dirs: list[Path], insecure: bool) -> ssl.SSLContext:
+    """One context per trust setting for the whole process: several clients of one import (the
+    oVirt engine and the imageio daemon; probe and bulk) share it, and loading the store costs
+    ~25 ms. An SSLContext may be shared between threads and connections."""
+    return _context(tuple(ca_dirs), insecure)
+
+
+@functools.lru_cache(maxsize=8)
+def _context(ca_dirs: tuple[Path, ...], insecure: bool) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:

@@ -40,8 +40,10 @@ class TransferTimings:
     #: how long a locked disk is waited for in total, and the pause between attempts (CDI: 15 s)
     locked_wait: float = 600.0
     locked_retry: float = 15.0
-    #: how long a new transfer may stay `initializing`, and the polling interval (CDI: 1 s)
+    #: how long a new transfer may stay `initializing`, and the polling interval: from
+    #: first_poll doubling up to poll (CDI: 1 s flat; a host is often ready in a fraction)
     start_wait: float = 300.0
+    first_poll: float = 0.05
     poll: float = 1.0
     #: the ticket's inactivity timeout asked of the engine (CDI: 60 s)
     inactivity_timeout: int = 60
@@ -97,12 +99,14 @@ class TransferSession:
         assert self.info is not None
         deadline = time.monotonic() + self._t.start_wait
         info = self.info
+        pause = self._t.first_poll
         while info.phase == "initializing":
             if time.monotonic() > deadline:
                 raise SourceUnavailableError(
                     f"image transfer {info.id} stayed initializing for {self._t.start_wait:.0f} "
                     "s; the engine may have no host to serve it. It was cancelled")
-            time.sleep(self._t.poll)
+            time.sleep(pause)
+            pause = min(pause * 2, self._t.poll)
             got = self._engine.transfer(info.id)
             if got is None:
                 raise SourceError(f"image transfer {info.id} disappeared while initializing")

@@ -283,6 +283,11 @@ class FakeEngine:
             return 200, "<api><product_info><name>fake engine</name></product_info></api>", xml
         if method == "GET" and len(parts) == 2 and parts[0] == "disks":
             return 200, self._disk_xml(self.disks[parts[1]]), xml
+        if method == "GET" and parts == ["hosts", "host-1"]:
+            return 200, '<host id="host-1"><name>host-1</name><status>up</status></host>', xml
+        if method == "GET" and len(parts) == 2 and parts[0] == "storagedomains":
+            return 200, (f'<storage_domain id="{parts[1]}"><name>{parts[1]}</name>'
+                         "<type>data</type></storage_domain>"), xml
         if method == "GET" and len(parts) == 3 and parts[0] == "storagedomains" and \
                 parts[2] == "disksnapshots":
             return 200, self._snapshots_xml(parts[1]), xml
@@ -336,9 +341,10 @@ class FakeEngine:
         if x.find("snapshot") is not None:
             snapshot: str | None = x.find("snapshot").get("id")  # type: ignore[union-attr]
             disk, volume = self._volume(snapshot or "")
-        else:
+        else:  # <disk id> (CDI, the SDK's examples) or <image id> (ovirt-img)
             snapshot = None
-            disk = self.disks[x.find("disk").get("id")]  # type: ignore[union-attr,index]
+            subject = x.find("disk") if x.find("disk") is not None else x.find("image")
+            disk = self.disks[subject.get("id")]  # type: ignore[union-attr,index]
             volume = disk.active
         if self.locked_posts > 0 or disk.status == "locked":
             self.locked_posts -= 1
@@ -366,7 +372,8 @@ class FakeEngine:
         return (f'<image_transfer href="/ovirt-engine/api/imagetransfers/{t.id}" id="{t.id}">'
                 f"<phase>{t.phase}</phase><direction>download</direction><format>{t.fmt}"
                 f"</format><transfer_url>{url}</transfer_url><proxy_url>{url}</proxy_url>"
-                f'<disk id="{t.disk}"/></image_transfer>')
+                f'<disk id="{t.disk}"/><host href="/ovirt-engine/api/hosts/host-1" id="host-1"/>'
+                "</image_transfer>")
 
     def _poll(self, t: Transfer) -> tuple[int, str, str]:
         if t.phase == "gone":
