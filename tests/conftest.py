@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.registry_server"]  # registry fixtures, shared by several suites
+# fixtures shared by several suites: the registry, and the oVirt world (imageio + engine)
+pytest_plugins = ["tests.registry_server", "tests.sources.ovirt.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_SIZE = 24 << 20  # virtual size of the seed disk

@@ -29,6 +29,8 @@ from ..conftest import (
     scrape_progress,
 )
 from ..registry_server import Disks, Registry
+from ..sources.ovirt.fixtures import Ovirt
+from ..sources.ovirt.servers import FakeEngine
 
 IMAGE = os.environ.get("IMPORTER_IMAGE", "localhost/importer:ci")
 
@@ -283,3 +285,29 @@ def test_sigterm_mid_import(pod: PodRun, nginx: Nginx) -> None:
     assert p.returncode == 143
     assert "SIGTERM" in pod.message and "Import Complete" not in pod.message
     assert list(pod.data.iterdir()) == []
+
+
+def test_imageio_cold_then_delta_stage(tmp_path: Path, pod: PodRun, ovirt: Ovirt) -> None:
+    """oVirt: the first stage of a warm import as CDI runs it (engine URL, secret, CA config
+    map at /certs), then a delta stage applied onto the disk it left in /data."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(ovirt.pki.ca_file.read_bytes())
+    pod.volumes.append(f"{certs}:/certs:ro")
+    chain = ovirt.warm
+    env = {"IMPORTER_SOURCE": "imageio", "IMPORTER_ENDPOINT": ovirt.engine.url,
+           "IMPORTER_ACCESS_KEY_ID": FakeEngine.USER, "IMPORTER_SECRET_KEY": FakeEngine.PASSWORD,
+           "IMPORTER_CERT_DIR": "/certs", "IMPORTER_DISK_ID": chain.disk.id,
+           "IMPORTER_CURRENT_CHECKPOINT": chain.snapshots[0], "IMPORTER_PREVIOUS_CHECKPOINT": "",
+           "IMPORTER_FINAL_CHECKPOINT": "false"}
+    code, err = pod.run(**env)
+    assert code == 0, err
+    assert json.loads(pod.message)["message"] == "Import Complete"
+    assert same_disk(pod.data / "disk.img", chain.expected[0])
+    code, err = pod.run(**env | {"IMPORTER_CURRENT_CHECKPOINT": chain.snapshots[1],
+                                 "IMPORTER_PREVIOUS_CHECKPOINT": chain.snapshots[0],
+                                 "IMPORTER_FINAL_CHECKPOINT": "true"})
+    assert code == 0, err
+    assert same_disk(pod.data / "disk.img", chain.expected[1])
+    assert len(ovirt.engine.actions("finalize")) == 2 and not ovirt.engine.actions("cancel")
+    assert FakeEngine.PASSWORD not in err

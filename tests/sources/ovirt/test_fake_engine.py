@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import Ovirt
+from .fixtures import Ovirt
 from .servers import FakeEngine
 
 sdk = pytest.importorskip("ovirtsdk4", reason="ovirt-engine-sdk-python is not installed "

@@ -33,7 +33,7 @@ from tests.conftest import (
     same_disk,
 )
 
-from .conftest import Ovirt
+from .fixtures import Ovirt
 from .servers import FakeEngine
 
 pytestmark = pytest.mark.timeout(180)
