@@ -104,7 +104,8 @@ def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
     stream_closer.callback(stream.close)
     detected = detect(stream, size=info.size,
                       source_read_at=src.read_at if info.random_access else None,
-                      backing_allowed=config.delta_of is not None)
+                      backing_allowed=config.delta_of is not None,
+                      guest_data=info.guest_data)
     result = ImportResult(
         source=_redact(config.source), destination=str(config.dest), target_kind="file",
         format=detected.info.format, compression=detected.codecs,

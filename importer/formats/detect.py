@@ -34,10 +34,14 @@ class Detected:
 
 
 def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None,
-           backing_allowed: bool = False) -> Detected:
+           backing_allowed: bool = False, guest_data: bool = False) -> Detected:
     """`raw` is the source stream from byte 0; `source_read_at` (random access into the same
     bytes) lets inspection read beyond the head when the data is not compressed;
-    `backing_allowed`: a delta stage's qcow2 names its backing file (formats/headers.py)."""
+    `backing_allowed`: a delta stage's qcow2 names its backing file (formats/headers.py);
+    `guest_data`: the bytes are a guest's disk, raw by definition, and are not sniffed."""
+    if guest_data:
+        log.info("the source serves the guest's disk itself: raw, %s bytes", size or "unknown")
+        return Detected(ImageInfo("raw", size), PeekableStream(raw))
     codecs: list[str] = []
     stream = PeekableStream(raw)
     while True:

@@ -31,6 +31,15 @@ class SourceInfo:
     sequential_reason: str | None = None
     #: the most parallel readers the server serves (an imageio backend's max_readers)
     max_readers: int | None = None
+    #: the bytes are a guest's disk itself (an oVirt raw transfer, a VMware disk over NBD): they
+    #: are written as they are, never sniffed for a format; a guest may keep anything on its
+    #: disk, a qcow2 file's bytes included, and must not be converted for it
+    guest_data: bool = False
+    #: the source's extent map names only what changed since the previous checkpoint (a warm
+    #: stage): everything outside it stays as the target holds it
+    changes_only: bool = False
+    #: what the front-ends report beside the result (the VDDK version and host)
+    details: dict[str, object] = field(default_factory=dict)
 
 
 @runtime_checkable

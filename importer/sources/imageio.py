@@ -53,6 +53,7 @@ class ImageioSource:
         self._http: HttpSource | None = None
         self._extents: list[Extent] | None = None
         self._max_readers = 1
+        self._fmt = "raw"
         try:
             self._open(config)
         except BaseException:
@@ -66,7 +67,7 @@ class ImageioSource:
         if disk is None:
             raise SourceNotFoundError(f"disk {opts.disk_id} not found; check the disk id")
         snapshot = self._snapshot(disk.id, disk.storage_domains, disk.image_id)
-        fmt = "cow" if opts.checkpoint and opts.previous_checkpoint else "raw"
+        fmt = self._fmt = "cow" if opts.checkpoint and opts.previous_checkpoint else "raw"
         stage = ("a full copy" if not opts.checkpoint else
                  f"snapshot {opts.checkpoint}" + (f" as the delta from {opts.previous_checkpoint}"
                                                   if opts.previous_checkpoint else ""))
@@ -124,8 +125,9 @@ class ImageioSource:
 
     def info(self) -> SourceInfo:
         base = self._data().info()
+        # a raw transfer is the guest's disk; a cow one is a qcow2 volume, to be inspected
         return dataclasses.replace(base, name=f"oVirt disk {self._opts.disk_id}",
-                                   max_readers=self._max_readers)
+                                   max_readers=self._max_readers, guest_data=self._fmt == "raw")
 
     def extent_map(self) -> list[Extent] | None:
         return self._extents

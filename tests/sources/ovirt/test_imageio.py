@@ -340,3 +340,30 @@ def test_missing_disk_id_is_a_configuration_error(ovirt: Ovirt, tmp_path: Path) 
     r = importer_cli("import", *ovirt.cli_args("--disk-id", "x", "--previous-checkpoint", "s"),
                      str(tmp_path / "d.img"))
     assert r.returncode == 2 and "previous checkpoint set without current" in r.stderr
+
+
+def test_a_guest_disk_is_copied_as_it_is_whatever_it_holds(ovirt: Ovirt, tmp_path: Path
+                                                             ) -> None:
+    """A raw transfer is the guest's disk: one that holds a qcow2 file's bytes at its start
+    and a VHD footer at its end is still copied byte for byte, never converted or cut."""
+    from .servers import Disk, Volume, new_id, qemu
+
+    work = tmp_path / "vol"
+    work.mkdir()
+    inner = work / "inner.qcow2"
+    qemu("create", "-f", "qcow2", inner, "16M")
+    vol = Volume(new_id(), work / "guest.raw", "raw")
+    data = bytearray(inner.read_bytes().ljust(8 << 20, b"\0"))
+    data[-512:] = b"conectix" + bytes(504)  # a fixed VHD footer's cookie in the last sector
+    vol.path.write_bytes(bytes(data))
+    disk = ovirt.engine.add_disk(Disk(new_id(), len(data), [vol], name="odd"))
+    try:
+        for connections in ("4", "1"):  # the ranges plan, and the stream plan
+            dest = tmp_path / f"d{connections}.img"
+            r = importer_cli("import", *ovirt.cli_args("--disk-id", disk.id), str(dest),
+                             "--connections", connections, "-o", "json")
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["format"] == "raw"
+            assert dest.read_bytes() == bytes(data)
+    finally:
+        del ovirt.engine.disks[disk.id]
