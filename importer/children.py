@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from .errors import CancelledError
 
-__all__ = ["ChildResult", "child_environment", "limited", "run_child", "watch_child"]
+__all__ = ["ChildResult", "ServerChild", "child_environment", "limited", "run_child",
+           "watch_child"]
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +133,54 @@ def watch_child(argv: list[str], *, limits: Sequence[str] = (), pass_fds: Sequen
         for t in threads:
             t.join(timeout=grace)
     return ChildResult(proc.returncode, b"", bytes(stderr))
+
+
+class ServerChild:
+    """A long-lived child that serves the import (nbdkit): started with a secret through an
+    inherited pipe, its merged stdout and stderr handed line by line to `on_line` (the last
+    lines also kept for error messages), stopped by stop() (terminate, then kill)."""
+
+    def __init__(self, argv: list[str], *, secret: bytes | None = None,
+                 secret_fd_placeholder: str = "{secret_fd}",
+                 on_line: Callable[[str], None] | None = None, kept: int = 1000) -> None:
+        fds = _secret_pipe(secret)
+        try:
+            argv = [a.replace(secret_fd_placeholder, str(fds[0])) if fds else a for a in argv]
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, env=child_environment(),
+                                         pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)  # the child holds its copy; the password leaves our process here
+        self.lines: list[str] = []
+        self._kept = kept
+        self._on_line = on_line
+        self._reader = threading.Thread(target=self._read, name=f"{argv[0]}-log", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            del self.lines[: -self._kept]
+            if self._on_line is not None:
+                self._on_line(line)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def last_lines(self, n: int = 5) -> list[str]:
+        self._reader.join(timeout=0.5 if not self.running() else 0)
+        return self.lines[-n:]
+
+    def stop(self, grace: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=grace)
+        return self.proc.returncode

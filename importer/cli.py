@@ -72,14 +72,29 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--registry-auth-file", metavar="FILE",
                        help="docker/podman credentials file (default: $REGISTRY_AUTH_FILE, "
                             "containers/auth.json, ~/.docker/config.json)")
+        w = sp.add_argument_group("warm imports (--source imageio or vddk)")
+        w.add_argument("--checkpoint", metavar="SNAPSHOT",
+                       help="a stage: the snapshot to copy (oVirt: its volume id; VMware: its "
+                            "id, snapshot-NN, or its name)")
+        w.add_argument("--previous-checkpoint", metavar="SNAPSHOT",
+                       help="the snapshot the previous stage copied (VMware: or a change ID): "
+                            "only the changes since it are applied onto DEST, which must hold "
+                            "that stage's result")
         o = sp.add_argument_group("oVirt (--source imageio; SOURCE is the engine's API URL, "
                                   "https://ENGINE/ovirt-engine/api)")
         o.add_argument("--disk-id", metavar="ID", help="the disk to import")
-        o.add_argument("--checkpoint", metavar="SNAPSHOT",
-                       help="a warm import's stage: the snapshot (volume id) to copy")
-        o.add_argument("--previous-checkpoint", metavar="SNAPSHOT",
-                       help="the snapshot the previous stage copied: only the changes since it "
-                            "are applied onto DEST, which must hold that stage's result")
+        v = sp.add_argument_group("VMware (--source vddk; SOURCE is vCenter's or ESXi's URL, "
+                                  "https://HOST/sdk)")
+        v.add_argument("--vm-uuid", metavar="UUID", help="the VM's instance or BIOS UUID")
+        v.add_argument("--backing-file", metavar="'[DS] VM/DISK.vmdk'",
+                       help="the disk, by its file")
+        v.add_argument("--thumbprint", metavar="SHA1",
+                       help="the SHA-1 thumbprint of vCenter's or ESXi's certificate")
+        v.add_argument("--vddk-libdir", metavar="DIR",
+                       help="where VDDK is (default /opt/vmware-vix-disklib-distrib)")
+        v.add_argument("--vddk-plugin", metavar="NAME_OR_PATH",
+                       help="nbdkit's plugin (default vddk; a path runs another build)")
+        v.add_argument("--vddk-config", metavar="FILE", help="VDDK's extra configuration file")
         g.add_argument("--read-timeout", type=float, default=120.0,
                        help="seconds without data before a connection is resumed")
         g.add_argument("--connect-timeout", type=float, default=30.0,
@@ -217,6 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             disk_id=args.disk_id,
             checkpoint=args.checkpoint,
             previous_checkpoint=args.previous_checkpoint,
+            vm_uuid=args.vm_uuid,
+            backing_file=args.backing_file,
+            thumbprint=args.thumbprint,
+            vddk_libdir=args.vddk_libdir,
+            vddk_plugin=args.vddk_plugin,
+            vddk_config=args.vddk_config,
             converter=args.converter,
         )
         result: dict[str, Any]

@@ -27,6 +27,7 @@ from .sources.options import (
     RegistryOptions,
     S3Options,
     SourceOptions,
+    VddkOptions,
 )
 
 __all__ = [
@@ -238,7 +239,9 @@ CLI = Front({
     "scratch_dir": "--scratch-dir", "source_kind": "--source", "registry_arch": "--arch",
     "gcs_credentials": "--gcs-credentials", "registry_auth_file": "--registry-auth-file",
     "disk_id": "--disk-id", "checkpoint": "--checkpoint",
-    "previous_checkpoint": "--previous-checkpoint",
+    "previous_checkpoint": "--previous-checkpoint", "vm_uuid": "--vm-uuid",
+    "backing_file": "--backing-file", "thumbprint": "--thumbprint",
+    "vddk_config": "--vddk-config",
 })
 
 
@@ -286,6 +289,12 @@ def validate_config(
     disk_id: str | None = None,
     checkpoint: str | None = None,
     previous_checkpoint: str | None = None,
+    vm_uuid: str | None = None,
+    backing_file: str | None = None,
+    thumbprint: str | None = None,
+    vddk_libdir: str | None = None,
+    vddk_plugin: str | None = None,
+    vddk_config: str | None = None,
     options: SourceOptions = None,
     converter: str = "auto",
     tar_as_raw: bool = False,
@@ -468,10 +477,19 @@ def validate_config(
         if kind_name == "imageio":
             options = ImageioOptions(disk_id or "", checkpoint or None,
                                      previous_checkpoint or None)
+        elif kind_name == "vddk":
+            options = VddkOptions(
+                vm_uuid or "", backing_file or "", thumbprint or None, checkpoint or None,
+                previous_checkpoint or None,
+                libdir=Path(vddk_libdir or "/opt/vmware-vix-disklib-distrib"),
+                plugin=vddk_plugin or "vddk",
+                config=Path(vddk_config) if vddk_config else None)
     if kind_name == "imageio":
         problems += _imageio_problems(options, username, front)
-        if problems:
-            return None, problems
+    elif kind_name == "vddk":
+        problems += _vddk_problems(options, username, front)
+    if problems:
+        return None, problems
     return ImportConfig(
         source=source,
         dest=dest_path,
@@ -530,6 +548,30 @@ def _imageio_problems(options: SourceOptions, username: str | None, front: Front
     if not username:
         found.append(Problem("username", f"the engine needs a user: {front.name('username')} "
                              "(e.g. admin@internal) and a password"))
+    return found
+
+
+def _vddk_problems(options: SourceOptions, username: str | None, front: Front
+                   ) -> list[Problem]:
+    found = []
+    if not isinstance(options, VddkOptions):
+        return [Problem("vm_uuid", "a VDDK import needs the VM's UUID and the disk's backing file")]
+    if not options.vm_uuid:
+        found.append(Problem("vm_uuid", f"{front.name('vm_uuid')} is needed: the VM's instance "
+                             "or BIOS UUID"))
+    if not options.backing_file:
+        found.append(Problem("backing_file", f"{front.name('backing_file')} is needed: the "
+                             "disk's file, such as '[datastore] vm/vm.vmdk'"))
+    if options.previous_checkpoint and not options.checkpoint:
+        found.append(Problem("checkpoint", f"previous checkpoint set without current "
+                             f"({front.name('previous_checkpoint')} needs "
+                             f"{front.name('checkpoint')})"))
+    if options.config is not None and not options.config.is_file():
+        found.append(Problem("vddk_config", f"{front.setting('vddk_config', str(options.config))}"
+                             ": no such file"))
+    if not username:
+        found.append(Problem("username", f"vCenter or ESXi needs a user: "
+                             f"{front.name('username')} and a password"))
     return found
 
 

@@ -144,7 +144,8 @@ def source_facts(st: RunState) -> SourceFacts:
     return SourceFacts(random_access=info.random_access, size=info.size,
                        sequential_reason=info.sequential_reason, xz_blocks=xz_count,
                        extent_map=isinstance(st.source, ExtentSource)
-                       and st.source.extent_map() is not None)
+                       and st.source.extent_map() is not None,
+                       changes_only=info.changes_only)
 
 
 def resolve_plan(st: RunState) -> Plan:
@@ -190,6 +191,7 @@ def _execute(st: RunState, plan: Plan) -> None:
         runner = _runner(plan.name)
         runner(st, plan, target)
     st.result.bytes_read = st.bytes_read
+    st.result.details.update(st.source.info().details)  # the VDDK version and host
     if st.spec is not None and st.result.checksum is None and cfg.checksum is None:
         log.info("the object's own %s checksum was not verified: the %s plan reads it at "
                  "random (give --checksum to verify in order)", st.spec.algorithm, plan.name)

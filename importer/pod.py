@@ -257,8 +257,10 @@ def _import(settings: PodSettings, config: ImportConfig, progress: Progress,
     if not settings.block and settings.content_type.value == "kubevirt":
         os.chmod(settings.dest, 0o660)  # CDI's functional tests check -rw-rw----
     log.info("import complete", extra={"fields": result.as_dict()})
+    vddk = result.details.get("vddkInfo")
     return 0, json_message("Import Complete", scratch_space_required=False,
-                           preallocation_applied=result.preallocated, labels=result.labels or None)
+                           preallocation_applied=result.preallocated, labels=result.labels or None,
+                           vddk_info=vddk if isinstance(vddk, dict) else None)
 
 
 def _blank(settings: PodSettings) -> tuple[int, str]:

@@ -121,7 +121,9 @@ POD = Front({
     "username": "IMPORTER_ACCESS_KEY_ID", "headers": "IMPORTER_EXTRA_HEADER_*",
     "ca_dir": "IMPORTER_CERT_DIR", "registry_arch": "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE",
     "disk_id": "IMPORTER_DISK_ID", "checkpoint": "IMPORTER_CURRENT_CHECKPOINT",
-    "previous_checkpoint": "IMPORTER_PREVIOUS_CHECKPOINT",
+    "previous_checkpoint": "IMPORTER_PREVIOUS_CHECKPOINT", "vm_uuid": "IMPORTER_UUID",
+    "backing_file": "IMPORTER_BACKING_FILE", "thumbprint": "IMPORTER_THUMBPRINT",
+    "vddk_config": "/vddk-args/vddk-config-file",
 }, url_credentials=True, password_variable=None, check_dest=False, any_kind=True,
     separator="=")
 

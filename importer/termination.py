@@ -23,7 +23,8 @@ def _fit(text: str, limit: int) -> str:
 
 def json_message(message: str, *, scratch_space_required: bool | None = None,
                  preallocation_applied: bool | None = None,
-                 labels: dict[str, str] | None = None) -> str:
+                 labels: dict[str, str] | None = None,
+                 vddk_info: dict[str, str] | None = None) -> str:
     """Fields in Go's order, each present only when set, as the controller decodes them."""
 
     def render(msg: str, lab: dict[str, str] | None) -> str:
@@ -32,6 +33,9 @@ def json_message(message: str, *, scratch_space_required: bool | None = None,
             obj["scratchSpaceRequired"] = scratch_space_required
         if preallocation_applied is not None:
             obj["preallocationApplied"] = preallocation_applied
+        if vddk_info is not None:  # Go's struct: capitalised keys, in its field order
+            obj["vddkInfo"] = {"Version": vddk_info.get("Version", ""),
+                               "Host": vddk_info.get("Host", "")}
         if lab:
             obj["labels"] = dict(sorted(lab.items()))  # Go's encoding/json sorts map keys
         obj["message"] = msg

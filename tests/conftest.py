@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 # fixtures shared by several suites: the registry, and the oVirt world (imageio + engine)
-pytest_plugins = ["tests.registry_server", "tests.sources.ovirt.fixtures"]
+pytest_plugins = ["tests.registry_server", "tests.sources.ovirt.fixtures",
+                  "tests.sources.vmware.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_SIZE = 24 << 20  # virtual size of the seed disk

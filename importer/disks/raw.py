@@ -20,10 +20,11 @@ ReadInto = Callable[[int, bytearray | memoryview], int]
 class RawDisk:
     read_unit = 0
 
-    complete = True
-
     def __init__(self, readinto_at: ReadInto, size: int, pins: PinnedBytes, *,
-                 local_fd: int | None = None, extent_map: list[Extent] | None = None) -> None:
+                 local_fd: int | None = None, extent_map: list[Extent] | None = None,
+                 complete: bool = True) -> None:
+        #: False: the map names only what changed (a warm stage); the rest is left alone
+        self.complete = complete
         self._readinto_at = readinto_at
         self._size = size
         self._pins = pins

@@ -18,9 +18,9 @@ Plans, cheapest first:
             read at random (no ranges, gz or zstd around it, a checksum to verify first):
             decoded to scratch, inspected again, then converted;
 * archive   a tar extracted safely into a directory;
-* delta     a warm import's later stage: a qcow2 delta whose backing file is the previous
-            checkpoint, read at random by the native reader, only its allocated and zero
-            clusters applied onto the existing disk;
+* delta     a warm import's later stage, applied onto the existing disk: a qcow2 delta whose
+            backing file is the previous checkpoint, read at random by the native reader (only
+            its allocated and zero clusters), or the areas a source says changed since it (VDDK);
 * blank     a new empty disk.
 """
 
@@ -51,8 +51,10 @@ class SourceFacts:
     xz_blocks: int = 0
     #: why a blank disk: the source kind names no data
     blank: bool = False
-    #: the source has a map of data and zero extents (the imageio daemon)
+    #: the source has a map of data and zero extents (the imageio daemon, VDDK's block status)
     extent_map: bool = False
+    #: that map names only what changed since the previous checkpoint (a VDDK warm stage)
+    changes_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,10 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
 def _delta(src: SourceFacts, image: ImageInfo, codecs: list[str], previous: str) -> Plan:
     """A delta stage: only a qcow2 whose backing file is the previous checkpoint can be applied
     onto what that stage wrote (CDI's check and words)."""
+    if image.format == "raw" and src.changes_only:
+        return Plan("delta", f"the areas changed since checkpoint {previous}, read by the "
+                    "source's block status, are applied in place onto the disk the previous "
+                    "stage wrote; nothing else is read or written", disk="raw")
     if image.format != "qcow2":
         raise FormatError(f"a delta stage applies a qcow2 delta onto the disk of checkpoint "
                           f"{previous}, but the source holds {image.format}")

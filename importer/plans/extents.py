@@ -124,7 +124,8 @@ def open_disk(st: RunState, plan: Plan, reads: SourceReads, size: int) -> Random
         extent_map = (st.source.extent_map() if isinstance(st.source, ExtentSource)
                       and limit is None else None)
         return RawDisk(reads.readinto_at, size if limit is None else limit, det.pins,
-                       local_fd=fd, extent_map=extent_map)
+                       local_fd=fd, extent_map=extent_map,
+                       complete=not (plan.name == "delta" and extent_map is not None))
     if plan.disk == "xz":
         from ..disks.xz import XzDisk
 

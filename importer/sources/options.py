@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GcsOptions", "ImageioOptions", "RegistryOptions", "S3Options", "SourceOptions"]
+__all__ = ["GcsOptions", "ImageioOptions", "RegistryOptions", "S3Options", "SourceOptions",
+           "VddkOptions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,4 +49,25 @@ class ImageioOptions:
     renew_after: float = 30.0
 
 
-SourceOptions = S3Options | GcsOptions | RegistryOptions | ImageioOptions | None
+@dataclass(frozen=True, slots=True)
+class VddkOptions:
+    """A VMware disk (cdi-contract.md 4.6). The vCenter/ESXi URL is the import's source; the
+    user and password are the HTTP credentials."""
+
+    vm_uuid: str  # instance or BIOS UUID
+    backing_file: str  # "[datastore] vm/vm.vmdk"
+    thumbprint: str | None = None  # SHA-1 of vCenter's/ESXi's certificate
+    #: the snapshot this stage copies (managed object id or name); None: the disk as it is
+    checkpoint: str | None = None
+    #: the previous stage's snapshot, or a change ID (`52 de ... 63/81`): only what changed
+    #: since is copied, onto the existing disk
+    previous_checkpoint: str | None = None
+    final: bool = False
+    libdir: Path = Path("/opt/vmware-vix-disklib-distrib")
+    #: nbdkit's plugin: `vddk`, or the path of another build (a stand-in in tests)
+    plugin: str = "vddk"
+    config: Path | None = None  # VDDK's extra configuration (CDI's vddk-config-file)
+
+
+SourceOptions = (S3Options | GcsOptions | RegistryOptions | ImageioOptions | VddkOptions
+                 | None)
