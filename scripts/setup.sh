@@ -8,7 +8,9 @@ APT_PACKAGES=(qemu-utils qemu-block-extra nbdkit libnbd-bin nginx pigz zstd xz-u
               apache2-utils util-linux mount procps e2fsprogs fdisk python3-venv
               swift swift-proxy swift-object swift-container swift-account
               docker-registry skopeo gcc libc6-dev
-              python3-dev libxml2-dev)  # to build ovirt-imageio and ovirt-engine-sdk-python
+              python3-dev libxml2-dev  # to build ovirt-imageio and ovirt-engine-sdk-python
+              nbdkit-plugin-dev golang-go golang-github-vmware-govmomi-dev)  # VDDK tests: the
+              # stand-in vddk plugin, and the vCenter simulator built from Debian's govmomi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

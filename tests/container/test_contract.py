@@ -31,6 +31,7 @@ from ..conftest import (
 from ..registry_server import Disks, Registry
 from ..sources.ovirt.fixtures import Ovirt
 from ..sources.ovirt.servers import FakeEngine
+from ..sources.vmware.fixtures import VMware
 
 IMAGE = os.environ.get("IMPORTER_IMAGE", "localhost/importer:ci")
 
@@ -311,3 +312,23 @@ def test_imageio_cold_then_delta_stage(tmp_path: Path, pod: PodRun, ovirt: Ovirt
     assert same_disk(pod.data / "disk.img", chain.expected[1])
     assert len(ovirt.engine.actions("finalize")) == 2 and not ovirt.engine.actions("cancel")
     assert FakeEngine.PASSWORD not in err
+
+
+def test_vddk_cold_copy_with_cdi_s_test_hook(tmp_path: Path, pod: PodRun, vmware: VMware
+                                            ) -> None:
+    """VMware as CDI's controller runs it: the VDDK library mounted at
+    /opt/vmware-vix-disklib-distrib, and (CDI's own test hook) a stand-in plugin at
+    /opt/testing/libvddk-test-plugin.so for the image's nbdkit to run."""
+    pod.volumes += [f"{vmware.libdir}:/opt/vmware-vix-disklib-distrib:ro",
+                    f"{vmware.plugin}:/opt/testing/libvddk-test-plugin.so:ro"]
+    code, err = pod.run(
+        IMPORTER_SOURCE="vddk", IMPORTER_ENDPOINT=vmware.vc.url,
+        IMPORTER_ACCESS_KEY_ID=vmware.vc.user, IMPORTER_SECRET_KEY=vmware.vc.password,
+        IMPORTER_UUID=vmware.inv.uuid, IMPORTER_BACKING_FILE=vmware.inv.backing_file,
+        IMPORTER_THUMBPRINT=vmware.vc.thumbprint, IMPORTER_CURRENT_CHECKPOINT="",
+        IMPORTER_PREVIOUS_CHECKPOINT="", IMPORTER_FINAL_CHECKPOINT="false")
+    assert code == 0, err
+    assert json.loads(pod.message)["vddkInfo"] == {"Version": "7.0.3",
+                                                    "Host": "esx-standin.example.test"}
+    assert same_disk(pod.data / "disk.img", vmware.stages[3])
+    assert vmware.vc.password not in err

@@ -59,6 +59,9 @@ def vmware_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VMware]
                                                                                 stages[k])
                  for k in (1, 2)}
         vc.areas.write_text(json.dumps(areas))
+        # readable by the pod's uid 107 when mounted into the container (tests/container)
+        for path in (libdir, libdir / "disks", *libdir.rglob("*"), plugin):
+            path.chmod(0o755 if path.is_dir() or path.suffix == ".so" else 0o644)
         pw = work / "password"
         pw.write_text(vc.password + "\n")
         yield VMware(vc, inv, pki, plugin, libdir, stages, pw)
