@@ -18,16 +18,25 @@ checked against the real ovirtsdk4); the daemon, qemu-nbd, ovirt-img and qemu-im
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run_bench import SIZES, GiB, Measure, MiB, PodLimits, make_disk, measure  # noqa: E402
+from bench.run_bench import (  # noqa: E402
+    SIZES,
+    GiB,
+    Measure,
+    MiB,
+    PodLimits,
+    best_of,
+    make_disk,
+    print_ratios,
+)
 from tests.sources.ovirt.servers import Disk, Volume, new_id, ovirt_world, qemu  # noqa: E402
 
 DELTA_SCRIPT = '''
@@ -114,18 +123,8 @@ def main() -> int:
         access = ["--username", engine.USER, "--password-file", str(pw)]
         origin = engine.url.removesuffix("/ovirt-engine/api")
 
-        def best(cmd: list[str], prepare: object = None) -> Measure:
-            runs = []
-            for _ in range(args.repeat):
-                for p in (out, scratch):
-                    p.unlink(missing_ok=True)
-                if prepare is not None:
-                    prepare()  # type: ignore[operator]
-                os.sync()
-                if limits is not None:
-                    limits.reset()
-                runs.append(measure(limits.wrap(cmd) if limits else cmd))
-            return min(runs, key=lambda m: m.wall)
+        def best(cmd: list[str], prepare: Callable[[], None] | None = None) -> Measure:
+            return best_of(cmd, args.repeat, limits, [out, scratch], prepare)
 
         ours = best([importer, "import", "--source", "imageio", engine.url, str(out),
                      "--disk-id", cold.id, *access, "--ca-dir", str(pki.ca_dir), "-q",
@@ -153,18 +152,8 @@ def main() -> int:
         limits.close()
 
     where = " inside 0.75 CPU / 600 MB" if limits else ""
-    print(f"\n{virtual // GiB} GiB virtual, {data / GiB:.1f} GiB data, targets in {work}, best "
-          f"of {args.repeat}{where}")
-    print("| row | ours s | CPU s | RSS MiB | baseline s | CPU s | RSS MiB | ratio | goal |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    missed = 0
-    for name, o, b, goal in results:
-        ratio = o.wall / b.wall if b.ok and o.ok else float("nan")
-        ok = ratio <= goal
-        missed += not ok
-        print(f"| {name} | {o.wall:.2f} | {o.cpu:.2f} | {o.peak_rss / MiB:.0f} | {b.wall:.2f} | "
-              f"{b.cpu:.2f} | {b.peak_rss / MiB:.0f} | {ratio:.2f} | <={goal} "
-              f"{'ok' if ok else 'MISS'} |")
+    missed = print_ratios(f"{virtual // GiB} GiB virtual, {data / GiB:.1f} GiB data, targets in "
+                          f"{work}, best of {args.repeat}{where}", results)
     return 1 if missed else 0
 
 

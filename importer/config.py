@@ -540,38 +540,38 @@ def _imageio_problems(options: SourceOptions, username: str | None, front: Front
     if not isinstance(options, ImageioOptions) or not options.disk_id:
         found.append(Problem("disk_id", f"{front.name('disk_id')} is needed: the id of the oVirt "
                              "disk to import"))
-    elif options.previous_checkpoint and not options.checkpoint:
-        # CDI's words
-        found.append(Problem("checkpoint", f"previous checkpoint set without current "
-                             f"({front.name('previous_checkpoint')} needs "
-                             f"{front.name('checkpoint')})"))
-    if not username:
-        found.append(Problem("username", f"the engine needs a user: {front.name('username')} "
-                             "(e.g. admin@internal) and a password"))
-    return found
+    return found + _stage_problems(options, username, front, "the engine (e.g. admin@internal)")
 
 
 def _vddk_problems(options: SourceOptions, username: str | None, front: Front
                    ) -> list[Problem]:
-    found = []
     if not isinstance(options, VddkOptions):
         return [Problem("vm_uuid", "a VDDK import needs the VM's UUID and the disk's backing file")]
+    found = []
     if not options.vm_uuid:
         found.append(Problem("vm_uuid", f"{front.name('vm_uuid')} is needed: the VM's instance "
                              "or BIOS UUID"))
     if not options.backing_file:
         found.append(Problem("backing_file", f"{front.name('backing_file')} is needed: the "
                              "disk's file, such as '[datastore] vm/vm.vmdk'"))
-    if options.previous_checkpoint and not options.checkpoint:
-        found.append(Problem("checkpoint", f"previous checkpoint set without current "
-                             f"({front.name('previous_checkpoint')} needs "
-                             f"{front.name('checkpoint')})"))
     if options.config is not None and not options.config.is_file():
         found.append(Problem("vddk_config", f"{front.setting('vddk_config', str(options.config))}"
                              ": no such file"))
+    return found + _stage_problems(options, username, front, "vCenter or ESXi")
+
+
+def _stage_problems(options: SourceOptions, username: str | None, front: Front, server: str
+                    ) -> list[Problem]:
+    """What the two VM sources ask alike: a user, and no previous checkpoint without a
+    current one (CDI's words)."""
+    found = []
+    if getattr(options, "previous_checkpoint", None) and not getattr(options, "checkpoint", None):
+        found.append(Problem("checkpoint", f"previous checkpoint set without current "
+                             f"({front.name('previous_checkpoint')} needs "
+                             f"{front.name('checkpoint')})"))
     if not username:
-        found.append(Problem("username", f"vCenter or ESXi needs a user: "
-                             f"{front.name('username')} and a password"))
+        found.append(Problem("username", f"{server} needs a user: {front.name('username')} and "
+                             "a password"))
     return found
 
 

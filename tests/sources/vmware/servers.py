@@ -65,12 +65,15 @@ class Vcsim:
         self.proc.wait(timeout=10)
 
 
-def start_vcsim(exe: Path, work: Path, *, cert: Path, key: Path, capacity: int) -> Vcsim:
+def start_vcsim(exe: Path, work: Path, *, cert: Path, key: Path, capacity: int,
+                page: int = 3) -> Vcsim:
+    """`page`: changed areas per answer (vSphere gives up to ~2000; the tests use 3 so a few
+    areas make several pages)."""
     areas = work / "areas.json"
     areas.write_text("{}")
     proc = subprocess.Popen([str(exe), "-l", "127.0.0.1:0", "-username", "vmuser", "-password",
                              "vm-s3cret", "-cert", str(cert), "-key", str(key), "-capacity",
-                             str(capacity), "-areas", str(areas), "-page", "3"],
+                             str(capacity), "-areas", str(areas), "-page", str(page)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     found: dict[str, str] = {}
