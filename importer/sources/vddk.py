@@ -147,7 +147,7 @@ class VddkSource:
         try:
             return self._nbd().readinto_at(offset, buf)
         except SourceError as exc:
-            if self._export is not None and not self._export.running():
+            if self._export is not None and self._export.exited(within=1.0):
                 raise SourceError(f"nbdkit stopped serving the VMware disk: "
                                   f"{self._export.failure()}") from exc
             raise

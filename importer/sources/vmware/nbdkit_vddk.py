@@ -124,6 +124,15 @@ class VddkExport:
     def running(self) -> bool:
         return self._child.running()
 
+    def exited(self, within: float) -> bool:
+        """Whether nbdkit has exited, or does within `within` seconds (a dropped connection
+        comes a moment before the process is gone)."""
+        try:
+            self._child.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def stop(self) -> None:
         code = self._child.stop()
         if code not in (0, None, -15):

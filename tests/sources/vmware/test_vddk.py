@@ -54,9 +54,12 @@ def test_cold_copy_onto_a_block_device(vmware: VMware, tmp_path: Path) -> None:
 def test_three_warm_stages_equal_each_snapshot(vmware: VMware, tmp_path: Path) -> None:
     inv = vmware.inv
     dest = tmp_path / "disk.img"
-    # stage 1: the disk at snapshot stage-1, whole
-    r = importer_cli("import", *vmware.cli_args("--checkpoint", "stage-1"), str(dest),
-                     "-o", "json")
+    # stage 1: the disk at snapshot stage-1, whole; with VDDK's extra configuration, the
+    # stand-in sees all ten keys CDI can pass
+    config = tmp_path / "vddk-config-file"
+    config.write_text("VixDiskLib.nfcAio.Session.BufSizeIn64KB=16\n")
+    r = importer_cli("import", *vmware.cli_args("--checkpoint", "stage-1", "--vddk-config",
+                                                 str(config)), str(dest), "-o", "json")
     assert r.returncode == 0, r.stderr
     assert same_disk(dest, vmware.stages[0])
     # stage 2: snapshot to snapshot (the change ID stage-1's disk recorded), by moref
@@ -174,3 +177,30 @@ def test_the_pod_imports_a_vmware_disk(vmware: VMware, tmp_path: Path) -> None:
     assert code == 0, err
     assert same_disk(pod.data / "disk.img", vmware.stages[1])
     assert vmware.vc.password not in err
+
+
+def test_an_expired_session_is_logged_in_again(vmware: VMware) -> None:
+    from importer.sources.vmware.inventory import VSphere
+
+    sphere = VSphere(vmware.vc.url, vmware.vc.user, vmware.vc.password,
+                     thumbprint=vmware.vc.thumbprint, ca_dirs=[], insecure=False)
+    try:
+        sphere._si.content.sessionManager.Logout()  # as an expired session looks
+        assert sphere.find_vm(vmware.inv.uuid)._moId == vmware.vc.vm_moref
+    finally:
+        sphere.close()
+
+
+def test_arm64_is_refused_as_cdi_does(vmware: VMware, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
+    import platform
+
+    from importer.config import build_config
+    from importer.errors import SourceError
+    from importer.sources.vddk import VddkSource
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    cfg = build_config(source=vmware.vc.url, dest=str(tmp_path / "d.img"), source_kind="vddk",
+                       username="u", password="p", vm_uuid="x", backing_file="[ds] x.vmdk")
+    with pytest.raises(SourceError, match="the arm64 architecture does not support VDDK"):
+        VddkSource(cfg)
