@@ -194,10 +194,16 @@ def test_tls_credentials_and_headers_from_cdi_paths(pod: Pod, nginx: Nginx, imag
     assert "s3cret" not in err and "hunter2" not in err and "czNjcmV0" not in err
 
 
-def test_sources_of_later_issues_fail_clearly(pod: Pod) -> None:
-    code, _ = pod.run(IMPORTER_SOURCE="vddk", IMPORTER_ENDPOINT="https://127.0.0.1:1/sdk")
+def test_vm_sources_name_their_missing_variables(pod: Pod) -> None:
+    code, _ = pod.run(IMPORTER_SOURCE="vddk", IMPORTER_ENDPOINT="https://127.0.0.1:1/sdk",
+                      IMPORTER_ACCESS_KEY_ID="u", IMPORTER_SECRET_KEY="p")
     assert code == 1
-    assert pod.termination.startswith("Unable to connect to vddk data source:")
+    assert "IMPORTER_UUID is needed" in pod.termination
+    assert "IMPORTER_BACKING_FILE is needed" in pod.termination
+    code, _ = pod.run(IMPORTER_SOURCE="imageio", IMPORTER_ENDPOINT="https://127.0.0.1:1/api",
+                      IMPORTER_ACCESS_KEY_ID="u", IMPORTER_DISK_ID="d",
+                      IMPORTER_PREVIOUS_CHECKPOINT="s1")
+    assert code == 1 and "previous checkpoint set without current" in pod.termination
 
 
 def test_progress_metric_rises_to_100_during_import(pod: Pod, nginx: Nginx) -> None:
