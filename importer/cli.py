@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"importer {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("pod", help="run as CDI's importer pod (configured by CDI's environment)")
+    sub.add_parser("upload-server", help="run as CDI's upload server (cdi-uploadserver; "
+                                         "configured by CDI's environment)")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-v", "--verbose", action="count", default=0,
@@ -194,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .pod import main as pod_main
 
         return pod_main(raw[1:])
+    if raw[:1] == ["upload-server"]:  # CDI's upload server: configured by environment too
+        from .uploadserver.server import main as upload_main
+
+        return upload_main(raw[1:])
     args_list = _klog_compatible(raw)
     args = _parser().parse_args(args_list)
     _setup_logging(args.verbose, args.quiet)

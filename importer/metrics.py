@@ -31,9 +31,13 @@ log = logging.getLogger(__name__)
 class ProgressCollector(Collector):
     """Reads the shared Progress object at scrape time."""
 
-    def __init__(self, progress: Progress, owner_uid: str) -> None:
+    def __init__(self, progress: Progress, owner_uid: str,
+                 metric: str = "kubevirt_cdi_import_progress") -> None:
         self.progress = progress
         self.owner_uid = owner_uid
+        #: the counter's name without _total: the importer's, or the cloner's
+        #: (kubevirt_cdi_clone_progress)
+        self.metric = metric
         self._last = (time.monotonic(), 0)
 
     def collect(self) -> Iterator[Any]:
@@ -41,8 +45,7 @@ class ProgressCollector(Collector):
         # two decimals, never below 0.01 unless zero: prometheus prints small floats in
         # exponent form (1e-05), which CDI's regex `(\d{1,3}\.?\d*)` would misread
         pct = round(p.percent, 2)
-        cdi = CounterMetricFamily("kubevirt_cdi_import_progress", "The import progress in percentage",
-                                  labels=["ownerUID"])
+        cdi = CounterMetricFamily(self.metric, "The progress in percentage", labels=["ownerUID"])
         cdi.add_metric([self.owner_uid], pct)
         yield cdi
         for name, doc, value in (
@@ -82,9 +85,10 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 class MetricsServer:
-    def __init__(self, progress: Progress, owner_uid: str, port: int, addr: str = "0.0.0.0") -> None:
+    def __init__(self, progress: Progress, owner_uid: str, port: int, addr: str = "0.0.0.0",
+                 *, metric: str = "kubevirt_cdi_import_progress") -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ProgressCollector(progress, owner_uid))
+        self.registry.register(ProgressCollector(progress, owner_uid, metric))
         self._server: Any = None
         try:
             tmp = Path(tempfile.mkdtemp(prefix="importer-metrics-"))

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from .config import ImportConfig
 from .engine import run_import
@@ -39,6 +38,7 @@ from .nodepull import fetch_labels, image_url, signal_done, wait_for_ready
 from .podconfig import (
     NOT_YET,
     PodSettings,
+    available_space,
     early_settings,
     get_usable_space,
     read_pod_environment,
@@ -151,7 +151,7 @@ def preflight(settings: PodSettings, config: ImportConfig | None
     if not settings.block and not settings.delta_stage:
         for stale in (settings.data_dir / "disk.img", settings.data_dir / "disk.img.partial"):
             stale.unlink(missing_ok=True)
-    available = _available_space(settings.dest if settings.block else settings.data_dir,
+    available = available_space(settings.dest if settings.block else settings.data_dir,
                                  settings.block, settings.image_size)
     settings = dataclasses.replace(settings, available=available)
     if config is not None:
@@ -160,19 +160,6 @@ def preflight(settings: PodSettings, config: ImportConfig | None
             resize_to = min(get_usable_space(settings.overhead, available), settings.image_size)
         config = dataclasses.replace(config, image_size=resize_to, size_limit=available)
     return settings, config
-
-
-def _available_space(path: Path, block: bool, image_size: int | None) -> int:
-    """Contract 3.3: a block device's size, or min(free space of /data, IMAGE_SIZE)."""
-    if block:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    return free if image_size is None else min(free, image_size)
 
 
 

@@ -33,6 +33,7 @@ from .sources.kinds import KINDS, SourceKind, pod_kind
 __all__ = [
     "EarlySettings",
     "PodSettings",
+    "available_space",
     "early_settings",
     "get_required_space",
     "get_usable_space",
@@ -56,6 +57,19 @@ def get_required_space(overhead: Decimal, requested: int) -> int:
     """CDI's GetRequiredSpace: ceil(RoundUp_1MiB(requested) * (1 + overhead))."""
     rounded = -(-requested // MiB) * MiB
     return math.ceil(rounded * (1 + overhead))
+
+
+def available_space(path: Path, block: bool, image_size: int | None) -> int:
+    """Contract 3.3: a block device's size, or min(free space of /data, IMAGE_SIZE)."""
+    if block:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    return free if image_size is None else min(free, image_size)
 
 
 @dataclass(frozen=True, slots=True)
