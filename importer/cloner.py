@@ -116,9 +116,14 @@ def send(settings: ClonerSettings, body: Iterator[bytes], content_type: str) -> 
         conn = http.client.HTTPSConnection(url.hostname or "", url.port or 443, context=ctx,
                                            timeout=300)
         try:
-            conn.request("POST", url.path or "/", body=frames(body), encode_chunked=True,
-                         headers={"x-cdi-content-type": content_type,
-                                  "Content-Type": "application/octet-stream"})
+            try:
+                conn.request("POST", url.path or "/", body=frames(body), encode_chunked=True,
+                             headers={"x-cdi-content-type": content_type,
+                                      "Content-Type": "application/octet-stream"})
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError) as exc:
+                # a server that refuses answers, then closes while we still send: its answer
+                # is the error worth reporting
+                log.info("the upload server closed the connection while we sent: %s", exc)
             resp = conn.getresponse()
             text = resp.read(4096).decode(errors="replace")
         except ssl.SSLError as exc:
