@@ -23,6 +23,7 @@ import socket
 import ssl
 import sys
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,12 +38,14 @@ from ..stopping import StopSignals
 from ..termination import json_message, text_message, write_termination_message
 from ..uploadconfig import UploadSettings, read_upload_environment
 from .body import BodySource, FormFile, RequestBody
+from .resumable import PREFIX, ResumableBody
 
 __all__ = ["main"]
 
 log = logging.getLogger("importer.uploadserver")
 
 CLONE_TYPES = ("filesystem-clone", "blockdevice-clone")
+TUS_HEADERS = {"Tus-Resumable": "1.0.0", "Tus-Version": "1.0.0"}
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
 
 
@@ -73,8 +76,19 @@ class UploadState:
         self.clone_target = False
         self.preallocation_applied = False
         self.finished = threading.Event()  # the server's work is over (success or failure)
+        self.resumable: dict[str, Resumable] = {}
         self.exit_code = 0
         self.message = ""
+
+
+@dataclass
+class Resumable:
+    """A resumable upload in progress: its body, and the import reading it."""
+
+    body: ResumableBody
+    content: ContentType
+    ended: threading.Event
+    outcome: dict[str, Any]
 
 
 class UploadServer(http.server.ThreadingHTTPServer):
@@ -161,12 +175,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._other()
 
     def do_PATCH(self) -> None:
-        self._other()
+        upload = self._resumable()
+        if upload is not None:
+            self._patch(upload)
 
     def do_DELETE(self) -> None:
         self._other()
 
+    def do_OPTIONS(self) -> None:
+        if urlsplit(self.path).path.startswith(PREFIX):
+            self.send_response(204)
+            for k, v in TUS_HEADERS.items():
+                self.send_header(k, v)
+            self.send_header("Tus-Extension", "creation")
+            self.end_headers()
+        else:
+            self._other()
+
     def do_HEAD(self) -> None:
+        if urlsplit(self.path).path.startswith(PREFIX + "/"):
+            upload = self._resumable()
+            if upload is None:
+                return
+            self.send_response(200)
+            for k, v in TUS_HEADERS.items():
+                self.send_header(k, v)
+            self.send_header("Upload-Offset", str(upload.body.offset))
+            self.send_header("Upload-Length", str(upload.body.length))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         path = urlsplit(self.path).path
         route = ROUTES.get(path)
         if route is not None and route.asynchronous:  # CDI: HEAD on async answers at once
@@ -186,6 +225,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._reply(200, "OK")
             return
         route = ROUTES.get(path)
+        if route is None and path in (PREFIX, PREFIX + "-archive"):
+            self._create(ContentType.ARCHIVE if path.endswith("-archive") else
+                         ContentType.KUBEVIRT)
+            return
         if route is None:
             self._reply(404, close=True)
             return
@@ -221,6 +264,111 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     return True
         log.warning("client certificate CN does not match %r", self.server.settings.client_name)
         return False
+
+    # ---------------------------------------------------------------- resumable (tus)
+
+    def _resumable(self) -> Resumable | None:
+        """The resumable upload this request names, after the checks; None when answered."""
+        path = urlsplit(self.path).path
+        if not path.startswith(PREFIX + "/"):
+            self._other()
+            return None
+        if not self._authorized():
+            self._reply(401, close=True)
+            return None
+        upload = self.server.state.resumable.get(path.rsplit("/", 1)[1])
+        if upload is None:
+            self._reply(404, "no such upload: create it with POST " + PREFIX, close=True)
+        return upload
+
+    def _create(self, content: ContentType) -> None:
+        if not self._authorized():
+            self._reply(401, close=True)
+            return
+        length = self.headers.get("Upload-Length", "")
+        if not length.isdigit():
+            self._reply(400, "Upload-Length is required (the upload's size in bytes)",
+                        close=True)
+            return
+        state = self.server.state
+        with state.lock:
+            if state.uploading or state.processing:
+                self._reply(503, close=True)
+                return
+            if state.done:
+                self._reply(409, close=True)
+                return
+            state.processing = True
+        upload_id = uuid.uuid4().hex
+        upload = Resumable(ResumableBody(int(length), self.server.cancel), content,
+                           threading.Event(), {})
+        state.resumable[upload_id] = upload
+        server = self.server
+
+        def work() -> None:
+            try:
+                upload.outcome["applied"] = process(server, content, upload.body,
+                                                    upload.body.length, "")
+            except BaseException as exc:  # told to the client's next PATCH
+                upload.outcome["error"] = exc
+                upload.body.failed = exc
+                with state.lock:
+                    state.processing = False
+                    state.resumable.pop(upload_id, None)
+            finally:
+                upload.ended.set()
+
+        threading.Thread(target=work, name="upload-resumable", daemon=True).start()
+        log.info("resumable upload %s of %s bytes created", upload_id, length)
+        self.send_response(201)
+        for k, v in TUS_HEADERS.items():
+            self.send_header(k, v)
+        self.send_header("Location", f"{PREFIX}/{upload_id}")
+        self.send_header("Upload-Offset", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _patch(self, upload: Resumable) -> None:
+        if self.headers.get("Content-Type", "") != "application/offset+octet-stream":
+            self._reply(415, "use Content-Type: application/offset+octet-stream", close=True)
+            return
+        offset = self.headers.get("Upload-Offset", "")
+        if not upload.body.patch_lock.acquire(blocking=False):
+            self._reply(409, "another PATCH of this upload is in progress", close=True)
+            return
+        try:
+            if offset != str(upload.body.offset):
+                self._reply(409, f"the upload is at offset {upload.body.offset}", close=True)
+                return
+            try:
+                body, _ = self._body()
+                upload.body.append(body.read)
+            except ImporterError as exc:
+                if upload.body.failed is None:  # the connection broke: resumable
+                    log.info("PATCH ended at offset %d: %s", upload.body.offset, exc)
+                    self.close_connection = True
+                    return
+            if upload.body.failed is None and upload.body.offset < upload.body.length:
+                self._patched(upload)
+                return
+            upload.ended.wait()
+            error = upload.outcome.get("error")
+            if isinstance(error, ImporterError):
+                self._failed(error)
+                return
+            if error is not None:
+                raise error
+            self._patched(upload)
+            self._succeeded(bool(upload.outcome.get("applied")), "")
+        finally:
+            upload.body.patch_lock.release()
+
+    def _patched(self, upload: Resumable) -> None:
+        self.send_response(204)
+        for k, v in TUS_HEADERS.items():
+            self.send_header(k, v)
+        self.send_header("Upload-Offset", str(upload.body.offset))
+        self.end_headers()
 
     # ---------------------------------------------------------------- upload
 
@@ -258,17 +406,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._succeeded(applied, clone)
 
     def _process(self, content: ContentType, stream: Any, size: int | None, clone: str) -> bool:
-        """Run the body through the pipeline; whether preallocation was applied."""
-        settings = self.server.settings
-        if clone:
-            from .clone import receive_clone
-
-            return receive_clone(stream, clone, settings, self.server.cancel)
-        from ..engine import run_import
-
-        config = import_config(settings, content)
-        source = BodySource(stream, size, "upload")
-        return run_import(config, cancel=self.server.cancel, source=source).preallocated
+        return process(self.server, content, stream, size, clone)
 
     def _upload_async(self, route: Route, body: RequestBody, stream: Any,
                       size: int | None) -> None:
@@ -338,6 +476,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
                              f"reported available storage: {exc}", close=True)
         else:
             self._reply(500, f"Saving stream failed: {exc}", close=True)
+
+
+def process(server: UploadServer, content: ContentType, stream: Any, size: int | None,
+            clone: str) -> bool:
+    """Run a body through the pipeline; whether preallocation was applied."""
+    settings = server.settings
+    if clone:
+        from .clone import receive_clone
+
+        return receive_clone(stream, clone, settings, server.cancel)
+    from ..engine import run_import
+
+    config = import_config(settings, content)
+    source = BodySource(stream, size, "upload")
+    return run_import(config, cancel=server.cancel, source=source).preallocated
 
 
 def _boundary(content_type: str) -> str:
