@@ -39,10 +39,12 @@ FATAL = 255  # klog.Fatal
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cdi-cloner", description=__doc__.splitlines()[0])
-    p.add_argument("-content-type", dest="content_type", required=True,
+    # without flags (as cloner_startup.sh, the image's clone-source command): VOLUME_MODE and
+    # MOUNT_POINT say what, and the byte count is measured here
+    p.add_argument("-content-type", dest="content_type",
                    choices=("blockdevice-clone", "filesystem-clone"))
     p.add_argument("-upload-bytes", dest="upload_bytes", type=int, default=0)
-    p.add_argument("-mount", dest="mount", required=True)
+    p.add_argument("-mount", dest="mount")
     p.add_argument("-alsologtostderr", action="store_true")
     p.add_argument("--version", action="store_true")
     args, _unknown = p.parse_known_args([a for a in argv if not a.startswith("-v=")])
@@ -149,19 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = read_cloner_environment(os.environ)
         term = settings.termination_log
-        mount = Path(args.mount)
-        block = args.content_type == "blockdevice-clone"
+        block_mode = settings.volume_mode == "block"
+        content_type = args.content_type or ("blockdevice-clone" if block_mode
+                                             else "filesystem-clone")
+        mount = Path(args.mount or settings.mount_point or (
+            "/dev/cdi-block-volume" if block_mode else "/var/run/cdi/clone/source"))
+        block = content_type == "blockdevice-clone"
         total = args.upload_bytes or upload_bytes(mount, block, settings.preallocation)
         progress = Progress()
         progress.total = total
         progress.plan([("Clone", 100, True)])
         progress.enter("Clone")
         metrics = _metrics(settings, progress)
-        log.info("cloning %s (%s, %d bytes) to %s", mount, args.content_type, total,
+        log.info("cloning %s (%s, %d bytes) to %s", mount, content_type, total,
                  urlsplit(settings.upload_url).hostname)
         body = (_device_blocks(mount, progress) if block
                 else _tar_blocks(mount, not settings.preallocation, progress))
-        send(settings, body, args.content_type)
+        send(settings, body, content_type)
         progress.finish()
         metrics.close()
     except ImporterError as exc:

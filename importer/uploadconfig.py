@@ -56,6 +56,9 @@ class ClonerSettings:
     preallocation: bool
     termination_log: Path
     metrics_port: int
+    #: cloner_startup.sh's inputs: what to clone when no flags say it
+    volume_mode: str = "filesystem"
+    mount_point: str = ""
 
 
 def _bool(name: str, value: str, problems: list[str]) -> bool:
@@ -158,4 +161,6 @@ def read_cloner_environment(env: Mapping[str, str]) -> ClonerSettings:
         client_cert=env["CLIENT_CERT"], client_key=env["CLIENT_KEY"],
         server_ca=env["SERVER_CA_CERT"], upload_url=env["UPLOAD_URL"],
         owner_uid=env.get("OWNER_UID", ""), preallocation=preallocation,
-        termination_log=root / "dev" / "termination-log", metrics_port=int(port))
+        termination_log=root / "dev" / "termination-log", metrics_port=int(port),
+        volume_mode=env.get("VOLUME_MODE") or "filesystem",
+        mount_point=env.get("MOUNT_POINT", ""))

@@ -27,6 +27,7 @@ from ..conftest import (
     loop_device,
     same_disk,
     scrape_progress,
+    wait_port,
 )
 from ..registry_server import Disks, Registry
 from ..sources.ovirt.fixtures import Ovirt
@@ -332,3 +333,102 @@ def test_vddk_cold_copy_with_cdi_s_test_hook(tmp_path: Path, pod: PodRun, vmware
                                                     "Host": "esx-standin.example.test"}
     assert same_disk(pod.data / "disk.img", vmware.stages[3])
     assert vmware.vc.password not in err
+
+
+def _podman(name: str, entrypoint: str, env: dict[str, str], volumes: list[str]
+            ) -> subprocess.Popen[str]:
+    argv = ["podman", "run", "--rm", "--pull", "never", "--name", name, "--user", "107",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "host",
+            "--read-only", "--tmpfs", "/tmp", "--entrypoint", entrypoint]
+    for v in volumes:
+        argv += ["-v", v]
+    for k, v in env.items():
+        argv += ["-e", f"{k}={v}"]
+    return subprocess.Popen([*argv, IMAGE, "-v=1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=PODMAN_ENV)
+
+
+def _upload_pod(tmp_path: Path, name: str, client_name: str) -> tuple[subprocess.Popen[str],
+                                                                        int, Path, Path]:
+    from ..uploadserver.servers import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for f in ("tls.crt", "tls.key", "ca.crt"):
+        (tls / f).write_bytes((certs.dir / f).read_bytes())
+        (tls / f).chmod(0o644)
+    data, term = tmp_path / "data", tmp_path / "termination-log"
+    data.mkdir()
+    term.touch()
+    os.chown(data, 107, 107)
+    os.chown(term, 107, 107)
+    port = free_port()
+    proc = _podman(name, "/usr/bin/cdi-uploadserver", {
+        "TLS_KEY_FILE": "/etc/tls/tls.key", "TLS_CERT_FILE": "/etc/tls/tls.crt",
+        "CLIENT_CERT_FILE": "/etc/tls/ca.crt", "CLIENT_NAME": client_name,
+        "FILESYSTEM_OVERHEAD": "0", "UPLOAD_IMAGE_SIZE": "64Mi", "PREALLOCATION": "false",
+        "LISTEN_ADDRESS": "127.0.0.1", "LISTEN_PORT": str(port)},
+        [f"{tls}:/etc/tls:ro", f"{data}:/data:rw", f"{term}:/dev/termination-log:rw"])
+    wait_port(port, timeout=60)
+    return proc, port, data, term
+
+
+def test_upload_pod_takes_a_qcow2_from_the_proxy(tmp_path: Path, images: Images) -> None:
+    """The upload server's pod as the controller runs it, fed by curl holding the upload
+    proxy's client certificate."""
+    name = f"upload-{uuid.uuid4().hex[:8]}"
+    proc, port, data, term = _upload_pod(tmp_path, name, "client.upload-server.cdi.kubevirt.io")
+    try:
+        certs = tmp_path / "certs"
+        r = subprocess.run(["curl", "-sS", "--fail", "--cacert", str(certs / "ca.crt"),
+                            "--cert", str(certs / "proxy.crt"), "--key", str(certs / "proxy.key"),
+                            "-X", "POST", "-T", str(images["disk.qcow2"]),
+                            f"https://127.0.0.1:{port}/v1beta1/upload"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True, env=PODMAN_ENV)
+    assert json.loads(term.read_text()) == {"preallocationApplied": False,
+                                            "message": "Upload Complete"}
+    assert same_disk(data / "disk.img", images["disk.raw"])
+
+
+def test_clone_from_a_source_pod_to_a_target_pod(tmp_path: Path, images: Images) -> None:
+    """Host-assisted clone, both sides in the image: cloner_startup.sh in the source pod (a
+    filesystem volume mounted read-only) sends to the upload server of the target pod."""
+    target = f"clone-tgt-{uuid.uuid4().hex[:8]}"
+    source = f"clone-src-{uuid.uuid4().hex[:8]}"
+    proc, port, data, term = _upload_pod(tmp_path, target, "ns/src-ns/tgt")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["cp", "--sparse=always", str(images["disk.raw"]), str(volume / "disk.img")],
+                   check=True)
+    (volume / "disk.img").chmod(0o644)
+    volume.chmod(0o755)
+    src_term = tmp_path / "source-termination-log"
+    src_term.touch()
+    os.chown(src_term, 107, 107)
+    certs = tmp_path / "certs"
+    try:
+        cloner = _podman(source, "/usr/bin/cloner_startup.sh", {
+            "CLIENT_CERT": (certs / "cloner.crt").read_text(),
+            "CLIENT_KEY": (certs / "cloner.key").read_text(),
+            "SERVER_CA_CERT": (certs / "ca.crt").read_text(),
+            "UPLOAD_URL": f"https://127.0.0.1:{port}/v1beta1/upload", "OWNER_UID": "uid-9",
+            "PREALLOCATION": "false", "VOLUME_MODE": "filesystem",
+            "MOUNT_POINT": "/var/run/cdi/clone/source", "CLONER_METRICS_PORT": str(free_port())},
+            [f"{volume}:/var/run/cdi/clone/source:ro",
+             f"{src_term}:/dev/termination-log:rw"])
+        _, cerr = cloner.communicate(timeout=120)
+        assert cloner.returncode == 0, cerr
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        for n in (source, target):
+            subprocess.run(["podman", "rm", "-f", n], capture_output=True, env=PODMAN_ENV)
+    assert src_term.read_text() == "Clone Complete"
+    assert json.loads(term.read_text())["message"] == "Clone Complete"
+    assert same_disk(data / "disk.img", images["disk.raw"])
