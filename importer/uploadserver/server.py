@@ -15,6 +15,7 @@ the CN check needs. Bodies are read in place (Content-Length or chunked), never 
 
 from __future__ import annotations
 
+import dataclasses
 import email.message
 import http.server
 import json
@@ -47,6 +48,8 @@ log = logging.getLogger("importer.uploadserver")
 CLONE_TYPES = ("filesystem-clone", "blockdevice-clone")
 TUS_HEADERS = {"Tus-Resumable": "1.0.0", "Tus-Version": "1.0.0"}
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
+#: ours: `algo:hex` of the body as sent, verified before the upload counts as done
+CHECKSUM_HEADER = "x-cdi-checksum"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,29 @@ class UploadServer(http.server.ThreadingHTTPServer):
         return self.ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), addr
 
 
+#: Go's cipher suite names (IANA's, which CDI's controller passes) to OpenSSL's
+IANA_CIPHERS = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+}
+
+
 def tls_context(s: UploadSettings) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(s.tls_cert), str(s.tls_key))
@@ -123,12 +149,13 @@ def tls_context(s: UploadSettings) -> ssl.SSLContext:
         ctx.minimum_version = s.min_version
     if s.ciphers:
         known = []
-        for name in s.ciphers:  # as CDI: names this TLS library does not know are dropped
+        for given in s.ciphers:  # as CDI: names this TLS library does not know are dropped
+            name = IANA_CIPHERS.get(given, given)
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(name)
                 known.append(name)
             except ssl.SSLError:
-                log.warning("TLS_CIPHERS: %s is unknown here; dropped", name)
+                log.warning("TLS_CIPHERS: %s is unknown here; dropped", given)
         if known:
             ctx.set_ciphers(":".join(known))
     if s.client_ca is not None:
@@ -300,6 +327,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             state.processing = True
         upload_id = uuid.uuid4().hex
+        checksum = self.headers.get(CHECKSUM_HEADER)
         upload = Resumable(ResumableBody(int(length), self.server.cancel), content,
                            threading.Event(), {})
         state.resumable[upload_id] = upload
@@ -308,7 +336,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         def work() -> None:
             try:
                 upload.outcome["applied"] = process(server, content, upload.body,
-                                                    upload.body.length, "")
+                                                    upload.body.length, "", checksum)
             except BaseException as exc:  # told to the client's next PATCH
                 upload.outcome["error"] = exc
                 upload.body.failed = exc
@@ -406,7 +434,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._succeeded(applied, clone)
 
     def _process(self, content: ContentType, stream: Any, size: int | None, clone: str) -> bool:
-        return process(self.server, content, stream, size, clone)
+        return process(self.server, content, stream, size, clone,
+                       self.headers.get(CHECKSUM_HEADER))
 
     def _upload_async(self, route: Route, body: RequestBody, stream: Any,
                       size: int | None) -> None:
@@ -479,8 +508,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def process(server: UploadServer, content: ContentType, stream: Any, size: int | None,
-            clone: str) -> bool:
-    """Run a body through the pipeline; whether preallocation was applied."""
+            clone: str, checksum: str | None = None) -> bool:
+    """Run a body through the pipeline; whether preallocation was applied. `checksum`
+    (x-cdi-checksum) is verified over the body before the target is committed."""
     settings = server.settings
     if clone:
         from .clone import receive_clone
@@ -489,6 +519,14 @@ def process(server: UploadServer, content: ContentType, stream: Any, size: int |
     from ..engine import run_import
 
     config = import_config(settings, content)
+    if checksum:
+        from ..checksum import parse_checksum
+
+        try:
+            spec = parse_checksum(checksum)
+        except ValueError as exc:
+            raise TargetError(f"{CHECKSUM_HEADER}: {exc}") from exc
+        config = dataclasses.replace(config, checksum=spec)
     source = BodySource(stream, size, "upload")
     return run_import(config, cancel=server.cancel, source=source).preallocated
 

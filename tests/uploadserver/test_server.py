@@ -197,3 +197,30 @@ def test_async_clone_is_refused(pod: UploadPod, images: Images) -> None:
 
 
 
+
+
+def test_a_checksum_header_is_verified_before_the_disk_counts(pod: UploadPod,
+                                                              images: Images) -> None:
+    import hashlib
+
+    digest = hashlib.sha256(images["disk.qcow2"].read_bytes()).hexdigest()
+    pod.start()
+    code, body = pod.curl("/v1beta1/upload", "-T", str(images["disk.qcow2"]), "-H",
+                          f"x-cdi-checksum: sha256:{'0' * 64}")
+    assert code == 500 and "checksum mismatch" in body
+    assert not (pod.data / "disk.img").exists()
+    code, body = pod.curl("/v1beta1/upload", "-T", str(images["disk.qcow2"]), "-H",
+                          f"x-cdi-checksum: sha256:{digest}")
+    assert code == 200, body
+    assert pod.wait()[0] == 0
+    assert same_disk(pod.data / "disk.img", images["disk.raw"])
+
+
+def test_tls_ciphers_in_go_s_names_and_a_minimum_version(pod: UploadPod,
+                                                         images: Images) -> None:
+    pod.start(TLS_CIPHERS="TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,NOT_A_CIPHER",
+              TLS_MIN_VERSION="VersionTLS12")
+    code, _ = pod.curl("/healthz", "--tls-max", "1.2", method="GET")
+    assert code == 200
+    code, _ = pod.curl("/healthz", "--tls-max", "1.1", method="GET")
+    assert code == 0  # refused below the minimum
