@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError, ImporterError, SourceError, TargetError
 from .formats.snappy_framed import frames
 from .metrics import MetricsServer
+from .podconfig import device_size
 from .progress import Progress
 from .termination import text_message, write_termination_message
 from .uploadconfig import ClonerSettings, read_cloner_environment
@@ -55,11 +56,7 @@ def upload_bytes(mount: Path, block: bool, preallocation: bool) -> int:
     """What cloner_startup.sh computes: the device's size, or `du` of the volume (apparent size
     when preallocating, allocated size otherwise)."""
     if block:
-        fd = os.open(mount, os.O_RDONLY)
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
+        return device_size(mount)
     total = 0
     for root, _dirs, files in os.walk(mount):
         for name in files:

@@ -34,6 +34,7 @@ __all__ = [
     "EarlySettings",
     "PodSettings",
     "available_space",
+    "device_size",
     "early_settings",
     "get_required_space",
     "get_usable_space",
@@ -59,14 +60,19 @@ def get_required_space(overhead: Decimal, requested: int) -> int:
     return math.ceil(rounded * (1 + overhead))
 
 
+def device_size(path: Path) -> int:
+    """A block device's (or a file's) size, as `blockdev --getsize64` says it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
 def available_space(path: Path, block: bool, image_size: int | None) -> int:
     """Contract 3.3: a block device's size, or min(free space of /data, IMAGE_SIZE)."""
     if block:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            return os.lseek(fd, 0, os.SEEK_END)
-        finally:
-            os.close(fd)
+        return device_size(path)
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
     return free if image_size is None else min(free, image_size)

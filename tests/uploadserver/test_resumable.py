@@ -6,31 +6,17 @@ from __future__ import annotations
 import http.client
 import random
 import ssl
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import Images, same_disk
 
-from .servers import Certs, UploadPod, make_certs
+from .servers import UploadPod
 
 pytestmark = pytest.mark.timeout(180)
 PREFIX = "/v1beta1/upload-resumable"
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("tus-certs"))
-
-
-@pytest.fixture
-def pod(tmp_path: Path, certs: Certs) -> Iterator[UploadPod]:
-    for d in ("data", "dev"):
-        (tmp_path / d).mkdir()
-    p = UploadPod(tmp_path, certs)
-    yield p
-    p.stop()
 
 
 def _conn(pod: UploadPod) -> http.client.HTTPSConnection:

@@ -10,30 +10,28 @@ import signal
 import ssl
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Images, same_disk
 
-from .servers import Certs, UploadPod, make_certs, wait_until
+from .servers import UploadPod, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("upload-certs"))
 
 
-@pytest.fixture
-def pod(tmp_path: Path, certs: Certs) -> Iterator[UploadPod]:
-    for d in ("data", "dev"):
-        (tmp_path / d).mkdir()
-    p = UploadPod(tmp_path, certs)
-    yield p
-    p.stop()
+def _slow_upload(pod: UploadPod, data: bytes) -> http.client.HTTPSConnection:
+    """An upload that sent its headers and 1 MiB of its body, and holds the server."""
+    slow = _connection(pod)
+    slow.putrequest("POST", "/v1beta1/upload")
+    slow.putheader("Content-Length", str(len(data)))
+    slow.endheaders()
+    slow.send(data[: 1 << 20])
+    time.sleep(0.5)
+    return slow
 
 
 def _connection(pod: UploadPod, cert: tuple[Path, Path] | None = None
@@ -114,12 +112,7 @@ def test_one_upload_at_a_time_and_a_cut_body_can_be_retried(pod: UploadPod,
     pod.start()
     data = images["disk.raw"].read_bytes()
     # a slow upload holds the server: a second one is refused with 503
-    slow = _connection(pod)
-    slow.putrequest("POST", "/v1beta1/upload")
-    slow.putheader("Content-Length", str(len(data)))
-    slow.endheaders()
-    slow.send(data[: 1 << 20])
-    time.sleep(0.5)
+    slow = _slow_upload(pod, data)
     assert pod.curl("/v1beta1/upload", "-T", str(images["disk.raw"]))[0] == 503
     # the slow client gives up mid-body: the server stays up and answers the next one
     slow.sock.close()  # type: ignore[union-attr]
@@ -174,13 +167,7 @@ def test_an_invalid_deadline_is_fatal(pod: UploadPod) -> None:
 
 def test_sigterm_during_an_upload(pod: UploadPod, images: Images) -> None:
     pod.start()
-    data = images["disk.raw"].read_bytes()
-    slow = _connection(pod)
-    slow.putrequest("POST", "/v1beta1/upload")
-    slow.putheader("Content-Length", str(len(data)))
-    slow.endheaders()
-    slow.send(data[: 1 << 20])
-    time.sleep(0.5)
+    slow = _slow_upload(pod, images["disk.raw"].read_bytes())
     assert pod.proc is not None
     pod.proc.send_signal(signal.SIGTERM)
     rc, _ = pod.wait(30)
