@@ -295,9 +295,11 @@ class DroppingProxy:
     told to (by number), to test resume against a real server; optionally slow."""
 
     def __init__(self, target_port: int, cut: int, victims: set[int], *,
-                 rate: int | None = None) -> None:
-        """`rate`: bytes per second each connection's answers are held to (a slow server)."""
+                 rate: int | None = None, rate_up: int | None = None) -> None:
+        """`rate`: bytes per second each connection's answers are held to (a slow server);
+        `rate_up`: the same for what clients send (a slow uplink)."""
         self.rate = rate
+        self.rate_up = rate_up
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -318,7 +320,8 @@ class DroppingProxy:
             self.count += 1
             server = socket.create_connection(("127.0.0.1", self.target))
             limit = self.cut if n in self.victims else None
-            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, server, None, self.rate_up),
+                             daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, limit, self.rate),
                              daemon=True).start()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +134,48 @@ def test_the_cloner_fails_clearly_against_a_refusing_server(target: UploadPod,
     code, err, term = _clone(target, tmp_path, "blockdevice-clone", images["disk.raw"])
     assert code == 255
     assert "401" in term.read_text() and "Traceback" not in err
+
+
+def test_clone_progress_is_scraped_as_cdi_does(target: UploadPod, tmp_path: Path,
+                                               images: Images) -> None:
+    """kubevirt_cdi_clone_progress_total rises while a (slowed) clone runs, read with the
+    controller's regex; a TLS-passing proxy holds the stream to 2 MiB/s."""
+    import re
+
+    import httpx
+
+    from tests.conftest import DroppingProxy, free_port
+
+    target.start(CLIENT_NAME=CLONE_NAME)
+    proxy = DroppingProxy(target.port, cut=1 << 40, victims=set(), rate_up=2 << 20)
+    port = free_port()
+    root = tmp_path / "source"
+    (root / "dev").mkdir(parents=True)
+    c = target.certs
+    env = {"PATH": os.environ["PATH"], "IMPORTER_FS_ROOT": str(root),
+           "CLIENT_CERT": c.clone[0].read_text(), "CLIENT_KEY": c.clone[1].read_text(),
+           "SERVER_CA_CERT": c.ca.read_text(),
+           "UPLOAD_URL": f"https://127.0.0.1:{proxy.port}/v1beta1/upload", "OWNER_UID": "uid-8",
+           "PREALLOCATION": "false", "CLONER_METRICS_PORT": str(port)}
+    noisy = tmp_path / "noisy.raw"
+    noisy.write_bytes(os.urandom(12 << 20))  # incompressible: the rate holds the clone back
+    proc = subprocess.Popen([sys.executable, "-m", "importer.cloner", "-content-type",
+                             "blockdevice-clone", "-mount", str(noisy)], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    seen: list[float] = []
+    pattern = re.compile(r'kubevirt_cdi_clone_progress_total\{ownerUID="uid-8"\} (\d{1,3}\.?\d*)')
+    try:
+        with httpx.Client(verify=False, timeout=2) as client:
+            while proc.poll() is None:
+                try:
+                    m = pattern.search(client.get(f"https://127.0.0.1:{port}/metrics").text)
+                except httpx.HTTPError:
+                    m = None
+                if m:
+                    seen.append(float(m.group(1)))
+                time.sleep(0.2)
+        assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proxy.close()
+    assert len({round(v) for v in seen}) >= 3, seen  # it moved while the clone ran
+    assert seen == sorted(seen) and 0 < seen[-1] <= 100
