@@ -7,19 +7,20 @@ Exit codes: 0 success, 1 failure, 2 usage or configuration error, 128+N killed b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-import threading
 import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import build_config
+from .config import ImportConfig, build_config
 from .engine import inspect_source, run_import
 from .errors import ConfigError, ImporterError
 from .progress import Progress
+from .reporting import JsonLines, ProgressReporter
 from .sources.kinds import selectable_names
 from .stopping import StopSignals
 
@@ -45,16 +46,24 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="only errors")
         sp.add_argument("-o", "--output", choices=("text", "json"), default="text",
                         help="result format on stdout")
+        sp.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                        help="auto: a bar on a terminal, else a line every few seconds")
+        sp.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds between progress lines (default 5)")
+        sp.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: one JSON object a line on stderr, as the pod logs")
         g = sp.add_argument_group("source access")
         g.add_argument("--username", help="user for HTTP basic auth, S3 (access key) or a registry")
         g.add_argument("--password-file", metavar="FILE",
                        help="file holding the password (or set IMPORTER_PASSWORD); never on argv")
-        g.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+        g.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                        help="extra request header (repeatable)")
         g.add_argument("--header-file", action="append", default=[], metavar="PATH",
                        help="file, or directory of files, each one secret 'Name: value' header")
         g.add_argument("--ca-dir", metavar="DIR", help="directory of extra CA certificates (PEM)")
-        g.add_argument("--insecure", action="store_true", help="skip TLS certificate verification")
+        g.add_argument("--ca-file", metavar="FILE", help="a file of extra CA certificates (PEM)")
+        g.add_argument("-k", "--insecure", action="store_true",
+                       help="skip TLS certificate verification")
         g.add_argument("--retries", type=int, default=8, help="retries after network errors")
         g.add_argument("--source", dest="source_kind",
                        choices=("auto", *selectable_names()),
@@ -138,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="show what SOURCE holds, from its headers only, and "
                                          "the plan an import would take")
     ins.add_argument("source", metavar="SOURCE")
+    ins.add_argument("--fail-unsafe", action="store_true",
+                     help="exit 3 when the image is unsafe (it is reported either way)")
     planning(ins)
     common(ins)
     return p
@@ -154,40 +165,72 @@ def _klog_compatible(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+#: the `-o json` result's schema (README: The JSON result); raised when a key changes meaning
+SCHEMA_VERSION = 1
+#: flags of every command that a user may put before it (`importer -v import ...`)
+_GLOBAL = {"-v": 0, "--verbose": 0, "-q": 0, "--quiet": 0, "-o": 1, "--output": 1,
+           "--progress": 1, "--progress-interval": 1, "--log-format": 1}
+
+
+def _global_flags_after_command(argv: list[str]) -> list[str]:
+    """argparse takes a subcommand's flags after it; users type global ones before it too."""
+    moved: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-h", "--help",
+                                                                         "--version"):
+        flag = argv[i].split("=", 1)[0]
+        takes = _GLOBAL.get(flag)
+        if takes is None and argv[i].startswith("-v") and set(argv[i][1:]) == {"v"}:
+            takes = 0  # -vv
+        if takes is None:
+            break
+        width = 1 + (takes if "=" not in argv[i] else 0)
+        moved += argv[i:i + width]
+        i += width
+    if not moved or i >= len(argv):
+        return argv
+    return [argv[i], *moved, *argv[i + 1:]]
+
+
+def error_code(exc: ImporterError) -> str:
+    """A stable name for the class of failure (the class names are not an interface)."""
+    import re
+
+    name = type(exc).__name__.removesuffix("Error") or "Importer"
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
+def _size_warnings(given: str | None, config: ImportConfig) -> None:
+    """qemu-img users read 10G as GiB; Kubernetes (and we) as 10^9 bytes. Say so."""
+    import re
+
+    if given and re.fullmatch(r"\s*\d+(\.\d+)?\s*[kMGTPE]\s*", given):
+        unit = given.strip()[-1]
+        log.warning("--image-size %s means %s bytes (Kubernetes units: %s = 10^%d); did you "
+                    "mean %si?", given, config.image_size, unit, "kMGTPE".index(unit) * 3 + 3,
+                    given.strip()[:-1] + {"k": "K"}.get(unit, unit))
+    size = config.image_size
+    if size is not None and config.dest.is_block_device():
+        from .podconfig import device_size
+
+        if size > device_size(config.dest):
+            log.warning("--image-size %s is larger than the block device %s (%d bytes): the "
+                        "disk keeps the device's size", given, config.dest,
+                        device_size(config.dest))
+
+
+def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # progress lines are asked for separately (--progress), whatever the verbosity
+    logging.getLogger("importer.progress").setLevel(logging.INFO if not quiet else logging.ERROR)
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
     logging.getLogger("httpcore").setLevel(max(level, logging.WARNING))
-
-
-class _Bar:
-    """tqdm on a terminal only, fed from the shared Progress object by a small thread."""
-
-    def __init__(self, progress: Progress, enabled: bool) -> None:
-        self._progress = progress
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if enabled:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        from tqdm import tqdm
-
-        with tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.1f}% [{elapsed}<{remaining}] {postfix}",
-                  file=sys.stderr, leave=False) as bar:
-            while not self._stop.wait(0.25):
-                bar.n = self._progress.percent
-                bar.set_description(self._progress.phase, refresh=False)
-                bar.set_postfix_str(f"{self._progress.n / 2**20:.0f} MiB read", refresh=False)
-                bar.refresh()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,13 +243,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .uploadserver.server import main as upload_main
 
         return upload_main(raw[1:])
-    args_list = _klog_compatible(raw)
+    args_list = _global_flags_after_command(_klog_compatible(raw))
     args = _parser().parse_args(args_list)
-    _setup_logging(args.verbose, args.quiet)
+    _setup_logging(args.verbose, args.quiet, args.log_format)
     stop = StopSignals()
     cancel = stop.cancel
     progress = Progress()
-    bar = _Bar(progress, enabled=sys.stderr.isatty() and not args.quiet and args.command == "import")
+    mode = args.progress
+    if mode == "auto":
+        mode = "none" if args.quiet or args.command != "import" else (
+            "bar" if sys.stderr.isatty() and args.log_format == "text" else "lines")
+    bar = ProgressReporter(progress, mode, interval=args.progress_interval,
+                           json_lines=args.log_format == "json")
     try:
         config = build_config(
             source=args.source,
@@ -221,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             headers=args.header,
             header_files=args.header_file,
             ca_dir=args.ca_dir,
+            ca_file=args.ca_file,
             insecure=args.insecure,
             cache_mode=getattr(args, "cache_mode", None),
             connections=getattr(args, "connections", 4),
@@ -246,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             vddk_config=args.vddk_config,
             converter=args.converter,
         )
+        _size_warnings(getattr(args, "image_size", None), config)
+        if config.image_size and config.image_size % 512:  # whole sectors, as qemu-img does
+            config = dataclasses.replace(config, image_size=-(-config.image_size // 512) * 512)
         result: dict[str, Any]
         if args.command == "inspect":
             result = inspect_source(config)
@@ -253,7 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_import(config, progress, cancel).as_dict()
         stop.answered.set()
         bar.close()
+        result = {"schema_version": SCHEMA_VERSION, **result}
         _print_result(args.command, result, args.output)
+        if args.command == "inspect" and args.fail_unsafe and not result.get("safe", True):
+            return 3
         return 0
     except ImporterError as exc:
         bar.close()
@@ -262,7 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose >= 2:
             traceback.print_exc()
         if args.output == "json":
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+            print(json.dumps({"schema_version": SCHEMA_VERSION,
+                              "error": {"code": error_code(exc), "message": str(exc)},
+                              "type": type(exc).__name__}))  # type: deprecated, use error.code
         return exc.exit_code
     except Exception as exc:  # a bug, not a user error: say so, with the trace
         bar.close()
@@ -273,13 +330,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.restore()
 
 
+def _human(key: str, value: Any) -> str:
+    """A value as a person reads it: sizes in units and bytes, lists and maps as text."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and key.endswith("size"):
+        from .quantity import format_bytes
+
+        return f"{format_bytes(value)} ({value} bytes)"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return str(value)
+
+
 def _print_result(command: str, result: dict[str, Any], output: str) -> None:
     if output == "json":
         print(json.dumps(result, indent=2, default=str))
         return
     if command == "inspect":
         for k, v in result.items():
-            print(f"{k:16} {v}")
+            if k == "schema_version":
+                continue
+            print(f"{k:16} {_human(k, v)}")
         return
     secs = result["duration_seconds"] or 1e-9
     print(

@@ -74,7 +74,7 @@ class HttpOptions:
     password: str | None = field(default=None, repr=False)
     headers: tuple[Header, ...] = ()
     ca_dir: Path | None = None
-    #: more CA directories (the pod's /proxycerts), trusted like ca_dir
+    #: more CA directories (the pod's /proxycerts) or files (--ca-file), trusted like ca_dir
     extra_ca_dirs: tuple[Path, ...] = ()
     insecure: bool = False
     #: scheme -> proxy URL and "no" -> bypass list, captured from the environment at start
@@ -237,6 +237,7 @@ CLI = Front({
     "connect_timeout": "--connect-timeout", "password_file": "--password-file",
     "username": "--username", "headers": "--header", "ca_dir": "--ca-dir",
     "scratch_dir": "--scratch-dir", "source_kind": "--source", "registry_arch": "--arch",
+    "ca_file": "--ca-file",
     "gcs_credentials": "--gcs-credentials", "registry_auth_file": "--registry-auth-file",
     "disk_id": "--disk-id", "checkpoint": "--checkpoint",
     "previous_checkpoint": "--previous-checkpoint", "vm_uuid": "--vm-uuid",
@@ -271,6 +272,7 @@ def validate_config(
     header_files: Sequence[str | Path] = (),
     parsed_headers: Sequence[Header] = (),
     ca_dir: str | Path | None = None,
+    ca_file: str | None = None,
     extra_ca_dirs: Sequence[Path] = (),
     insecure: bool = False,
     cache_mode: str | None = None,
@@ -424,6 +426,13 @@ def validate_config(
         problem("ca_dir", f"{front.setting('ca_dir', str(ca_dir))}: not a directory (give the directory "
                 "holding the CA files)")
 
+    extra_cas = list(extra_ca_dirs)
+    if ca_file:
+        if Path(ca_file).is_file():
+            extra_cas.append(Path(ca_file))
+        else:
+            problem("ca_file", f"{front.setting('ca_file', ca_file)}: no such file")
+
     scratch = Path(scratch_dir) if scratch_dir else None
     if scratch is not None and not scratch.is_dir():
         problem("scratch_dir", f"{name('scratch_dir')} {scratch_dir}: not a directory")
@@ -461,7 +470,7 @@ def validate_config(
         password=password,
         headers=tuple(all_headers),
         ca_dir=ca_path,
-        extra_ca_dirs=tuple(extra_ca_dirs),
+        extra_ca_dirs=tuple(extra_cas),
         insecure=insecure,
         proxies=proxies,
         max_retries=max_retries,

@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import ImportConfig
 from .disks.base import NativeUnsupported
-from .errors import FormatError, SourceError
+from .errors import FormatError, SourceError, UnsafeImageError
 from .formats.detect import detect
 from .plans import Plan, SourceFacts, choose_plan
 from .plans.context import RunState
@@ -52,8 +52,18 @@ def run_import(config: ImportConfig, progress: Progress | None = None,
 
 
 def inspect_source(config: ImportConfig) -> dict[str, Any]:
-    """What the source holds, read from its headers only, and the plan an import would take
-    (an unsafe image raises UnsafeImageError)."""
+    """What the source holds, read from its headers only, and the plan an import would take.
+    An unsafe image is reported (`safe: false` and why), not raised: CI gates on it."""
+    try:
+        return _inspect(config)
+    except UnsafeImageError as exc:
+        return {"source": _redact(config.source), "format": None, "compression": None,
+                "virtual_size": None, "safe": False, "unsafe_reasons": [str(exc)],
+                "plan": None, "plan_reason": "an unsafe image is not imported",
+                "converter": None}
+
+
+def _inspect(config: ImportConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         st = _open(config, Progress(), threading.Event(), stack, None)
         plan = resolve_plan(st)
@@ -75,6 +85,7 @@ def inspect_source(config: ImportConfig) -> dict[str, Any]:
             "range_requests": sinfo.random_access,
             "details": info.details,
             "safe": True,
+            "unsafe_reasons": [],
             "plan": plan.name,
             "plan_reason": plan.reason,
             "converter": plan.converter,

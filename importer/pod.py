@@ -9,15 +9,14 @@ mismatch, each with its JSON message); 1 failure; 2 configuration; 128+N stopped
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
 import sys
 import threading
-import time
 from collections.abc import Sequence
 
+from . import __version__
 from .config import ImportConfig
 from .engine import run_import
 from .errors import (
@@ -44,6 +43,7 @@ from .podconfig import (
     read_pod_environment,
 )
 from .progress import Progress
+from .reporting import JsonLines, ProgressReporter
 from .stopping import StopSignals
 from .termination import json_message, text_message, write_termination_message
 
@@ -57,20 +57,6 @@ LOG_EVERY = 5.0  # seconds between progress log lines
 METRICS_LINGER = 1.0  # seconds the metrics stay up after success
 
 
-class JsonLines(logging.Formatter):
-    """One JSON object a line on stderr; secrets never reach log records in the first place."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        obj = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-               + f".{int(record.msecs):03d}Z",
-               "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
-        obj.update(getattr(record, "fields", {}))
-        if record.exc_info and record.levelno >= logging.ERROR:
-            obj["exception"] = self.formatException(record.exc_info)
-        return json.dumps(obj, ensure_ascii=False)
-
-
 def _verbosity(argv: Sequence[str]) -> int:
     level = 1
     for i, a in enumerate(argv):
@@ -82,19 +68,14 @@ def _verbosity(argv: Sequence[str]) -> int:
     return level
 
 
-def _progress_logger(progress: Progress, stop: threading.Event) -> None:
-    last_t, last_n = time.monotonic(), 0
-    while not stop.wait(LOG_EVERY):
-        now, n = time.monotonic(), progress.n
-        log.info("progress", extra={"fields": {
-            "phase": progress.phase, "percent": round(progress.percent, 2), "bytes_read": n,
-            "bytes_written": progress.bytes_written, "zero_bytes": progress.zero_bytes,
-            "rate_bytes_per_second": int((n - last_n) / (now - last_t))}})
-        last_t, last_n = now, n
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in args:
+        print(f"cdi-importer (importer {__version__})")
+        return 0
+    if "--help" in args or "-h" in args:
+        print(pod_help())
+        return 0
     verbosity = _verbosity(args)
     unknown = [a for i, a in enumerate(args) if not _KLOG.match(a)
                and not (a.isdigit() and i > 0 and args[i - 1] in ("-v", "--v"))]
@@ -113,8 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress()
     early = early_settings(os.environ)
     metrics = MetricsServer(progress, early.owner_uid, early.metrics_port)
-    stop_logging = threading.Event()
-    threading.Thread(target=_progress_logger, args=(progress, stop_logging), daemon=True).start()
+    reporter = ProgressReporter(progress, "lines", interval=LOG_EVERY, json_lines=True)
     try:
         settings, config = preflight(*read_pod_environment(os.environ, verbosity))
         code, message = _run(settings, config, progress, cancel)
@@ -133,13 +113,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("internal error; please report it with this log")
     finally:
         stop.answered.set()
-        stop_logging.set()
+        reporter.close()
     write_termination_message(early.termination_log, message)
     if code == 0 and not cancel.is_set():
         progress.finish()
         cancel.wait(METRICS_LINGER)  # so that a last scrape sees 100; a SIGTERM ends it early
     metrics.close()
     return code
+
+
+def pod_help() -> str:
+    """`importer pod --help`: the environment the pod reads, from the source table."""
+    from .sources.kinds import KINDS
+
+    common = ["IMPORTER_SOURCE", "IMPORTER_ENDPOINT", "IMPORTER_CONTENTTYPE",
+              "IMPORTER_IMAGE_SIZE", "FILESYSTEM_OVERHEAD", "PREALLOCATION", "CACHE_MODE",
+              "INSECURE_TLS", "IMPORTER_CHECKSUM", "OWNER_UID", "IMPORTER_METRICS_PORT",
+              "IMPORTER_CONVERTER (ours)", "http_proxy, https_proxy, no_proxy"]
+    lines = ["usage: importer pod [-v=N] [-alsologtostderr]   (also cdi-importer)", "",
+             "Runs as CDI's importer pod: configured by CDI's environment and fixed paths",
+             "(/data, /dev/cdi-block-volume, /scratch, /certs, /extraheaders, /proxycerts,",
+             "/dev/termination-log), progress on https://:8443/metrics.", "",
+             "common variables:", *(f"  {v}" for v in common), "", "per source:"]
+    for k in KINDS:
+        if k.pod_name:
+            lines.append(f"  {k.pod_name}: {', '.join(v for v in k.pod_variables)}")
+    lines.append("  none: a blank disk of IMPORTER_IMAGE_SIZE")
+    return "\n".join(lines)
 
 
 def preflight(settings: PodSettings, config: ImportConfig | None

@@ -62,6 +62,8 @@ def _load_dir(ctx: ssl.SSLContext, ca_dir: Path) -> None:
 
 
 def _pem_files(ca_dir: Path) -> list[Path]:
+    if ca_dir.is_file():  # --ca-file: the one file
+        return [ca_dir]
     return [f for f in sorted(ca_dir.rglob("*"))
             if f.is_file() and not any(p.startswith(".") for p in f.relative_to(ca_dir).parts)]
 

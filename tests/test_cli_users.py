@@ -1,0 +1,132 @@
+"""The command line for people and CI jobs (issue 14), through the real CLI in a child process:
+progress where no terminal watches and a bar where one does (a pseudo-terminal), JSON logs,
+inspect reporting unsafe images, the JSON schema's error codes, the options users reach for."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+from .conftest import ROOT, Images, Nginx, importer_cli, same_disk
+
+
+def test_progress_lines_when_no_terminal_watches(nginx: Nginx, images: Images,
+                                                 tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("slow/disk.raw"), tmp_path / "d.img",
+                     "--progress-interval", "0.1")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("progress: ")]
+    assert len(lines) >= 2, r.stderr
+    assert "% TransferDataFile" in lines[-1] and "MiB read" in lines[-1] and "MiB/s" in lines[-1]
+    assert same_disk(tmp_path / "d.img", images.raw)
+
+
+def test_json_logs_for_ci(nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("slow/disk.raw"), tmp_path / "d.img", "-v",
+                     "--log-format", "json", "--progress-interval", "0.1")
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(ln) for ln in r.stderr.splitlines() if ln.strip()]
+    progress = [x for x in records if x["msg"] == "progress"]
+    assert progress and {"percent", "bytes_read", "rate_bytes_per_second",
+                         "eta_seconds"} <= set(progress[-1])
+    assert any("plan" in x["msg"] for x in records)
+
+
+def test_quiet_prints_nothing_but_errors(nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("slow/disk.raw"), tmp_path / "d.img", "-q",
+                     "--progress-interval", "0.1")
+    assert r.returncode == 0 and r.stderr == ""
+
+
+def test_a_bar_on_a_terminal(nginx: Nginx, tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    # a terminal of 100 columns: on a 0-column one tqdm draws nothing
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "importer", "import",
+                          nginx.url("slow/disk.raw"), str(tmp_path / "d.img"),
+                          "--connections", "1"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=slave, text=False)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal (it exited)
+                break
+        elif p.poll() is not None:
+            break
+    p.wait(30)
+    os.close(master)
+    assert p.returncode == 0
+    assert b"%|" in seen and b"TransferDataFile" in seen  # tqdm's bar, not lines
+    assert b"progress: " not in seen
+
+
+def test_inspect_reports_an_unsafe_image_and_can_gate(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(bytes(1 << 20))
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", "-b", str(base), "-F", "raw",
+                    str(overlay)], check=True, capture_output=True)
+    r = importer_cli("inspect", overlay, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["safe"] is False and "backing file" in out["unsafe_reasons"][0]
+    assert out["schema_version"] == 1
+    assert importer_cli("inspect", overlay, "--fail-unsafe").returncode == 3
+
+
+def test_inspect_text_is_for_people(nginx: Nginx) -> None:
+    r = importer_cli("inspect", nginx.url("disk.qcow2"))
+    assert r.returncode == 0, r.stderr
+    assert "24.0 MiB (25165824 bytes)" in r.stdout and "safe             yes" in r.stdout
+    assert "{" not in r.stdout and "None" not in r.stdout
+
+
+def test_json_errors_carry_a_stable_code(tmp_path: Path) -> None:
+    r = importer_cli("import", "http://127.0.0.1:1/x.img", tmp_path / "d.img", "-o", "json",
+                     "--retries", "0")
+    assert r.returncode != 0
+    out = json.loads(r.stdout)
+    assert out["schema_version"] == 1 and out["error"]["code"] == "source-unreachable"
+    assert "connection refused" in out["error"]["message"]
+
+
+def test_options_users_reach_for(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    ca = nginx.ca_dir / "test-ca.pem"
+    # global flags before the subcommand, -H, --ca-file
+    r = importer_cli("-o", "json", "import", nginx.tls_url("disk.qcow2"), tmp_path / "a.img",
+                     "-H", "X-Trace: 1", "--ca-file", ca)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["plan"] == "extents"
+    r = importer_cli("import", nginx.tls_url("disk.raw"), tmp_path / "b.img", "-k")
+    assert r.returncode == 0, r.stderr
+    assert same_disk(tmp_path / "b.img", images.raw)
+
+
+def test_every_entrypoint_has_version(tmp_path: Path) -> None:
+    for exe in ("importer", "cdi-importer", "cdi-uploadserver", "cdi-cloner"):
+        r = subprocess.run([str(Path(sys.executable).with_name(exe)), "--version"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and "0." in r.stdout, (exe, r.stderr)
+    r = importer_cli("pod", "--help")
+    assert r.returncode == 0 and "IMPORTER_ENDPOINT" in r.stdout and "IMPORTER_DISK_ID" in r.stdout
+
+
+def test_sizes_in_decimal_units_are_questioned(nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("disk.raw"), tmp_path / "d.img", "--image-size",
+                     "30M")
+    assert r.returncode == 0, r.stderr
+    assert "30M means 30000000 bytes" in r.stderr and "did you mean 30Mi" in r.stderr
+    assert (tmp_path / "d.img").stat().st_size % 512 == 0  # rounded up to whole sectors
