@@ -13,10 +13,11 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ImportConfig, build_config
+from .config import ContentType, ImportConfig, build_config
 from .engine import inspect_source, run_import
 from .errors import ConfigError, ImporterError
 from .progress import Progress
@@ -137,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--image-size", metavar="SIZE",
                      help="size of the resulting disk (10Gi, 500M, 1e9); grows, never shrinks")
     imp.add_argument("--preallocation", action="store_true", help="allocate every block")
+    imp.add_argument("-f", "--force", "--overwrite", dest="force", action="store_true",
+                     help="replace an existing DEST file, or write over a block device that "
+                          "holds a partition table or a file system")
     imp.add_argument("--scratch-dir", metavar="DIR",
                      help="where to stage images that cannot be streamed")
     imp.add_argument("--cache-mode", choices=("none", "writeback", "writethrough", "directsync"),
@@ -219,6 +223,40 @@ def _size_warnings(given: str | None, config: ImportConfig) -> None:
                         device_size(config.dest))
 
 
+def _refuse_to_clobber(config: ImportConfig) -> None:
+    """An existing file, or a device holding a partition table or a file system (as mkfs
+    asks), is replaced only with --force. A warm stage writes onto its disk by design, and an
+    archive extracts into an existing directory."""
+    dest = config.dest
+    if config.delta_of is not None or config.content_type is ContentType.ARCHIVE:
+        return
+    if dest.is_block_device():
+        found = _signature(dest)
+        if found:
+            raise ConfigError(f"{dest} holds {found}; importing would destroy it. Give --force "
+                              "to write over it")
+    elif dest.is_file() or dest.is_symlink():
+        raise ConfigError(f"{dest} exists; give --force to replace it (it is replaced only "
+                          "once the import succeeded)")
+
+
+def _signature(device: Path) -> str | None:
+    """What blkid (util-linux) finds on the device: a partition table or a file system."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("blkid"):
+        return None
+    r = subprocess.run(["blkid", "-p", "-o", "export", str(device)], capture_output=True,
+                       text=True, timeout=30, check=False)
+    if r.returncode != 0:  # 2: nothing found
+        return None
+    fields = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    if fields.get("PTTYPE"):
+        return f"a {fields['PTTYPE']} partition table"
+    return f"a file system ({fields.get('TYPE', 'unknown')})" if fields else None
+
+
 def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
@@ -296,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             converter=args.converter,
         )
         _size_warnings(getattr(args, "image_size", None), config)
+        if args.command == "import" and not args.force:
+            _refuse_to_clobber(config)
         if config.image_size and config.image_size % 512:  # whole sectors, as qemu-img does
             config = dataclasses.replace(config, image_size=-(-config.image_size // 512) * 512)
         result: dict[str, Any]

@@ -130,3 +130,27 @@ def test_sizes_in_decimal_units_are_questioned(nginx: Nginx, tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     assert "30M means 30000000 bytes" in r.stderr and "did you mean 30Mi" in r.stderr
     assert (tmp_path / "d.img").stat().st_size % 512 == 0  # rounded up to whole sectors
+
+
+def test_an_existing_destination_needs_force(nginx: Nginx, images: Images,
+                                             tmp_path: Path) -> None:
+    dest = tmp_path / "d.img"
+    dest.write_bytes(b"precious")
+    r = importer_cli("import", nginx.url("disk.raw"), dest)
+    assert r.returncode == 2 and "exists; give --force" in r.stderr
+    assert dest.read_bytes() == b"precious"
+    r = importer_cli("import", nginx.url("disk.raw"), dest, "--force")
+    assert r.returncode == 0, r.stderr
+    assert same_disk(dest, images.raw)
+
+
+def test_a_device_with_a_file_system_needs_force(nginx: Nginx, images: Images,
+                                                 tmp_path: Path) -> None:
+    from .conftest import loop_device
+
+    with loop_device(tmp_path / "backing", 32 << 20, b"\0") as dev:
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(dev)], check=True, capture_output=True)
+        r = importer_cli("import", nginx.url("disk.raw"), dev)
+        assert r.returncode == 2 and "holds a file system (ext4)" in r.stderr
+        r = importer_cli("import", nginx.url("disk.raw"), dev, "-f")
+        assert r.returncode == 0, r.stderr
