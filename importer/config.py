@@ -345,7 +345,8 @@ def validate_config(
     if not source:
         pass
     elif parts.scheme not in supported_schemes():
-        shown = ", ".join(f"{s}://" if s not in ("", "oci-archive") else (s + ":" if s else "a local path")
+        shown = ", ".join(f"{s}://" if s not in ("", "oci-archive", "oci")
+                          else (s + ":" if s else "a local path")
                           for s in supported_schemes())
         problem("source", f"{front.setting('source', source)}: unsupported scheme {parts.scheme!r}; "
                 f"use {shown}")

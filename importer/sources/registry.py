@@ -32,7 +32,7 @@ from ..errors import FormatError, SourceContentError, SourceNotFoundError
 from ..quantity import format_bytes
 from ..streams import PositionedReader
 from .base import SourceInfo, read_via_readinto
-from .oci.archive_store import ArchiveStore
+from .oci.archive_store import ArchiveStore, DirectoryStore
 from .oci.credentials import Credentials, credentials_from_file
 from .oci.digest import Digest, InOrderVerifier, VerifyingStream
 from .oci.layers import DiskEntry, DiskView, LayerTar, forget_members, normalise, relevant
@@ -73,10 +73,13 @@ class RegistrySource:
                  auth_file: Path | None = None) -> None:
         self.ref = parse_reference(source)
         self._arch = arch
-        self.store: RegistryStore | ArchiveStore
+        self.store: RegistryStore | ArchiveStore | DirectoryStore
         if self.ref.transport == "oci-archive":
             assert self.ref.archive is not None
             self.store = ArchiveStore(self.ref.archive)
+        elif self.ref.transport == "oci":
+            assert self.ref.archive is not None
+            self.store = DirectoryStore(self.ref.archive)
         else:
             self.store = RegistryStore(self.ref, opts, self._credentials(opts, auth_file))
         self.where = str(self.ref)
@@ -107,7 +110,7 @@ class RegistrySource:
             if mtype not in INDEX_TYPES:
                 break
             entries = index_entries(data, what)
-            if self.ref.transport == "oci-archive" and level == 0:
+            if self.ref.transport in ("oci-archive", "oci") and level == 0:
                 entries = self._archive_entries(entries)
             desc = entries[0] if len(entries) == 1 and not entries[0].platform else \
                 select_platform(entries, arch, what)
@@ -323,7 +326,8 @@ class _BlobFile(PositionedReader):
 
     WINDOW = 256 << 10
 
-    def __init__(self, store: RegistryStore | ArchiveStore, desc: Descriptor, start: int) -> None:
+    def __init__(self, store: RegistryStore | ArchiveStore | DirectoryStore, desc: Descriptor,
+                 start: int) -> None:
         self._store = store
         self._desc = desc
         self._pos = start

@@ -553,3 +553,15 @@ def test_image_pushed_with_oras(plain: Registry, images: Images, tmp_path: Path,
     r = _import(f"docker://{plain.host}/cd/oras:v1", tmp_path / "out.img")
     assert (r.path, r.labels) == ("extents", {"kubevirt.io/os": "fedora"})
     assert same_disk(images.raw, tmp_path / "out.img")
+
+
+def test_oci_layout_directory(disks: Disks, images: Images, tmp_path: Path) -> None:
+    """skopeo's `oci:DIR[:REF]` transport: the layout as a directory, read in place."""
+    r = _import(f"oci:{disks.layout}:qcow2", tmp_path / "q.img")
+    assert (r.path, r.format) == ("extents", "qcow2")
+    assert same_disk(images.raw, tmp_path / "q.img")
+    with pytest.raises(SourceNotFoundError, match=r"no index\.json"):
+        _import(f"oci:{tmp_path}:qcow2", tmp_path / "x.img")
+    cli = importer_cli("import", f"oci:{disks.layout}:whiteout", tmp_path / "w.img")
+    assert cli.returncode == 0, cli.stderr
+    assert (tmp_path / "w.img").read_bytes() == disks.b.read_bytes()

@@ -36,7 +36,7 @@ _HOST = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9
 
 @dataclass(frozen=True, slots=True)
 class ImageReference:
-    transport: str  # "docker" or "oci-archive"
+    transport: str  # "docker", "oci-archive" or "oci" (a layout directory)
     domain: str = ""  # as written (docker.io for short names)
     repository: str = ""
     tag: str | None = None
@@ -65,8 +65,9 @@ class ImageReference:
         return keys
 
     def __str__(self) -> str:
-        if self.transport == "oci-archive":
-            return f"oci-archive:{self.archive}" + (f":{self.archive_ref}" if self.archive_ref else "")
+        if self.transport in ("oci-archive", "oci"):
+            return f"{self.transport}:{self.archive}" + (f":{self.archive_ref}"
+                                                         if self.archive_ref else "")
         text = f"docker://{self.domain}/{self.repository}"
         if self.tag:
             text += f":{self.tag}"
@@ -80,14 +81,14 @@ def parse_reference(text: str) -> ImageReference:
     if not sep:
         raise ConfigError(f"invalid image name {text!r}: expected colon-separated "
                           "transport:reference, e.g. docker://quay.io/containerdisks/fedora:41")
-    if transport == "oci-archive":
+    if transport in ("oci-archive", "oci"):
         path, _, ref = rest.partition(":")
         if not path:
-            raise ConfigError(f"invalid image name {text!r}: oci-archive needs a path")
-        return ImageReference("oci-archive", archive=Path(path), archive_ref=ref or None)
+            raise ConfigError(f"invalid image name {text!r}: {transport} needs a path")
+        return ImageReference(transport, archive=Path(path), archive_ref=ref or None)
     if transport != "docker":
         raise ConfigError(f"invalid image name {text!r}, unknown transport {transport!r}: use "
-                          "docker://host/repo:tag or oci-archive:PATH")
+                          "docker://host/repo:tag, oci-archive:PATH or oci:DIR")
     if not rest.startswith("//"):
         raise ConfigError(f"invalid image name {text!r}: the docker transport is written "
                           "docker://host/repo:tag")
