@@ -76,16 +76,25 @@ def _secret_pipe(secret: bytes | None) -> tuple[int, ...]:
 
 def run_child(argv: list[str], *, timeout: float, limits: Sequence[str] = (),
               pass_fds: Sequence[int] = (), secret: bytes | None = None,
-              secret_fd_placeholder: str = "{secret_fd}") -> ChildResult:
+              secret_fd_placeholder: str = "{secret_fd}",
+              stdin_data: bytes | None = None,
+              env: dict[str, str] | None = None) -> ChildResult:
     """Run to completion and capture its output. A `{secret_fd}` in argv becomes the fd number
-    of the pipe holding `secret`. subprocess.TimeoutExpired propagates: the caller says what
-    the timeout means."""
+    of the pipe holding `secret`; `stdin_data` is written to its stdin; `env` is added to the
+    minimal environment (a credential helper's keychain). subprocess.TimeoutExpired
+    propagates: the caller says what the timeout means."""
     fds = _secret_pipe(secret)
     try:
         argv = [a.replace(secret_fd_placeholder, str(fds[0])) if fds else a for a in argv]
-        r = subprocess.run(limited(limits, argv), capture_output=True, timeout=timeout,
-                           check=False, stdin=subprocess.DEVNULL, env=child_environment(),
-                           pass_fds=(*pass_fds, *fds))
+        full_env = {**child_environment(), **(env or {})}
+        if stdin_data is None:
+            r = subprocess.run(limited(limits, argv), capture_output=True, timeout=timeout,
+                               check=False, stdin=subprocess.DEVNULL, env=full_env,
+                               pass_fds=(*pass_fds, *fds))
+        else:
+            r = subprocess.run(limited(limits, argv), capture_output=True, timeout=timeout,
+                               check=False, input=stdin_data, env=full_env,
+                               pass_fds=(*pass_fds, *fds))
     finally:
         for fd in fds:
             os.close(fd)

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--arch", dest="registry_arch", metavar="ARCH",
                        help="architecture to pick from a multi-arch container image (default: "
                             "this host's)")
-        g.add_argument("--registry-auth-file", metavar="FILE",
+        g.add_argument("--registry-auth-file", "--authfile", metavar="FILE",
                        help="docker/podman credentials file (default: $REGISTRY_AUTH_FILE, "
                             "containers/auth.json, ~/.docker/config.json)")
         w = sp.add_argument_group("warm imports (--source imageio or vddk)")

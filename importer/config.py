@@ -49,6 +49,9 @@ __all__ = [
 
 #: "auto": the native reader where one exists (qcow2), qemu-img otherwise
 CONVERTERS = ("auto", "qemu-img")
+#: what a docker credential helper needs of the user's environment to reach its keychain
+HELPER_ENV = ("HOME", "USER", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "GNUPGHOME",
+              "PASSWORD_STORE_DIR", "PATH")
 #: off_t is signed 64-bit: nothing larger can be a file size or a device offset
 MAX_FILE_SIZE = (1 << 63) - 1
 
@@ -593,7 +596,8 @@ def _source_options(kind: str, *, s3_endpoint: str | None, s3_region: str | None
     if kind == "gcs":
         return GcsOptions(Path(gcs_credentials) if gcs_credentials else None)
     if kind == "registry":
-        return RegistryOptions(registry_arch, registry_auth_file)
+        return RegistryOptions(registry_arch, registry_auth_file, tuple(
+            (k, os.environ[k]) for k in HELPER_ENV if os.environ.get(k)))
     return None
 
 

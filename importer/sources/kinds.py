@@ -118,7 +118,8 @@ def _registry(config: ImportConfig) -> Source:
     from .registry import RegistrySource
 
     opts = config.options if isinstance(config.options, RegistryOptions) else RegistryOptions()
-    return RegistrySource(config.source, config.http, arch=opts.arch, auth_file=opts.auth_file)
+    return RegistrySource(config.source, config.http, arch=opts.arch, auth_file=opts.auth_file,
+                          helper_env=dict(opts.helper_env))
 
 
 def _file(config: ImportConfig) -> Source:

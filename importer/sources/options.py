@@ -27,6 +27,9 @@ class RegistryOptions:
     arch: str | None = None
     #: docker/podman credentials file consulted for registry logins
     auth_file: Path | None = None
+    #: the environment a credential helper (docker-credential-*) runs with: its keychain's
+    #: HOME, D-Bus or GnuPG session, captured by the configuration layer
+    helper_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

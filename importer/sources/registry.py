@@ -70,7 +70,9 @@ class _Winner:
 
 class RegistrySource:
     def __init__(self, source: str, opts: HttpOptions, *, arch: str | None = None,
-                 auth_file: Path | None = None) -> None:
+                 auth_file: Path | None = None,
+                 helper_env: dict[str, str] | None = None) -> None:
+        self._helper_env = helper_env or {}
         self.ref = parse_reference(source)
         self._arch = arch
         self.store: RegistryStore | ArchiveStore | DirectoryStore
@@ -96,7 +98,7 @@ class RegistrySource:
         if opts.username and opts.password:
             return Credentials(opts.username, opts.password, "the given user name and password")
         if auth_file is not None:
-            return credentials_from_file(auth_file, self.ref)
+            return credentials_from_file(auth_file, self.ref, self._helper_env)
         return None
 
     # ------------------------------------------------------------------ manifests

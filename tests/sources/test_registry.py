@@ -565,3 +565,32 @@ def test_oci_layout_directory(disks: Disks, images: Images, tmp_path: Path) -> N
     cli = importer_cli("import", f"oci:{disks.layout}:whiteout", tmp_path / "w.img")
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "w.img").read_bytes() == disks.b.read_bytes()
+
+
+def test_a_docker_credential_helper_is_run(secure: Registry, secure_image: str,
+                                           images: Images, tmp_path: Path) -> None:
+    """credHelpers as docker and skopeo use them: `docker-credential-NAME get`, the server on
+    stdin, JSON back; through the CLI's --authfile (skopeo's name for the option)."""
+    import os
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    asked = tmp_path / "asked"
+    helper = bindir / "docker-credential-testkeychain"
+    helper.write_text(f"""#!/bin/sh
+[ "$1" = get ] || exit 1
+read server
+echo "$server" >> {asked}
+[ "$server" = "{secure.host}" ] || {{ echo "credentials not found in native keychain"; exit 1; }}
+printf '{{"ServerURL":"%s","Username":"{USER}","Secret":"{PASSWORD}"}}' "$server"
+""")
+    helper.chmod(0o755)
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"credHelpers": {secure.host: "testkeychain"}}))
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = importer_cli("import", secure_image, tmp_path / "h.img", "--authfile", cfg,
+                     "--insecure", env=env)
+    assert r.returncode == 0, r.stderr
+    assert same_disk(images.raw, tmp_path / "h.img")
+    assert asked.read_text().splitlines()[0] == secure.host
+    assert PASSWORD not in r.stderr

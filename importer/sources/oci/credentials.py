@@ -3,8 +3,9 @@
 oras-py can read these too, but only from the locations it picks itself (it reads the process
 environment) and only the `auth` field; the configuration layer chooses the file here, and the
 `username`/`password` and `identitytoken` forms docker and podman also write are understood.
-Credential helpers (`credsStore`, `credHelpers`) run external programs and are not used: the log
-says so when they are the only source of credentials."""
+Credential helpers (`credHelpers` for a registry, else `credsStore`) are run as docker runs them:
+`docker-credential-<name> get` with the server on stdin, through the child-process helper
+(minimal environment, bounded time); their answer is used like an `auths` entry."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Credentials:
     origin: str  # for logs: where they came from, never the values
 
 
-def credentials_from_file(path: Path, ref: ImageReference) -> Credentials | None:
+def credentials_from_file(path: Path, ref: ImageReference,
+                          helper_env: dict[str, str] | None = None) -> Credentials | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -47,9 +49,46 @@ def credentials_from_file(path: Path, ref: ImageReference) -> Credentials | None
         creds = _from_entry(entry, f"{path} ({key})")
         if creds:
             return creds
-    if isinstance(data, dict) and (data.get("credsStore") or data.get("credHelpers")):
-        log.warning("%s names a credential helper for %s; helpers are not run, give the "
-                    "credentials directly", path, ref.domain)
+    if isinstance(data, dict):
+        helpers = data.get("credHelpers")
+        helper = helpers.get(ref.domain) if isinstance(helpers, dict) else None
+        helper = helper or data.get("credsStore")
+        if isinstance(helper, str) and helper:
+            return _from_helper(helper, ref, path, helper_env or {})
+    return None
+
+
+def _from_helper(name: str, ref: ImageReference, path: Path, env: dict[str, str]
+                 ) -> Credentials | None:
+    """docker-credential-NAME get, asked for each of the registry's usual server keys."""
+    import shutil
+    import subprocess
+
+    from ...children import run_child
+
+    program = shutil.which(f"docker-credential-{name}", path=env.get("PATH"))
+    if program is None:
+        raise ConfigError(f"{path} names the credential helper {name!r}, but "
+                          f"docker-credential-{name} is not on PATH; install it or give the "
+                          "credentials with --username/--password-file")
+    # as docker asks helpers: by server, never by repository
+    for server in [k for k in ref.auth_keys if k != f"{ref.domain}/{ref.repository}"]:
+        try:
+            r = run_child([program, "get"], timeout=30, stdin_data=server.encode(), env=env)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(f"docker-credential-{name} did not answer in 30 s") from None
+        if r.returncode != 0:
+            continue  # "credentials not found in native keychain": try the next key
+        try:
+            answer = json.loads(r.stdout)
+        except ValueError:
+            raise ConfigError(f"docker-credential-{name} answered with no JSON") from None
+        user, secret = answer.get("Username"), answer.get("Secret")
+        if user == "<token>":
+            return _from_entry({"identitytoken": secret}, f"docker-credential-{name}")
+        if isinstance(user, str) and isinstance(secret, str) and user:
+            log.info("registry credentials for %s from docker-credential-%s", ref.domain, name)
+            return Credentials(user, secret, f"docker-credential-{name} ({server})")
     return None
 
 
