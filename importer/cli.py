@@ -132,9 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import SOURCE into DEST")
     imp.add_argument("source", metavar="SOURCE",
                      help="http(s)://, s3://, gs://, docker://host/repo:tag, oci-archive:PATH, "
-                          "file:// URL, local path, or an oVirt engine's API URL with "
-                          "--source imageio")
-    imp.add_argument("dest", metavar="DEST", help="file, block device, or directory (archive)")
+                          "file:// URL, local path, - for standard input, or an oVirt "
+                          "engine's API URL with --source imageio")
+    imp.add_argument("dest", metavar="DEST",
+                     help="file, block device, directory (archive), or - for standard output "
+                          "(raw, in order)")
     imp.add_argument("--image-size", metavar="SIZE",
                      help="size of the resulting disk (10Gi, 500M, 1e9); grows, never shrinks")
     imp.add_argument("--preallocation", action="store_true", help="allocate every block")
@@ -334,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             converter=args.converter,
         )
         _size_warnings(getattr(args, "image_size", None), config)
-        if args.command == "import" and not args.force:
+        if args.command == "import" and not args.force and str(config.dest) != "-":
             _refuse_to_clobber(config)
         if config.image_size and config.image_size % 512:  # whole sectors, as qemu-img does
             config = dataclasses.replace(config, image_size=-(-config.image_size // 512) * 512)
@@ -346,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.answered.set()
         bar.close()
         result = {"schema_version": SCHEMA_VERSION, **result}
-        _print_result(args.command, result, args.output)
+        # DEST - is the disk on stdout: the result goes to stderr then
+        out = sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout
+        _print_result(args.command, result, args.output, out)
         if args.command == "inspect" and args.fail_unsafe and not result.get("safe", True):
             return 3
         return 0
@@ -359,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output == "json":
             print(json.dumps({"schema_version": SCHEMA_VERSION,
                               "error": {"code": error_code(exc), "message": str(exc)},
-                              "type": type(exc).__name__}))  # type: deprecated, use error.code
+                              "type": type(exc).__name__}),  # type: deprecated, use error.code
+                  file=sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout)
         return exc.exit_code
     except Exception as exc:  # a bug, not a user error: say so, with the trace
         bar.close()
@@ -387,15 +392,17 @@ def _human(key: str, value: Any) -> str:
     return str(value)
 
 
-def _print_result(command: str, result: dict[str, Any], output: str) -> None:
+def _print_result(command: str, result: dict[str, Any], output: str,
+                  out: Any = None) -> None:
+    out = out or sys.stdout
     if output == "json":
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(result, indent=2, default=str), file=out)
         return
     if command == "inspect":
         for k, v in result.items():
             if k == "schema_version":
                 continue
-            print(f"{k:16} {_human(k, v)}")
+            print(f"{k:16} {_human(k, v)}", file=out)
         return
     secs = result["duration_seconds"] or 1e-9
     print(
@@ -406,4 +413,4 @@ def _print_result(command: str, result: dict[str, Any], output: str) -> None:
         f"{result['bytes_read'] / 2**20:.1f} MiB read in {secs:.1f} s "
         f"({result['bytes_read'] / 2**20 / secs:.1f} MiB/s), "
         f"virtual size {result['virtual_size']}, {result['zero_bytes_skipped'] / 2**20:.1f} MiB "
-        "of zeros skipped")
+        "of zeros skipped", file=out)

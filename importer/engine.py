@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import ImportConfig
 from .disks.base import NativeUnsupported
-from .errors import FormatError, SourceError, UnsafeImageError
+from .errors import FormatError, SourceError, TargetError, UnsafeImageError
 from .formats.detect import detect
 from .plans import Plan, SourceFacts, choose_plan
 from .plans.context import RunState
@@ -195,9 +195,13 @@ def _execute(st: RunState, plan: Plan) -> None:
         if st.detected.info.format == "tar":
             log.warning("the data is a tar archive, written as a raw disk image as CDI does; "
                         "use contentType: archive to extract it into the volume instead")
-        # a delta is applied onto the disk the previous stage wrote, in place
-        target = Target(cfg.dest, cfg.capacity,
-                        mode="apply" if plan.name == "delta" else "create")
+        target: Any
+        if str(cfg.dest) == "-":
+            target = _stdout_target(plan)
+        else:
+            # a delta is applied onto the disk the previous stage wrote, in place
+            target = Target(cfg.dest, cfg.capacity,
+                            mode="apply" if plan.name == "delta" else "create")
         st.result.target_kind = "block" if target.is_block else "file"
         runner = _runner(plan.name)
         runner(st, plan, target)
@@ -206,6 +210,17 @@ def _execute(st: RunState, plan: Plan) -> None:
     if st.spec is not None and st.result.checksum is None and cfg.checksum is None:
         log.info("the object's own %s checksum was not verified: the %s plan reads it at "
                  "random (give --checksum to verify in order)", st.spec.algorithm, plan.name)
+
+
+def _stdout_target(plan: Plan) -> Any:
+    """DEST `-`: only a plan that writes the disk in order can write to a pipe."""
+    from .sinks.target import StdoutTarget
+
+    if plan.name != "stream" or plan.disk is not None:
+        raise TargetError(f"standard output (DEST -) takes the disk in order, but this import "
+                          f"takes the {plan.name} plan ({plan.reason}); write to a file, or "
+                          "for a raw image ask for one connection (--connections 1)")
+    return StdoutTarget()
 
 
 def _runner(name: str) -> Any:

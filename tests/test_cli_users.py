@@ -154,3 +154,35 @@ def test_a_device_with_a_file_system_needs_force(nginx: Nginx, images: Images,
         assert r.returncode == 2 and "holds a file system (ext4)" in r.stderr
         r = importer_cli("import", nginx.url("disk.raw"), dev, "-f")
         assert r.returncode == 0, r.stderr
+
+
+def test_standard_input_and_output(images: Images, tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "importer", "import"]
+    # a qcow2 piped in (a pipe: `input=`): converted natively as it streams
+    r = subprocess.run([*run, "-", str(tmp_path / "a.img"), "-o", "json"],
+                       input=images["disk.qcow2"].read_bytes(), capture_output=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["plan"] == "stream"
+    assert same_disk(tmp_path / "a.img", images.raw)
+    # a file redirected in can be read at random
+    with open(images["disk.qcow2"], "rb") as f:
+        r = subprocess.run([*run, "-", str(tmp_path / "r.img"), "-o", "json"], stdin=f,
+                           capture_output=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["plan"] == "extents"
+    # a vmdk piped in must be staged: the reason says why
+    r = subprocess.run([*run, "-", str(tmp_path / "b.img"), "-v"],
+                       input=images["disk-so.vmdk"].read_bytes(), capture_output=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and b"standard input is a pipe" in r.stderr
+    assert same_disk(tmp_path / "b.img", images.raw)
+    # raw to standard output, in order; the result goes to stderr
+    r = subprocess.run([*run, "-", "-", "-o", "json"], input=images["disk.raw.gz"].read_bytes(),
+                       capture_output=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == images.raw.read_bytes()
+    assert b'"plan": "stream"' in r.stderr
+    # a plan that writes out of order is refused, with the way out
+    r = subprocess.run([*run, str(images["disk.qcow2"]), "-"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and "takes the disk in order" in r.stderr and r.stdout == ""

@@ -101,6 +101,9 @@ class SparseWriter:
         return buf.startswith(_ZEROS[:n], pos)
 
     def _pwrite(self, fd: int, data: memoryview, offset: int) -> None:
+        if getattr(self.target, "sequential", False):  # standard output: in order
+            self.target.write_at(offset, data)  # type: ignore[attr-defined]
+            return
         try:
             while data:
                 n = os.pwrite(fd, data, offset)
@@ -110,6 +113,9 @@ class SparseWriter:
             raise _oserror(exc, self.target.path, "writing") from exc
 
     def _zero(self, start: int, end: int) -> None:
+        if getattr(self.target, "sequential", False):
+            self.target.zero_range(start, end - start)  # a pipe has no holes
+            return
         if not self.target.is_block and self.target.mode != "apply":
             return  # a fresh or preallocated file already reads zeros there
         with self._lock:

@@ -41,7 +41,7 @@ from pathlib import Path
 from ..errors import TargetError, TargetTooSmallError
 from ..quantity import format_bytes
 
-__all__ = ["Target"]
+__all__ = ["StdoutTarget", "Target"]
 
 log = logging.getLogger(__name__)
 BLKGETSIZE64 = 0x80081272
@@ -380,3 +380,63 @@ def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _libc().fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+class StdoutTarget:
+    """DEST `-`: raw bytes to standard output, strictly in order. A pipe has no holes, so zero
+    runs are written as zeros; nothing can be rewritten, so only plans that write in order (the
+    stream plan) can use it. Committing is a flush; there is nothing to remove on failure."""
+
+    sequential = True
+    is_block = False
+    mode = "stream"
+    capacity: int | None = None
+
+    def __init__(self) -> None:
+        self.path = Path("<standard output>")
+        self.fd = 1
+        self.position = 0
+        self._zeros = bytes(1 << 20)
+
+    def check_fits(self, virtual_size: int | None) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def writing(self, written: Callable[[], int | None] = lambda: None) -> Iterator[StdoutTarget]:
+        yield self
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        self.zeros_to(offset)
+        if offset != self.position:
+            raise TargetError(f"standard output takes the data in order, and byte {offset} "
+                              f"came after byte {self.position}; write to a file instead")
+        try:
+            while data:
+                n = os.write(self.fd, data)
+                data = data[n:]
+                self.position += n
+        except BrokenPipeError as exc:
+            raise TargetError("standard output was closed by the reader (a broken pipe)") from exc
+        except OSError as exc:
+            raise _oserror(exc, self.path, "writing") from exc
+
+    def zeros_to(self, end: int) -> None:
+        while self.position < end:
+            n = min(len(self._zeros), end - self.position)
+            self.write_at(self.position, memoryview(self._zeros)[:n])
+
+    def zero_range(self, offset: int, length: int) -> None:
+        self.zeros_to(offset + length)
+
+    def preallocate(self, size: int) -> None:
+        pass
+
+    def set_size(self, size: int) -> None:
+        if size > self.position:
+            self.zeros_to(size)  # the disk's full length, zeros to the end
+        elif size < self.position:
+            log.warning("standard output already holds %d bytes; the disk is %d bytes and a "
+                        "pipe cannot be cut", self.position, size)
+
+    def current_size(self) -> int:
+        return self.position

@@ -125,6 +125,19 @@ def _registry(config: ImportConfig) -> Source:
 def _file(config: ImportConfig) -> Source:
     from .file import FileSource
 
+    if config.source == "-":  # standard input: a file redirected in, or a pipe
+        import io
+        import os
+        import stat
+
+        if stat.S_ISREG(os.fstat(0).st_mode):
+            return FileSource(Path("/proc/self/fd/0"))
+        from .once import StreamSource
+
+        return StreamSource(io.FileIO(0, closefd=False), None, "standard input",
+                            reason="standard input is a pipe, which cannot be read twice or "
+                                   "at random")
+
     scheme = urlsplit(config.source).scheme
     path = unquote(urlsplit(config.source).path) if scheme == "file" else config.source
     return FileSource(Path(path))

@@ -11,8 +11,8 @@ import io
 import threading
 from typing import IO
 
-from ..errors import SourceContentError, SourceError
-from ..sources.base import SourceInfo
+from ..errors import SourceContentError
+from ..sources.once import StreamSource as BodySource
 
 __all__ = ["BodySource", "FormFile", "RequestBody"]
 
@@ -163,40 +163,3 @@ class FormFile(io.RawIOBase):
         if not n:
             self._body.drain()  # the parts after `file`, and the closing boundary
         return n
-
-
-class BodySource:
-    """A stream as the core's source: sequential, once. `guest_data`: the bytes are a disk
-    as it is (a clone), never sniffed."""
-
-    def __init__(self, stream: io.RawIOBase, size: int | None, name: str, *,
-                 guest_data: bool = False) -> None:
-        self._stream = stream
-        self._size = size
-        self._name = name
-        self._guest = guest_data
-        self._opened = False
-
-    def info(self) -> SourceInfo:
-        return SourceInfo(size=self._size, random_access=False, name=self._name,
-                          sequential_reason="an upload body cannot be read twice",
-                          guest_data=self._guest)
-
-    def open_stream(self, offset: int = 0) -> io.RawIOBase:
-        if offset or self._opened:
-            raise SourceError("the upload broke off and its body cannot be read again; upload "
-                              "again (or use the resumable endpoint)")
-        self._opened = True
-        return self._stream
-
-    def read_at(self, offset: int, size: int) -> bytes:
-        raise SourceError("an upload body cannot be read at random")
-
-    def readinto_at(self, offset: int, buf: bytearray) -> int:
-        raise SourceError("an upload body cannot be read at random")
-
-    def verify(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
