@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--converter", choices=("auto", "qemu-img"), default="auto",
                        help="auto: the native reader where there is one (qcow2), qemu-img "
                             "otherwise (default); qemu-img: always qemu-img")
+        g.add_argument("--format", dest="input_format", choices=("raw", "qcow2", "vmdk", "vdi",
+                                                                  "vhd", "vhdx", "iso"),
+                       help="the format the data must have, after decompression (qemu-img's "
+                            "-f): raw takes it as it is; others must match and are inspected")
         g.add_argument("--connections", type=int, default=4,
                        help="parallel range requests for random access (default 4)")
 
@@ -334,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             vddk_plugin=args.vddk_plugin,
             vddk_config=args.vddk_config,
             converter=args.converter,
+            input_format=args.input_format,
         )
         _size_warnings(getattr(args, "image_size", None), config)
         if args.command == "import" and not args.force and str(config.dest) != "-":

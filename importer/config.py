@@ -49,6 +49,8 @@ __all__ = [
 
 #: "auto": the native reader where one exists (qcow2), qemu-img otherwise
 CONVERTERS = ("auto", "qemu-img")
+#: what --format may name (qemu-img's -f names; vhd is qemu's vpc)
+INPUT_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso")
 #: what a docker credential helper needs of the user's environment to reach its keychain
 HELPER_ENV = ("HOME", "USER", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "GNUPGHOME",
               "PASSWORD_STORE_DIR", "PATH")
@@ -145,6 +147,9 @@ class ImportConfig:
     #: who converts formats other than raw: "auto" (the native reader where there is one,
     #: qemu-img otherwise) or "qemu-img" (always; for comparison and as a fallback)
     converter: str = "auto"
+    #: --format: the image format the data must have (after decompression); raw is taken as
+    #: it is, without looking at its bytes
+    input_format: str | None = None
 
     @property
     def delta_of(self) -> str | None:
@@ -240,7 +245,7 @@ CLI = Front({
     "connect_timeout": "--connect-timeout", "password_file": "--password-file",
     "username": "--username", "headers": "--header", "ca_dir": "--ca-dir",
     "scratch_dir": "--scratch-dir", "source_kind": "--source", "registry_arch": "--arch",
-    "ca_file": "--ca-file",
+    "ca_file": "--ca-file", "input_format": "--format",
     "gcs_credentials": "--gcs-credentials", "registry_auth_file": "--registry-auth-file",
     "disk_id": "--disk-id", "checkpoint": "--checkpoint",
     "previous_checkpoint": "--previous-checkpoint", "vm_uuid": "--vm-uuid",
@@ -302,6 +307,7 @@ def validate_config(
     vddk_config: str | None = None,
     options: SourceOptions = None,
     converter: str = "auto",
+    input_format: str | None = None,
     tar_as_raw: bool = False,
     environ: Mapping[str, str] | None = None,
     front: Front = CLI,
@@ -382,6 +388,9 @@ def validate_config(
     if cache_mode not in (None, "none", "writeback", "writethrough", "directsync", "unsafe"):
         problem("cache_mode", f"{front.setting('cache_mode', cache_mode)}: use none, writeback, "
                 "writethrough or directsync")
+    if input_format is not None and input_format not in INPUT_FORMATS:
+        problem("input_format", f"{front.setting('input_format', input_format)}: use "
+                f"{', '.join(INPUT_FORMATS)}")
     if converter not in CONVERTERS:
         problem("converter", f"{front.setting('converter', converter)}: use {' or '.join(CONVERTERS)}")
     if not 1 <= connections <= 32:
@@ -519,6 +528,7 @@ def validate_config(
         options=options,
         tar_as_raw=tar_as_raw,
         converter=converter,
+        input_format=input_format,
     ), []
 
 

@@ -116,7 +116,7 @@ def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
     detected = detect(stream, size=info.size,
                       source_read_at=src.read_at if info.random_access else None,
                       backing_allowed=config.delta_of is not None,
-                      guest_data=info.guest_data)
+                      guest_data=info.guest_data, forced=config.input_format)
     result = ImportResult(
         source=_redact(config.source), destination=str(config.dest), target_kind="file",
         format=detected.info.format, compression=detected.codecs,

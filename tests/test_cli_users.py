@@ -186,3 +186,18 @@ def test_standard_input_and_output(images: Images, tmp_path: Path) -> None:
     r = subprocess.run([*run, str(images["disk.qcow2"]), "-"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     assert r.returncode == 1 and "takes the disk in order" in r.stderr and r.stdout == ""
+
+
+def test_format_forces_the_input_format(images: Images, tmp_path: Path) -> None:
+    # raw: the bytes as they are, even a qcow2's (qemu-img -f raw)
+    r = importer_cli("import", images["disk.qcow2"], tmp_path / "a.img", "--format", "raw",
+                     "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["format"] == "raw"
+    data = images["disk.qcow2"].read_bytes()
+    assert (tmp_path / "a.img").read_bytes()[: len(data)] == data
+    # another format must be what the magic says
+    r = importer_cli("import", images["disk.qcow2"], tmp_path / "b.img", "--format", "vmdk")
+    assert r.returncode == 1 and "--format vmdk, but the data is qcow2" in r.stderr
+    r = importer_cli("import", images["disk.qcow2"], tmp_path / "c.img", "--format", "qcow2")
+    assert r.returncode == 0 and same_disk(tmp_path / "c.img", images.raw)

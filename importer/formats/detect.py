@@ -34,11 +34,15 @@ class Detected:
 
 
 def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None,
-           backing_allowed: bool = False, guest_data: bool = False) -> Detected:
+           backing_allowed: bool = False, guest_data: bool = False,
+           forced: str | None = None) -> Detected:
     """`raw` is the source stream from byte 0; `source_read_at` (random access into the same
     bytes) lets inspection read beyond the head when the data is not compressed;
     `backing_allowed`: a delta stage's qcow2 names its backing file (formats/headers.py);
-    `guest_data`: the bytes are a guest's disk, raw by definition, and are not sniffed."""
+    `guest_data`: the bytes are a guest's disk, raw by definition, and are not sniffed;
+    `forced` (--format, as qemu-img's -f): the format the data must have (after its
+    compression): raw is taken as it is, any other must match what the magic says, and is
+    inspected for safety all the same."""
     if guest_data:
         log.info("the source serves the guest's disk itself: raw, %s bytes", size or "unknown")
         return Detected(ImageInfo("raw", size), PeekableStream(raw))
@@ -59,10 +63,16 @@ def detect(raw: io.RawIOBase, *, size: int | None, source_read_at: ReadAt | None
     pins = PinnedBytes()
     pins.pin(0, head)  # what the format was sniffed from
     fmt = sniff_format(head)
+    if forced is not None and forced != "raw" and fmt != forced:
+        raise FormatError(f"--format {forced}, but the data is {fmt} by its magic bytes; "
+                          "drop --format or give the right one")
+    if forced == "raw":
+        fmt = "raw"
     plain = not codecs
     read_at = pins.reader(source_read_at if (plain and source_read_at) else stream.read_at)
     info = inspect_image(fmt, read_at, size if plain else None, backing_allowed=backing_allowed)
-    if info.format == "raw" and plain and source_read_at and size and size >= 1024:
+    if info.format == "raw" and plain and source_read_at and size and size >= 1024 and \
+            forced != "raw":
         vhd_size = vhd_fixed_footer_size(read_at(size - 512, 512))
         if vhd_size is not None and vhd_size == size - 512:
             info = ImageInfo("vhd", vhd_size, {"type": "fixed"})

@@ -24,7 +24,7 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
     # a fixed VHD detected by its footer: the disk is the data before it; a guest's own disk
     # is taken whole, whatever its last sector looks like
     limit = info.virtual_size if info.format == "vhd" else None
-    if limit is None and st.source.info().guest_data:
+    if limit is None and (st.source.info().guest_data or st.config.input_format == "raw"):
         limit = info.virtual_size
     st.run_ahead()
     st.progress.plan([("TransferDataFile", 100, True)])

@@ -41,7 +41,8 @@ def settle_raw(st: RunState, target: Target, writer: SparseWriter, total: int,
     """The disk's final size: the data (up to a fixed VHD's footer), padded to sectors and
     grown to --image-size."""
     final = min(total, limit) if limit is not None else total
-    footer = None if limit is not None else vhd_fixed_footer_size(writer.tail)
+    footer = (None if limit is not None or st.config.input_format == "raw"
+              else vhd_fixed_footer_size(writer.tail))
     if footer is not None and footer == total - 512:
         log.info("the data ends with a fixed-VHD footer: the disk is the %d bytes before it",
                  footer)
