@@ -201,3 +201,12 @@ def test_format_forces_the_input_format(images: Images, tmp_path: Path) -> None:
     assert r.returncode == 1 and "--format vmdk, but the data is qcow2" in r.stderr
     r = importer_cli("import", images["disk.qcow2"], tmp_path / "c.img", "--format", "qcow2")
     assert r.returncode == 0 and same_disk(tmp_path / "c.img", images.raw)
+
+
+def test_zero_bytes_are_counted_after_qemu_img_too(nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("disk-so.vmdk"), tmp_path / "d.img", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["converter"] == "qemu-img" and out["zero_bytes_skipped"] > 0
+    assert out["bytes_written"] + out["zero_bytes_skipped"] == out["virtual_size"]
+    assert os.stat(tmp_path / "d.img").st_blocks * 512 <= out["bytes_written"] + (1 << 20)

@@ -86,4 +86,19 @@ def qemu_to_target(st: RunState, target: Target, info: ImageInfo, qemu_input: In
                          cancel=st.cancel, dest_fd=target.fd)
         st.finish_size(target, vsize)
         st.finish_target(target)
-    st.result.bytes_written = vsize
+        holes = _holes(target.fd, vsize) if not target.is_block else None
+    # what qemu-img wrote: on a file, its size less the holes it left; a device is written
+    # (or zeroed) whole
+    st.result.bytes_written = vsize - (holes or 0)
+    st.result.zero_bytes_skipped = holes or 0
+
+
+def _holes(fd: int, size: int) -> int:
+    """Bytes of [0, size) the file system holds as holes (SEEK_HOLE/SEEK_DATA)."""
+
+    from ..disks.raw import file_extents
+
+    try:
+        return sum(e.length for e in file_extents(fd, size) if e.zero)
+    except OSError:
+        return 0
