@@ -33,7 +33,7 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[all,test]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/importer --version))" >&2

@@ -57,6 +57,14 @@ def _registry_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
     return RegistryOptions(env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
 
 
+def _needs(extra: str, exc: ImportError) -> Exception:
+    """The one-line answer to a source kind whose SDK is not installed."""
+    from ..errors import ConfigError
+
+    return ConfigError(f"the {extra} source needs {exc.name or 'a library'} (not installed): "
+                       f"pip install 'importer[{extra}]' (or importer[all])")
+
+
 def _imageio_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
     return ImageioOptions(
         disk_id=env.get("IMPORTER_DISK_ID", ""),
@@ -89,6 +97,10 @@ def _vddk_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
 def _vddk(config: ImportConfig) -> Source:
     from .vddk import VddkSource
 
+    try:
+        import pyVmomi  # noqa: F401 - imported by the source when it connects
+    except ImportError as exc:
+        raise _needs("vmware", exc) from exc
     return VddkSource(config)
 
 
@@ -99,14 +111,20 @@ def _http(config: ImportConfig) -> Source:
 
 
 def _s3(config: ImportConfig) -> Source:
-    from .s3 import S3Source
+    try:
+        from .s3 import S3Source
+    except ImportError as exc:
+        raise _needs("s3", exc) from exc
 
     opts = config.options if isinstance(config.options, S3Options) else S3Options()
     return S3Source(config.source, config.http, endpoint=opts.endpoint, region=opts.region)
 
 
 def _gcs(config: ImportConfig) -> Source:
-    from .gcs import GcsSource, parse_gcs_url, xml_api_source
+    try:
+        from .gcs import GcsSource, parse_gcs_url, xml_api_source
+    except ImportError as exc:
+        raise _needs("gcs", exc) from exc
 
     opts = config.options if isinstance(config.options, GcsOptions) else GcsOptions()
     if parse_gcs_url(config.source).endpoint is not None:  # not Google's: as CDI, plain GET
@@ -115,7 +133,10 @@ def _gcs(config: ImportConfig) -> Source:
 
 
 def _registry(config: ImportConfig) -> Source:
-    from .registry import RegistrySource
+    try:
+        from .registry import RegistrySource
+    except ImportError as exc:
+        raise _needs("registry", exc) from exc
 
     opts = config.options if isinstance(config.options, RegistryOptions) else RegistryOptions()
     return RegistrySource(config.source, config.http, arch=opts.arch, auth_file=opts.auth_file,
