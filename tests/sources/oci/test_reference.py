@@ -37,7 +37,8 @@ def test_docker_hub_credential_keys() -> None:
 
 @pytest.mark.parametrize("text, message", [
     ("fedora", "expected colon-separated transport:reference"),
-    ("oci:/x", "unknown transport 'oci'"),
+    ("dir:/x", "unknown transport 'dir'"),
+    ("oci:", "oci needs a path"),
     ("docker:fedora", "docker://host/repo:tag"),
     ("docker://Quay.io/UPPER", "not a valid repository"),
     ("docker://host.io/repo:bad tag", "not a valid tag"),
