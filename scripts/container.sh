@@ -59,4 +59,10 @@ echo "container: building $IMAGE" >&2
 buildah bud --pull=never --isolation chroot --network host --layers --quiet \
   --secret id=buildca,src=/etc/ssl/certs/ca-certificates.crt \
   --build-arg BASE="$BASE_IMAGE" -t "$IMAGE" -f Containerfile . >/dev/null
-echo "container: $IMAGE ready" >&2
+for role in uploadserver cloner; do  # CDI's other two images: the same layers, their entrypoints
+  buildah bud --pull=never --isolation chroot --network host --layers --quiet \
+    --secret id=buildca,src=/etc/ssl/certs/ca-certificates.crt \
+    --build-arg BASE="$BASE_IMAGE" --target "$role" -t "${IMAGE%:*}-$role:${IMAGE##*:}" \
+    -f Containerfile . >/dev/null
+done
+echo "container: $IMAGE ready (and ${IMAGE%:*}-uploadserver, ${IMAGE%:*}-cloner)" >&2
