@@ -335,16 +335,19 @@ def test_vddk_cold_copy_with_cdi_s_test_hook(tmp_path: Path, pod: PodRun, vmware
     assert vmware.vc.password not in err
 
 
-def _podman(name: str, entrypoint: str, env: dict[str, str], volumes: list[str]
+def _podman(name: str, role: str, env: dict[str, str], volumes: list[str]
             ) -> subprocess.Popen[str]:
+    """A pod of the image's `role` flavour, started with that image's own entrypoint (as CDI
+    starts them: the pod spec gives only -v=N)."""
+    image = IMAGE.replace(":", f"-{role}:", 1)
     argv = ["podman", "run", "--rm", "--pull", "never", "--name", name, "--user", "107",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "host",
-            "--read-only", "--tmpfs", "/tmp", "--entrypoint", entrypoint]
+            "--read-only", "--tmpfs", "/tmp"]
     for v in volumes:
         argv += ["-v", v]
     for k, v in env.items():
         argv += ["-e", f"{k}={v}"]
-    return subprocess.Popen([*argv, IMAGE, "-v=1"], stdout=subprocess.PIPE,
+    return subprocess.Popen([*argv, image, "-v=1"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=PODMAN_ENV)
 
 
@@ -364,7 +367,7 @@ def _upload_pod(tmp_path: Path, name: str, client_name: str) -> tuple[subprocess
     os.chown(data, 107, 107)
     os.chown(term, 107, 107)
     port = free_port()
-    proc = _podman(name, "/usr/bin/cdi-uploadserver", {
+    proc = _podman(name, "uploadserver", {
         "TLS_KEY_FILE": "/etc/tls/tls.key", "TLS_CERT_FILE": "/etc/tls/tls.crt",
         "CLIENT_CERT_FILE": "/etc/tls/ca.crt", "CLIENT_NAME": client_name,
         "FILESYSTEM_OVERHEAD": "0", "UPLOAD_IMAGE_SIZE": "64Mi", "PREALLOCATION": "false",
@@ -413,7 +416,7 @@ def test_clone_from_a_source_pod_to_a_target_pod(tmp_path: Path, images: Images)
     os.chown(src_term, 107, 107)
     certs = tmp_path / "certs"
     try:
-        cloner = _podman(source, "/usr/bin/cloner_startup.sh", {
+        cloner = _podman(source, "cloner", {
             "CLIENT_CERT": (certs / "cloner.crt").read_text(),
             "CLIENT_KEY": (certs / "cloner.key").read_text(),
             "SERVER_CA_CERT": (certs / "ca.crt").read_text(),
