@@ -210,3 +210,18 @@ def test_zero_bytes_are_counted_after_qemu_img_too(nginx: Nginx, tmp_path: Path)
     assert out["converter"] == "qemu-img" and out["zero_bytes_skipped"] > 0
     assert out["bytes_written"] + out["zero_bytes_skipped"] == out["virtual_size"]
     assert os.stat(tmp_path / "d.img").st_blocks * 512 <= out["bytes_written"] + (1 << 20)
+
+
+def test_the_readme_documents_every_option() -> None:
+    """--help and the README must not drift: every long option of import and inspect is in
+    the README's usage section."""
+    import argparse
+
+    from importer.cli import _parser
+
+    readme = (ROOT / "README.md").read_text()
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = {o for name in ("import", "inspect") for a in sub.choices[name]._actions
+               for o in a.option_strings if o.startswith("--") and o != "--help"
+               and o not in readme}
+    assert not missing, f"options missing from the README: {sorted(missing)}"
