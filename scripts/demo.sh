@@ -34,7 +34,11 @@ url="http://127.0.0.1:$port/sample.qcow2"
 echo "== importer inspect $url"
 .venv/bin/importer inspect "$url"
 echo "== importer import $url $dest"
-.venv/bin/importer import "$url" "$dest" -v
+# the default DEST is the demo's own file, replaced on every run; a DEST you name is not
+# overwritten without your --force (importer refuses an existing file or a used device)
+force=()
+[ -z "${1:-}" ] && force=(--force)
+.venv/bin/importer import "$url" "$dest" -v "${force[@]}"
 echo "== verifying $dest"
 want=$(cat images/sample.raw.sha256)
 got=$(sha256sum "$dest" | cut -d' ' -f1)
