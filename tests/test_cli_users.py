@@ -225,3 +225,18 @@ def test_the_readme_documents_every_option() -> None:
                for o in a.option_strings if o.startswith("--") and o != "--help"
                and o not in readme}
     assert not missing, f"options missing from the README: {sorted(missing)}"
+
+
+def test_a_resumed_transfer_says_where_it_goes_on(nginx: Nginx, images: Images,
+                                                  tmp_path: Path) -> None:
+    from .conftest import DroppingProxy
+
+    proxy = DroppingProxy(nginx.port, cut=256 << 10, victims={1, 2, 3})  # any that bring much
+    try:
+        r = importer_cli("import", f"http://127.0.0.1:{proxy.port}/disk.raw.gz",
+                         tmp_path / "d.img")
+    finally:
+        proxy.close()
+    assert r.returncode == 0, r.stderr
+    assert "resuming at byte " in r.stderr  # at the default level, no -v needed
+    assert same_disk(tmp_path / "d.img", images.raw)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import SourceUnavailableError
 
 __all__ = ["ResumableStream"]
+
+log = logging.getLogger(__name__)
 
 
 class ResumableStream(io.RawIOBase):
@@ -53,6 +56,9 @@ class ResumableStream(io.RawIOBase):
         while True:
             try:
                 if self._body is None:
+                    if self._attempt:  # after a failure: say where the transfer goes on
+                        log.warning("%s: resuming at byte %d%s", self._where, self._pos,
+                                    f" of {self._size}" if self._size is not None else "")
                     self._body = self._open_at(self._pos)
                 n = self._read(self._body, memoryview(b))
                 if not n:
