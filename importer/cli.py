@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from .engine import inspect_source, run_import
 from .errors import ConfigError, ImporterError
 from .progress import Progress
 from .reporting import JsonLines, ProgressReporter
+from .result import ImportResult
 from .sources.kinds import selectable_names
 from .stopping import StopSignals
 
@@ -136,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import SOURCE into DEST")
     imp.add_argument("source", metavar="SOURCE",
                      help="http(s)://, s3://, gs://, docker://host/repo:tag, oci-archive:PATH, "
+                          "oci:DIR, docker-archive:PATH, "
                           "file:// URL, local path, - for standard input, or an oVirt "
                           "engine's API URL with --source imageio")
     imp.add_argument("dest", metavar="DEST",
@@ -147,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("-f", "--force", "--overwrite", dest="force", action="store_true",
                      help="replace an existing DEST file, or write over a block device that "
                           "holds a partition table or a file system")
+    imp.add_argument("-O", "--output-format", choices=("raw", "qcow2", "vmdk", "vhdx"),
+                     default="raw", help="format of DEST (default raw; others are written by "
+                                         "qemu-img from a sparse raw copy)")
+    imp.add_argument("-c", "--compress", action="store_true",
+                     help="compressed output: qcow2 compressed clusters, or vmdk "
+                          "streamOptimized")
     imp.add_argument("--scratch-dir", metavar="DIR",
                      help="where to stage images that cannot be streamed")
     imp.add_argument("--cache-mode", choices=("none", "writeback", "writethrough", "directsync"),
@@ -227,6 +236,32 @@ def _size_warnings(given: str | None, config: ImportConfig) -> None:
             log.warning("--image-size %s is larger than the block device %s (%d bytes): the "
                         "disk keeps the device's size", given, config.dest,
                         device_size(config.dest))
+
+
+def _output_warnings(args: argparse.Namespace, config: ImportConfig) -> None:
+    from .output_format import check_output, name_mismatch
+
+    check_output(args.output_format, args.compress)
+    if args.output_format != "raw" and config.preallocation:
+        raise ConfigError(f"--preallocation applies to raw output; -O {args.output_format} "
+                          "images grow as they are written")
+    if str(config.dest) != "-" and config.content_type is not ContentType.ARCHIVE:
+        warning = name_mismatch(config.dest, args.output_format)
+        if warning:
+            log.warning("%s", warning)
+
+
+def _import_as(args: argparse.Namespace, config: ImportConfig, bar: ProgressReporter,
+               cancel: threading.Event) -> ImportResult:
+    from .output_format import import_as
+
+    def stage(_name: str) -> Progress:
+        progress = Progress()
+        bar.follow(progress)
+        return progress
+
+    return import_as(config, args.output_format, args.compress, stage=stage, cancel=cancel,
+                     run=run_import)
 
 
 def _refuse_to_clobber(config: ImportConfig) -> None:
@@ -341,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             input_format=args.input_format,
         )
         _size_warnings(getattr(args, "image_size", None), config)
+        if args.command == "import":
+            _output_warnings(args, config)
         if args.command == "import" and not args.force and str(config.dest) != "-":
             _refuse_to_clobber(config)
         if config.image_size and config.image_size % 512:  # whole sectors, as qemu-img does
@@ -348,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: dict[str, Any]
         if args.command == "inspect":
             result = inspect_source(config)
+        elif args.output_format != "raw" or args.compress:
+            result = _import_as(args, config, bar, cancel).as_dict()
         else:
             result = run_import(config, progress, cancel).as_dict()
         stop.answered.set()
@@ -413,7 +452,9 @@ def _print_result(command: str, result: dict[str, Any], output: str,
     print(
         f"imported {result['format']}"
         f"{' (' + '+'.join(result['compression']) + ')' if result['compression'] else ''} "
-        f"into {result['destination']} by the {result['plan']} plan"
+        f"into {result['destination']}"
+        f"{' as ' + result['output_format'] if result['output_format'] != 'raw' else ''}"
+        f" by the {result['plan']} plan"
         f"{' (' + result['converter'] + ')' if result['converter'] else ''}: "
         f"{result['bytes_read'] / 2**20:.1f} MiB read in {secs:.1f} s "
         f"({result['bytes_read'] / 2**20 / secs:.1f} MiB/s), "

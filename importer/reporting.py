@@ -91,6 +91,10 @@ class ProgressReporter:
                 bar.set_postfix_str(f"{_mib(self._progress.n)} read", refresh=False)
                 bar.refresh()
 
+    def follow(self, progress: Progress) -> None:
+        """Show another stage's progress from now on (the -O conversion after the import)."""
+        self._progress = progress
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:

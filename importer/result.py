@@ -16,6 +16,8 @@ class ImportResult:
     format: str
     compression: list[str]
     virtual_size: int | None
+    #: what DEST holds: raw, or the CLI's -O qcow2, vmdk or vhdx
+    output_format: str = "raw"
     plan: str = ""  # plans/__init__.py: stream, ranges, extents, convert, staged, archive, blank
     plan_reason: str = ""
     converter: str | None = None  # native, qemu-img, or None when nothing converted

@@ -132,9 +132,12 @@ def choose_cache_mode(path: str) -> str:
 
 def qemu_convert(src: QemuInput, dest: str, *, cache: str, target_is_zero: bool,
                  progress: Progress, cancel: threading.Event | None = None,
-                 dest_fd: int | None = None) -> None:
-    """`dest` may be /proc/self/fd/N for `dest_fd` N, which the child then inherits."""
-    argv = [_qemu_img(), "convert", "-p", "-O", "raw", "-n", "-t", cache, "-m", "8", "-W"]
+                 dest_fd: int | None = None, output: tuple[str, ...] = ()) -> None:
+    """`dest` may be /proc/self/fd/N for `dest_fd` N, which the child then inherits. By
+    default raw is written into a target we opened (`-n`); `output` (for example `("-O",
+    "qcow2", "-c")`) makes qemu-img create `dest` in that format instead."""
+    argv = [_qemu_img(), "convert", "-p", "-t", cache, "-m", "8", "-W"]
+    argv += list(output) if output else ["-O", "raw", "-n"]
     if target_is_zero:
         argv.append("--target-is-zero")
     argv += [src.filename, dest]

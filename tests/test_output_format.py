@@ -1,0 +1,98 @@
+"""`-O/--output-format` and `-c`: a CI conversion job's outputs, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import Images, Nginx, importer_cli
+
+
+def _info(path: Path) -> dict[str, object]:
+    out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def _same_guest(a: Path, b: Path) -> bool:
+    return subprocess.run(["qemu-img", "compare", "-q", str(a), str(b)],
+                          check=False).returncode == 0
+
+
+@pytest.mark.parametrize(("fmt", "extra", "expect"), [
+    ("qcow2", [], "qcow2"),
+    ("qcow2", ["-c"], "qcow2"),
+    ("vmdk", [], "vmdk"),
+    ("vmdk", ["--compress"], "vmdk"),
+    ("vhdx", [], "vhdx"),
+])
+def test_each_output_format_holds_the_same_disk(nginx: Nginx, images: Images, tmp_path: Path,
+                                                fmt: str, extra: list[str], expect: str) -> None:
+    out = tmp_path / f"d.{fmt}"
+    r = importer_cli("import", nginx.url("disk.qcow2"), out, "-O", fmt, *extra, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["output_format"] == fmt and result["destination"] == str(out)
+    info = _info(out)
+    assert info["format"] == expect
+    assert _same_guest(out, images.raw)
+    assert result["bytes_written"] == out.stat().st_blocks * 512
+    if extra and fmt == "qcow2":
+        assert info["format-specific"]["data"]["compression-type"] == "zlib"  # type: ignore[index]
+        plain = tmp_path / "plain.qcow2"
+        assert importer_cli("import", nginx.url("disk.qcow2"), plain, "-O", fmt).returncode == 0
+        assert out.stat().st_size < plain.stat().st_size
+    if extra and fmt == "vmdk":
+        assert info["format-specific"]["data"]["create-type"] == "streamOptimized"  # type: ignore[index]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name] + (["plain.qcow2"] if extra and fmt == "qcow2" else []))  # no work files
+
+
+def test_a_compressed_source_into_qcow2_with_scratch_dir(nginx: Nginx, images: Images,
+                                                         tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "d.qcow2"
+    r = importer_cli("import", nginx.url("disk.raw.xz"), out, "-O", "qcow2",
+                     "--scratch-dir", scratch, "--image-size", "64Mi")
+    assert r.returncode == 0, r.stderr
+    assert "as qcow2" in r.stdout
+    assert _info(out)["virtual-size"] == 64 << 20
+    assert list(scratch.iterdir()) == []
+    assert _same_guest(out, images.raw)  # qemu-img compare: a grown tail reads as zeros
+
+
+def test_output_options_that_cannot_work_are_refused(nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "d.vhdx", "-O", "vhdx", "-c")
+    assert r.returncode == 2 and "vhdx has no compressed form" in r.stderr
+    r = importer_cli("import", nginx.url("disk.qcow2"), "-", "-O", "qcow2")
+    assert r.returncode == 2 and "standard output takes raw" in r.stderr
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "d.qcow2", "-O", "qcow2",
+                     "--preallocation")
+    assert r.returncode == 2 and "--preallocation applies to raw output" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_that_says_another_format_is_warned(nginx: Nginx, images: Images,
+                                                   tmp_path: Path) -> None:
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "d.raw", "-O", "qcow2")
+    assert r.returncode == 0 and "d.raw is named like another format, but qcow2 is written; " \
+        "leave -O out for raw" in r.stderr
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "e.qcow2")
+    assert r.returncode == 0 and "but raw is written; add -O qcow2" in r.stderr
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "f.img", "-O", "qcow2")
+    assert r.returncode == 0 and "named like" not in r.stderr  # .img is either
+
+
+def test_a_failed_conversion_job_leaves_the_old_file_and_no_litter(nginx: Nginx,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "d.qcow2"
+    out.write_bytes(b"the previous build")
+    r = importer_cli("import", nginx.url("missing.qcow2"), out, "-O", "qcow2", "--force",
+                     "--retries", "0")
+    assert r.returncode == 1, r.stderr
+    assert out.read_bytes() == b"the previous build"
+    assert [p.name for p in tmp_path.iterdir()] == ["d.qcow2"]
