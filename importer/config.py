@@ -354,7 +354,9 @@ def validate_config(
     if not source:
         pass
     elif parts.scheme not in supported_schemes():
-        shown = ", ".join(f"{s}://" if s not in ("", "oci-archive", "oci")
+        from .sources.oci.reference import ARCHIVE_TRANSPORTS
+
+        shown = ", ".join(f"{s}://" if s not in ("", *ARCHIVE_TRANSPORTS)
                           else (s + ":" if s else "a local path")
                           for s in supported_schemes())
         problem("source", f"{front.setting('source', source)}: unsupported scheme {parts.scheme!r}; "

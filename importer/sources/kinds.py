@@ -176,7 +176,7 @@ KINDS: tuple[SourceKind, ...] = (
     SourceKind("gcs", ("gs",), "gcs", ("IMPORTER_ENDPOINT", "GOOGLE_APPLICATION_CREDENTIALS",
                                        "IMPORTER_CERT_DIR", "INSECURE_TLS"), _gcs,
                pod_options=_gcs_pod),
-    SourceKind("registry", ("docker", "oci-archive", "oci"), "registry",
+    SourceKind("registry", ("docker", "oci-archive", "oci", "docker-archive"), "registry",
                (*_COMMON_HTTP, "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE"), _registry,
                pod_options=_registry_pod),
     SourceKind("file", ("file", ""), None, (), _file, selectable=False),

@@ -32,7 +32,7 @@ from ..errors import FormatError, SourceContentError, SourceNotFoundError
 from ..quantity import format_bytes
 from ..streams import PositionedReader
 from .base import SourceInfo, read_via_readinto
-from .oci.archive_store import ArchiveStore, DirectoryStore
+from .oci.archive_store import ArchiveStore, DirectoryStore, DockerArchiveStore
 from .oci.credentials import Credentials, credentials_from_file
 from .oci.digest import Digest, InOrderVerifier, VerifyingStream
 from .oci.layers import DiskEntry, DiskView, LayerTar, forget_members, normalise, relevant
@@ -82,6 +82,9 @@ class RegistrySource:
         elif self.ref.transport == "oci":
             assert self.ref.archive is not None
             self.store = DirectoryStore(self.ref.archive)
+        elif self.ref.transport == "docker-archive":
+            assert self.ref.archive is not None
+            self.store = DockerArchiveStore(self.ref.archive, self.ref.archive_ref)
         else:
             self.store = RegistryStore(self.ref, opts, self._credentials(opts, auth_file))
         self.where = str(self.ref)

@@ -594,3 +594,79 @@ printf '{{"ServerURL":"%s","Username":"{USER}","Secret":"{PASSWORD}"}}' "$server
     assert same_disk(images.raw, tmp_path / "h.img")
     assert asked.read_text().splitlines()[0] == secure.host
     assert PASSWORD not in r.stderr
+
+
+# ---------------------------------------------------------------------- docker-archive
+
+
+def _docker_save_25(layout: Path, tags: dict[str, str], out: Path) -> Path:
+    """The archive Docker 25+ writes: the OCI layout's blobs plus a manifest.json naming each
+    image's config and layers by blob path (built here from our layout: no Docker daemon)."""
+    index = json.loads((layout / "index.json").read_text())
+    listing = []
+    for name, repo_tag in tags.items():
+        desc = next(m for m in index["manifests"]
+                    if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == name)
+        manifest = json.loads((layout / "blobs" / "sha256" / desc["digest"][7:]).read_text())
+        listing.append({"Config": "blobs/sha256/" + manifest["config"]["digest"][7:],
+                        "RepoTags": [repo_tag],
+                        "Layers": ["blobs/sha256/" + ly["digest"][7:]
+                                   for ly in manifest["layers"]]})
+    (out.parent / "manifest.json").write_text(json.dumps(listing))
+    with tarfile.open(out, "w") as tf:
+        tf.add(out.parent / "manifest.json", arcname="manifest.json")
+        for p in sorted((layout / "blobs").rglob("*")):
+            tf.add(p, arcname=str(p.relative_to(layout)), recursive=False)
+    return out
+
+
+def test_docker_archive_as_skopeo_and_docker_save_write_it(
+        disks: Disks, images: Images, tmp_path: Path) -> None:
+    """`docker-archive:PATH[:REF]`: the legacy layout (`<id>/layer.tar`, written by skopeo as
+    by docker save before Docker 25) and Docker 25's blob paths; REF by tag or by @N."""
+    legacy = tmp_path / "legacy.tar"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{disks.layout}:qcow2",
+                    f"docker-archive:{legacy}:example.com/cd/qcow2:v1"], check=True)
+    for ref in (f"docker-archive:{legacy}", f"docker-archive:{legacy}:example.com/cd/qcow2:v1",
+                f"docker-archive:{legacy}:@0"):
+        r = _import(ref, tmp_path / "q.img")
+        assert (r.format, r.plan) == ("qcow2", "extents"), ref
+        assert same_disk(images.raw, tmp_path / "q.img")
+        (tmp_path / "q.img").unlink()
+    with pytest.raises(SourceNotFoundError, match=r"no image tagged 'other:v1' in the archive "
+                                                  r"\(it has: example.com/cd/qcow2:v1\)"):
+        _import(f"docker-archive:{legacy}:other:v1", tmp_path / "x.img")
+
+    work = tmp_path / "d25"
+    work.mkdir()
+    modern = _docker_save_25(disks.layout, {"qcow2": "cd/qcow2:v1", "whiteout": "cd/w:v2"},
+                             work / "saved.tar")
+    r = _import(f"docker-archive:{modern}:cd/w:v2", tmp_path / "w.img")
+    assert (tmp_path / "w.img").read_bytes() == disks.b.read_bytes()  # layers stacked
+    r = _import(f"docker-archive:{modern}:docker.io/cd/qcow2:v1", tmp_path / "m.img")
+    assert same_disk(images.raw, tmp_path / "m.img")
+    with pytest.raises(SourceNotFoundError, match=r"holds 2 images \(cd/qcow2:v1, cd/w:v2\); "
+                                                  r"name one as docker-archive:PATH:REPO:TAG"):
+        _import(f"docker-archive:{modern}", tmp_path / "y.img")
+    cli = importer_cli("import", f"docker-archive:{tmp_path / 'none.tar'}", tmp_path / "n.img")
+    assert cli.returncode == 1 and "docker-archive" in cli.stderr and "no such file" in cli.stderr
+
+
+def test_a_docker_archive_layer_that_was_altered_is_refused(disks: Disks,
+                                                            tmp_path: Path) -> None:
+    """docker save's layers carry no digest of their own: each is checked against its diff_id
+    in the config, so a changed byte fails the import instead of reaching the disk."""
+    legacy = tmp_path / "legacy.tar"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{disks.layout}:raw",
+                    f"docker-archive:{legacy}"], check=True)
+    with tarfile.open(legacy) as tf:
+        layer = next(m for m in tf if m.isfile() and m.name.endswith(".tar"))
+    with open(legacy, "r+b") as f:  # inside the disk file's data, past the inner tar header
+        f.seek(layer.offset_data + 4096)
+        byte = f.read(1)
+        f.seek(layer.offset_data + 4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    cli = importer_cli("import", f"docker-archive:{legacy}", tmp_path / "r.img")
+    assert cli.returncode == 1, cli.stderr
+    assert "digest" in cli.stderr and "Traceback" not in cli.stderr
+    assert not (tmp_path / "r.img").exists()

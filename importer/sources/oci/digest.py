@@ -57,18 +57,19 @@ def check_bytes(data: bytes, digest: Digest, size: int | None, what: str) -> Non
     got = hashlib.new(digest.algorithm, data).hexdigest()
     if size is not None and len(data) != size:
         raise BlobDigestError(f"{what} is {len(data)} bytes, but its descriptor says {size}; "
-                              "the registry served different data than the manifest names")
+                              "the registry or archive holds different data than the manifest names")
     if got != digest.hex:
         raise _mismatch(what, digest, got, len(data), len(data))
 
 
 def _mismatch(what: str, digest: Digest, got: str, n: int, size: int) -> BlobDigestError:
     if n != size:
-        return BlobDigestError(f"{what} ended after {n} of {size} bytes; the registry served "
-                               "a truncated blob, and nothing was imported")
+        return BlobDigestError(f"{what} ended after {n} of {size} bytes; the blob is truncated "
+                               "(in the registry or archive, or on the way), and nothing was "
+                               "imported")
     return BlobDigestError(f"{what} does not match its digest {digest} (got "
-                           f"{digest.algorithm}:{got}); the registry served corrupt or tampered "
-                           "data, and nothing was imported")
+                           f"{digest.algorithm}:{got}); the data is corrupt or was tampered with (in "
+                           "the registry or archive, or on the way), and nothing was imported")
 
 
 class VerifyingStream(io.RawIOBase):

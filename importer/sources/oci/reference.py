@@ -4,7 +4,8 @@
   ``kubevirt/fedora``) resolve as docker and podman resolve them;
 * ``oci-archive:PATH[:REF]``: a tar of an OCI image layout; REF picks the
   ``org.opencontainers.image.ref.name`` of index.json (split at the first colon, as
-  containers/image does).
+  containers/image does); ``oci:DIR[:REF]`` the same layout as a directory;
+* ``docker-archive:PATH[:REF]``: a ``docker save`` tar; REF is a REPO:TAG it records, or ``@N``.
 
 The grammar is distribution's reference grammar; it is parsed here rather than by
 oras.container.Container because oras defaults short names to its own registry and knows no
@@ -20,9 +21,11 @@ from pathlib import Path
 from ...errors import ConfigError, SourceContentError
 from .digest import Digest
 
-__all__ = ["DOCKER_HUB", "ImageReference", "parse_reference"]
+__all__ = ["ARCHIVE_TRANSPORTS", "DOCKER_HUB", "ImageReference", "parse_reference"]
 
 DOCKER_HUB = "docker.io"
+#: transports that read a local file or directory (skopeo's names)
+ARCHIVE_TRANSPORTS = ("oci-archive", "oci", "docker-archive")
 #: where Docker Hub's API answers, and the key docker login writes into config.json
 DOCKER_HUB_API = "registry-1.docker.io"
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
@@ -36,7 +39,7 @@ _HOST = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9
 
 @dataclass(frozen=True, slots=True)
 class ImageReference:
-    transport: str  # "docker", "oci-archive" or "oci" (a layout directory)
+    transport: str  # "docker", or one of ARCHIVE_TRANSPORTS
     domain: str = ""  # as written (docker.io for short names)
     repository: str = ""
     tag: str | None = None
@@ -65,7 +68,7 @@ class ImageReference:
         return keys
 
     def __str__(self) -> str:
-        if self.transport in ("oci-archive", "oci"):
+        if self.transport in ARCHIVE_TRANSPORTS:
             return f"{self.transport}:{self.archive}" + (f":{self.archive_ref}"
                                                          if self.archive_ref else "")
         text = f"docker://{self.domain}/{self.repository}"
@@ -81,14 +84,15 @@ def parse_reference(text: str) -> ImageReference:
     if not sep:
         raise ConfigError(f"invalid image name {text!r}: expected colon-separated "
                           "transport:reference, e.g. docker://quay.io/containerdisks/fedora:41")
-    if transport in ("oci-archive", "oci"):
+    if transport in ARCHIVE_TRANSPORTS:
         path, _, ref = rest.partition(":")
         if not path:
             raise ConfigError(f"invalid image name {text!r}: {transport} needs a path")
         return ImageReference(transport, archive=Path(path), archive_ref=ref or None)
     if transport != "docker":
         raise ConfigError(f"invalid image name {text!r}, unknown transport {transport!r}: use "
-                          "docker://host/repo:tag, oci-archive:PATH or oci:DIR")
+                          "docker://host/repo:tag, oci-archive:PATH, oci:DIR or "
+                          "docker-archive:PATH")
     if not rest.startswith("//"):
         raise ConfigError(f"invalid image name {text!r}: the docker transport is written "
                           "docker://host/repo:tag")
