@@ -206,6 +206,7 @@ def _execute(st: RunState, plan: Plan) -> None:
         runner = _runner(plan.name)
         runner(st, plan, target)
     st.result.bytes_read = st.bytes_read
+    st.result.bytes_received = st.bytes_received
     st.result.details.update(st.source.info().details)  # the VDDK version and host
     if st.spec is not None and st.result.checksum is None and cfg.checksum is None:
         log.info("the object's own %s checksum was not verified: the %s plan reads it at "

@@ -22,7 +22,11 @@ class ImportResult:
     plan_reason: str = ""
     converter: str | None = None  # native, qemu-img, or None when nothing converted
     staged_bytes: int = 0
-    bytes_read: int = 0  # bytes received from the source
+    #: source bytes the import needed, each counted once (compressed bytes for a compressed
+    #: source; for a sparse read only the headers and the data)
+    bytes_read: int = 0
+    #: every byte taken from the source: bytes_read plus re-reads and dropped read-ahead
+    bytes_received: int = 0
     bytes_written: int = 0
     zero_bytes_skipped: int = 0
     preallocated: bool = False

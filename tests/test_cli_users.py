@@ -16,6 +16,8 @@ import termios
 import time
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, Images, Nginx, importer_cli, same_disk
 
 
@@ -210,6 +212,23 @@ def test_zero_bytes_are_counted_after_qemu_img_too(nginx: Nginx, tmp_path: Path)
     assert out["converter"] == "qemu-img" and out["zero_bytes_skipped"] > 0
     assert out["bytes_written"] + out["zero_bytes_skipped"] == out["virtual_size"]
     assert os.stat(tmp_path / "d.img").st_blocks * 512 <= out["bytes_written"] + (1 << 20)
+
+
+@pytest.mark.parametrize("name", ["disk.raw", "disk.qcow2", "disk-zstd.qcow2", "disk-so.vmdk",
+                                  "disk.raw.gz", "disk.raw.xz", "disk.qcow2.xz", "disk.vhdx"])
+def test_the_result_counts_what_the_import_needed(nginx: Nginx, images: Images, tmp_path: Path,
+                                                  name: str) -> None:
+    """On every plan: bytes_read is the source the import needed (each byte once, never more
+    than the object), bytes_received also counts re-reads and dropped read-ahead, and the
+    written bytes and the skipped zeros make up the disk."""
+    r = importer_cli("import", nginx.url(name), tmp_path / "d.img", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    size = images[name].stat().st_size
+    assert 0 < out["bytes_read"] <= size, out
+    assert out["bytes_received"] >= out["bytes_read"]
+    assert out["bytes_written"] + out["zero_bytes_skipped"] == out["virtual_size"], out
+    assert out["zero_bytes_skipped"] > 0
 
 
 def test_the_readme_documents_every_option() -> None:

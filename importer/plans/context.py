@@ -23,31 +23,76 @@ from ..streams import CountingStream
 if TYPE_CHECKING:
     from ..formats.xz_blocks import XzBlock
 
-__all__ = ["RunState", "SourceReads"]
+__all__ = ["Coverage", "RunState", "SourceReads"]
 
 log = logging.getLogger(__name__)
 
 
-class SourceReads:
-    """Counts the bytes random readers take from the source (the stream counts its own)."""
+class Coverage:
+    """Which bytes of the source were fetched at least once: the result's `bytes_read` is the
+    source the import needed, whatever was fetched twice (the head detection read, then a
+    converter's read-ahead from offset 0) or read ahead and dropped. Ranges are merged as they
+    pile up, so memory stays bounded by the number of separate runs, not of reads."""
 
-    def __init__(self, source: Source, progress: Progress | None) -> None:
+    COMPACT_AT = 65536
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ranges: list[tuple[int, int]] = []
+        self._merged_len = 0
+
+    def add(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        with self._lock:
+            self._ranges.append((offset, offset + length))
+            if len(self._ranges) - self._merged_len >= self.COMPACT_AT:
+                self._ranges = _merge(self._ranges)
+                self._merged_len = len(self._ranges)
+
+    def total(self, *extra: tuple[int, int]) -> int:
+        with self._lock:
+            merged = _merge(self._ranges + [r for r in extra if r[1] > r[0]])
+        return sum(end - start for start, end in merged)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+class SourceReads:
+    """Counts the bytes random readers take from the source (the stream counts its own), and
+    notes which ones (Coverage)."""
+
+    def __init__(self, source: Source, progress: Progress | None, coverage: Coverage) -> None:
         self._source = source
         self._progress = progress
+        self._coverage = coverage
+        self._lock = threading.Lock()  # the extent copier's workers read concurrently
         self.count = 0
+
+    def _took(self, offset: int, n: int) -> None:
+        with self._lock:
+            self.count += n
+        self._coverage.add(offset, n)
+        if self._progress is not None:
+            self._progress.update(n)
 
     def readinto_at(self, offset: int, buf: bytearray | memoryview) -> int:
         n = self._source.readinto_at(offset, buf)  # type: ignore[arg-type]
-        self.count += n
-        if self._progress is not None:
-            self._progress.update(n)
+        self._took(offset, n)
         return n
 
     def read_at(self, offset: int, length: int) -> bytes:
         data = self._source.read_at(offset, length)
-        self.count += len(data)
-        if self._progress is not None:
-            self._progress.update(len(data))
+        self._took(offset, len(data))
         return data
 
 
@@ -68,19 +113,26 @@ class RunState:
     #: lets the sequential stream read ahead: called by the plans that read all of it
     run_ahead: Callable[[], None] = lambda: None
     random_reads: list[SourceReads] = field(default_factory=list)
+    coverage: Coverage = field(default_factory=Coverage)
     #: the blocks of a single xz layer, read once from its index when the source is ranged
     xz_blocks: list[XzBlock] | None = None
     #: the random-access disk the planner opened to confirm a native plan, used by the plan
     disk: RandomAccessDisk | None = None
 
     def reads(self, *, progress: bool = True) -> SourceReads:
-        r = SourceReads(self.source, self.progress if progress else None)
+        r = SourceReads(self.source, self.progress if progress else None, self.coverage)
         self.random_reads.append(r)
         return r
 
     @property
-    def bytes_read(self) -> int:
+    def bytes_received(self) -> int:
+        """Every byte taken from the source, re-reads and dropped read-ahead included."""
         return self.counting.count + sum(r.count for r in self.random_reads)
+
+    @property
+    def bytes_read(self) -> int:
+        """The source bytes the import needed: each byte once (the stream reads from 0)."""
+        return self.coverage.total((0, self.counting.count))
 
     def verify_checksum(self) -> str | None:
         spec = self.spec

@@ -23,7 +23,7 @@ from ..sinks.raw import SparseWriter, pump
 from ..sinks.target import Target
 from ..sources.file import FileSource
 from . import Plan, extents
-from .context import RunState, SourceReads
+from .context import Coverage, RunState, SourceReads
 from .convert import qemu_to_target
 
 __all__ = ["run"]
@@ -44,7 +44,7 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
     if plan.converter == "native":
         st.progress.enter("Convert")
         st.detected = dataclasses.replace(st.detected, info=info, codecs=[], pins=pins)
-        reads = SourceReads(staged, None)
+        reads = SourceReads(staged, None, Coverage())  # the staged copy, not the source
         try:
             disk = extents.open_disk(st, plan, reads, size)
         except NativeUnsupported as exc:
