@@ -385,7 +385,7 @@ ROWS = [
         None, "1 MiB: the fixed cost; target <= 0.15 s of wall time"),
 ]
 # Object stores: objects are smaller because moto answers each ranged GET in time proportional
-# to the object's size (test-servers.md 2a); the baseline is what `aws s3 cp` / `gsutil cp`
+# to the object's size; the baseline is what `aws s3 cp` / `gsutil cp`
 # do (the libraries' own download-to-file), then the usual conversion.
 S3_DOWNLOAD = ("{py} -c \"import boto3,sys; boto3.client('s3', endpoint_url='{s3}', "
                "region_name='us-east-1').download_file('bench', '{key}', '{scratch}')\"")

@@ -1,4 +1,4 @@
-"""`cdi-cloner`: the source side of a host-assisted clone (cdi-contract.md 4.9), with
+"""`cdi-cloner`: the source side of a host-assisted clone (docs/pod-contract.md 4.9), with
 `cloner_startup.sh`'s part done here: the byte count, the tar of the mount point's entries.
 
 The body is the Snappy framing format (formats/snappy_framed.py) of either the raw block device

@@ -1,4 +1,4 @@
-"""Progress on HTTPS, exactly as CDI's controller scrapes it (cdi-contract.md section 2):
+"""Progress on HTTPS, exactly as CDI's controller scrapes it (docs/pod-contract.md section 2):
 `kubevirt_cdi_import_progress_total{ownerUID="<uid>"} <percent>` in fixed-point notation, plus
 our own `importer_*` metrics, from a private registry, on every path, with a self-signed
 certificate made at start (the controller does not verify it)."""

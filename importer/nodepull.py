@@ -1,4 +1,4 @@
-"""Registry node pull, the importer's half (cdi-contract.md 4.4.5): the disk is served by the
+"""Registry node pull, the importer's half (docs/pod-contract.md 4.4.5): the disk is served by the
 cdi-containerimage-server sidecar from inside the user's image on localhost, so the kubelet's
 image cache does the pulling. The importer waits for the sidecar's ready file (it holds the
 image file name), imports http://localhost:PORT/<name> like any HTTP source, reads the image's

@@ -1,6 +1,6 @@
 """The CDI importer pod front-end (`importer pod`, installed as `cdi-importer`): the CDI
 environment -> the same core as the CLI -> termination message, exit code and progress metric
-exactly as CDI's controller reads them (cdi-contract.md sections 1, 2, 4.8, 5, 6).
+exactly as CDI's controller reads them (docs/pod-contract.md sections 1, 2, 4.8, 5, 6).
 
 Exit codes: 0 success, and CDI's two special exit-0 cases (scratch space required, checksum
 mismatch, each with its JSON message); 1 failure; 2 configuration; 128+N stopped by signal N.

@@ -1,5 +1,5 @@
 """The CDI importer pod's environment and fixed paths, validated into an ImportConfig plus the
-pod-only settings (cdi-contract.md sections 1.2-1.4, 3.3, 5.1).
+pod-only settings (docs/pod-contract.md sections 1.2-1.4, 3.3, 5.1).
 
 Every invalid value is reported at once, naming the variable and what it accepts. The fixed
 paths (/data, /dev/cdi-block-volume, /scratch, /certs, /extraheaders, /proxycerts,

@@ -1,4 +1,4 @@
-"""cdi-image-size-detection (cdi-contract.md 9): the size-detection pod of host-assisted
+"""cdi-image-size-detection (docs/pod-contract.md 9): the size-detection pod of host-assisted
 clones runs it on the source PVC's image and reads the virtual size from the termination
 message.
 

@@ -1,4 +1,4 @@
-"""CDI's termination message (cdi-contract.md 1.6): JSON on exit 0, plain text otherwise, one
+"""CDI's termination message (docs/pod-contract.md 1.6): JSON on exit 0, plain text otherwise, one
 line, at most 4096 bytes, shortened gracefully instead of failing (CDI quirk Q20)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The upload server's and the cloner's environment (cdi-contract.md 4.7 and 4.9), validated.
+"""The upload server's and the cloner's environment (docs/pod-contract.md 4.7 and 4.9), validated.
 
 As for the importer pod, the fixed paths (/data, /dev/cdi-block-volume, /scratch,
 /dev/termination-log) hang off IMPORTER_FS_ROOT so tests can move them; the contract itself is

@@ -1,4 +1,4 @@
-"""Registry node pull (cdi-contract.md 4.4.5): the static cdi-containerimage-server sidecar
+"""Registry node pull (docs/pod-contract.md 4.4.5): the static cdi-containerimage-server sidecar
 (native/, built by the tests as the image builds it) serving an image directory on loopback,
 and the importer pod waiting for its ready file, importing, reading /info and signalling done."""
 

@@ -1,4 +1,4 @@
-"""Blank disks (IMPORTER_SOURCE=none, cdi-contract.md 4.8): a sparse or preallocated file, or a
+"""Blank disks (IMPORTER_SOURCE=none, docs/pod-contract.md 4.8): a sparse or preallocated file, or a
 block device zeroed when preallocation is asked for."""
 
 from __future__ import annotations

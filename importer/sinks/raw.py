@@ -26,7 +26,7 @@ ZERO_BLOCK = 64 << 10
 _ZEROS = bytes(ZERO_BLOCK)
 CHUNK = 4 << 20
 #: buffered data is pushed to the device every so often so the final fsync is short and the
-#: page cache does not balloon (the OOM kills of CDI's user-needs item 4)
+#: page cache does not balloon (CDI pods are OOM-killed that way under their 600 MB limit)
 FLUSH_EVERY = 64 << 20
 
 
@@ -137,7 +137,7 @@ class SparseWriter:
 
     def _start_writeback(self) -> None:
         """Start writeback of what was written so far without waiting for it, so dirty pages
-        do not pile up (CDI's OOM kills, user-needs item 4) and the final fsync is short;
+        do not pile up (what gets CDI pods OOM-killed) and the final fsync is short;
         fdatasync here would stall the pipeline on every flush."""
         start_writeback(self.target.fd)
 

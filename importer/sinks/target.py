@@ -113,7 +113,7 @@ class Target:
         if virtual_size is None or self.capacity is None or virtual_size <= self.capacity:
             return
         what = f"block device {self.path}" if self.is_block else "the requested image size"
-        # CDI's controller recognises "is larger than the reported available" (cdi-contract 1.7)
+        # CDI's controller recognises "is larger than the reported available" (docs/pod-contract.md 1.7)
         raise TargetTooSmallError(
             f"virtual image size {virtual_size} ({format_bytes(virtual_size)}) is larger than the "
             f"reported available storage {self.capacity} ({format_bytes(self.capacity)}) of "

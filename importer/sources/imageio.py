@@ -1,4 +1,4 @@
-"""oVirt / RHV disks through the engine and the imageio daemon (cdi-contract.md 4.5).
+"""oVirt / RHV disks through the engine and the imageio daemon (docs/pod-contract.md 4.5).
 
 Opening the source logs in to the engine, finds the disk (and the snapshot of this stage of a
 warm import), creates one download transfer and waits until it is `transferring`; the transfer

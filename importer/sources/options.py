@@ -34,7 +34,7 @@ class RegistryOptions:
 
 @dataclass(frozen=True, slots=True)
 class ImageioOptions:
-    """An oVirt disk (cdi-contract.md 4.5). The engine URL is the import's source; the user and
+    """An oVirt disk (docs/pod-contract.md 4.5). The engine URL is the import's source; the user and
     password are the HTTP credentials."""
 
     disk_id: str
@@ -54,7 +54,7 @@ class ImageioOptions:
 
 @dataclass(frozen=True, slots=True)
 class VddkOptions:
-    """A VMware disk (cdi-contract.md 4.6). The vCenter/ESXi URL is the import's source; the
+    """A VMware disk (docs/pod-contract.md 4.6). The vCenter/ESXi URL is the import's source; the
     user and password are the HTTP credentials."""
 
     vm_uuid: str  # instance or BIOS UUID

@@ -1,6 +1,6 @@
 """Container disks: a VM disk at /disk/<name> inside an OCI or Docker image, pulled from a
 registry (docker://) or read from an OCI archive (oci-archive:), and offered to the core as one
-object, the disk file, like any other source (cdi-contract.md 4.4).
+object, the disk file, like any other source (docs/pod-contract.md 4.4).
 
 Finding the disk: layers are read from the top down, each as a verified stream, until the
 topmost regular file under disk/ that no upper layer whited out (CDI takes the first one from

@@ -44,7 +44,7 @@ def _context(ca_dirs: tuple[Path, ...], insecure: bool) -> ssl.SSLContext:
 
 def _load_dir(ctx: ssl.SSLContext, ca_dir: Path) -> None:
     loaded = 0
-    # Every non-dot file counts, whatever its name (CDI read only some names: user-needs 13).
+    # Every non-dot file counts, whatever its name (CDI reads only some names, and users trip over it).
     for f in _pem_files(ca_dir):
         try:
             text = f.read_text(encoding="utf-8", errors="replace")

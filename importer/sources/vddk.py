@@ -1,4 +1,4 @@
-"""VMware disks through VDDK (cdi-contract.md 4.6): the inventory through pyvmomi, the data
+"""VMware disks through VDDK (docs/pod-contract.md 4.6): the inventory through pyvmomi, the data
 through nbdkit's vddk plugin and our NBD client (disks/nbd.py).
 
 Opening the source finds the VM and the disk, the snapshot of this stage and, for a later stage

@@ -1,4 +1,4 @@
-"""The target side of a host-assisted clone (cdi-contract.md 4.9): the cloner's Snappy stream,
+"""The target side of a host-assisted clone (docs/pod-contract.md 4.9): the cloner's Snappy stream,
 decoded as it arrives, is
 * `blockdevice-clone`: the source disk's raw bytes, written sparse (unless preallocating) to the
   target file or device, no conversion, no resize;

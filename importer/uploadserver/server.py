@@ -1,4 +1,4 @@
-"""`cdi-uploadserver`: CDI's upload server (cdi-contract.md 4.7), a thin front-end over the core.
+"""`cdi-uploadserver`: CDI's upload server (docs/pod-contract.md 4.7), a thin front-end over the core.
 
 Every body goes through the import pipeline (engine.run_import with the body as its source):
 formats sniffed, gz/xz/zstd decoded as they arrive, raw written sparse, qcow2 converted natively

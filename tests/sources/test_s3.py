@@ -1,7 +1,7 @@
 """S3 source against a real S3 server (moto_server, started by the tests on loopback).
 
 moto checks no signatures, so wrong credentials are tested against OpenStack Swift's s3api in a
-later suite (docs/test-servers.md 2b); everything else is real S3 protocol."""
+later suite; everything else is real S3 protocol."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """S3 against OpenStack Swift with s3api (Debian's swift packages, started by the tests): the
-server that really checks SigV4 signatures and presigned URLs, where moto checks nothing
-(test-servers.md 2b). Wrong credentials, tampered presigned URLs and multipart (large) objects."""
+server that really checks SigV4 signatures and presigned URLs, where moto checks nothing.
+Wrong credentials, tampered presigned URLs and multipart (large) objects."""
 
 from __future__ import annotations
 

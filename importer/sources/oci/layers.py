@@ -1,5 +1,5 @@
 """What the layers say about /disk: tar entries read in order, whiteouts applied top-down, and
-the one disk file found (cdi-contract.md 4.4.1 and 4.4.3, with quirk Q13 fixed: the topmost
+the one disk file found (docs/pod-contract.md 4.4.1 and 4.4.3, with quirk Q13 fixed: the topmost
 version wins and whiteouts count).
 
 Layer semantics (OCI image spec, "Representing Changes"): an entry `dir/.wh.NAME` deletes NAME

@@ -192,7 +192,7 @@ def bootc_error(image: Image) -> str | None:
 
 
 def kubevirt_labels(env: list[str]) -> dict[str, str]:
-    """CDI's mapping (cdi-contract.md 4.4.4): for KEY=VALUE with KUBEVIRT_IO_ in KEY, the part
+    """CDI's mapping (docs/pod-contract.md 4.4.4): for KEY=VALUE with KUBEVIRT_IO_ in KEY, the part
     before becomes a dotted prefix and the part after a dashed name under kubevirt.io/, lower
     case: INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.small ->
     instancetype.kubevirt.io/default-instancetype: u1.small."""

@@ -1,4 +1,4 @@
-"""Image references as CDI takes them (cdi-contract.md 4.4.2):
+"""Image references as CDI takes them (docs/pod-contract.md 4.4.2):
 
 * ``docker://[host[:port]/]repo[:tag][@digest]``: Docker Hub short names (``fedora``,
   ``kubevirt/fedora``) resolve as docker and podman resolve them;

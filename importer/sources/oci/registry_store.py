@@ -345,7 +345,7 @@ class RegistryStore:
             resp = self._get(self._blob_url(desc), action, headers, stream=True)
             if resp.history and urlsplit(resp.url).netloc != urlsplit(self._blob_url(desc)).netloc:
                 # the registry hands blob reads to storage (S3, a CDN): go there directly for
-                # the next ranges instead of being redirected every time (user-needs 14)
+                # the next ranges instead of being redirected every time
                 if key not in self._pins:
                     log.info("%s: blob %s is served by %s; reading it there directly",
                              self.where, desc.digest.short(), urlsplit(resp.url).netloc)

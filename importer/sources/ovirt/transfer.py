@@ -2,7 +2,7 @@
 kept alive while the import is busy elsewhere, and ended exactly once: finalized after a
 successful import, cancelled after a failure or a signal, so the disk is never left locked.
 
-Where CDI differs (cdi-contract.md 4.5, quirk Q14), on purpose:
+Where CDI differs (docs/pod-contract.md 4.5, quirk Q14), on purpose:
 * CDI re-POSTs a new transfer every second while the one it got is `initializing`, which can
   create several transfers; here the one transfer is polled until it is ready;
 * CDI waits forever on a locked disk; here the wait is bounded and ends with a message (the pod

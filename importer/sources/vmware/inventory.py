@@ -1,7 +1,7 @@
 """The vSphere inventory a VDDK import needs, through pyvmomi (VMware's Python SDK): the VM by
 its UUID, the disk by its backing file, snapshots, and changed block tracking's changed areas.
 
-Lookups follow CDI (cdi-contract.md 4.6): the VM by instance UUID then BIOS UUID in every
+Lookups follow CDI (docs/pod-contract.md 4.6): the VM by instance UUID then BIOS UUID in every
 datacenter; the disk in the VM's current hardware, then in every snapshot, then along the
 backing chain of the first root snapshot's disks; a snapshot by its managed object id or its
 name. Changed areas are paged: vSphere answers at most ~2000 areas per call, and a caller must

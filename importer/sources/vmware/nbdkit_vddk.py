@@ -1,6 +1,6 @@
 """nbdkit's vddk plugin serving one VMware disk on a unix socket, started as CDI starts it.
 
-Argument order, filters and debug flags are CDI's (cdi-contract.md 4.6, step 6), so a VDDK
+Argument order, filters and debug flags are CDI's (docs/pod-contract.md 4.6), so a VDDK
 that works under CDI works here, and nbdkit's own vddk documentation applies. The password
 reaches nbdkit through an inherited pipe (`password=-N`), never argv or the environment; the
 socket and pid file live in a private directory (mode 0700) removed at stop. The log is kept

@@ -3,7 +3,7 @@
 The daemon is the PyPI `ovirt-imageio` (the one oVirt hosts run), with TLS and its control
 socket; images are served through tickets, raw guest data by qemu-nbd (as oVirt does), qcow2
 volumes as their bytes (file backend). The engine is written here (no engine can run on this
-machine): the REST calls and XML shapes the SDKs use (test-servers.md 4), with knobs for the
+machine): the REST calls and XML shapes the SDKs use, with knobs for the
 cases the tests need (a locked disk, slow initialization, expired tokens) and a log of every
 call, so tests can assert that a transfer was finalized or cancelled exactly once.
 `test_fake_engine.py` drives it with the real ovirtsdk4, so it speaks what the SDK speaks.
