@@ -30,10 +30,13 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml requirements/ci.lock | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[all,test]'
+  # exactly the files of the lock (hash-checked), then the package itself without resolving
+  # again: every CI run tests the same dependencies (scripts/lock.sh regenerates the lock)
+  .venv/bin/python -m pip install -q --require-hashes -r requirements/ci.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/importer --version))" >&2

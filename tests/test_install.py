@@ -34,3 +34,33 @@ def test_a_plain_install_imports_http_and_names_missing_extras(nginx: Nginx, ima
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     assert "pip install 'importer[s3]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_lock_files_pin_every_dependency() -> None:
+    """The image installs requirements/container.lock and CI requirements/ci.lock with
+    --require-hashes: each names every dependency of its extras, pinned with hashes, so a
+    dependency added to pyproject.toml without `bash scripts/lock.sh` fails here, not in a
+    build that resolves something else."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(reqs: list[str]) -> set[str]:
+        out = set()
+        for r in reqs:
+            name = re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-")
+            if name != "importer":  # [all] names the other extras through the package
+                out.add(name)
+        return out
+
+    runtime = names(project["dependencies"]) | set().union(
+        *(names(extras[e]) for e in ("s3", "gcs", "registry", "vmware")))
+    for lock, wanted in (("container.lock", runtime), ("ci.lock", runtime | names(extras["test"]))):
+        text = (ROOT / "requirements" / lock).read_text()
+        pinned = {m.group(1).lower().replace("_", "-")
+                  for m in re.finditer(r"^([A-Za-z0-9._-]+)==\S+ \\\n\s+--hash=sha256:", text, re.M)}
+        assert wanted <= pinned, f"{lock} lacks {sorted(wanted - pinned)}: run scripts/lock.sh"
+        unhashed = [ln for ln in text.splitlines() if re.match(r"^[A-Za-z0-9._-]+==\S+$", ln)]
+        assert not unhashed, f"{lock}: pinned without a hash: {unhashed}"
