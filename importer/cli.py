@@ -242,6 +242,9 @@ def _output_warnings(args: argparse.Namespace, config: ImportConfig) -> None:
     from .output_format import check_output, name_mismatch
 
     check_output(args.output_format, args.compress)
+    if args.output_format != "raw" and config.content_type is ContentType.ARCHIVE:
+        raise ConfigError(f"-O {args.output_format} writes a disk image, and --content-type "
+                          "archive extracts files into a directory; leave one of them out")
     if args.output_format != "raw" and config.preallocation:
         raise ConfigError(f"--preallocation applies to raw output; -O {args.output_format} "
                           "images grow as they are written")

@@ -73,6 +73,9 @@ def test_output_options_that_cannot_work_are_refused(nginx: Nginx, tmp_path: Pat
     r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "d.qcow2", "-O", "qcow2",
                      "--preallocation")
     assert r.returncode == 2 and "--preallocation applies to raw output" in r.stderr
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "tree", "-O", "qcow2",
+                     "--content-type", "archive")
+    assert r.returncode == 2 and "extracts files into a directory" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
