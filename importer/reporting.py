@@ -65,12 +65,15 @@ class ProgressReporter:
             self._thread.start()
 
     def _lines(self) -> None:
-        last_t, last_n = time.monotonic(), 0
+        last_t, last_n, followed = time.monotonic(), 0, self._progress
         while not self._stop.wait(self._interval):
-            now, n = time.monotonic(), self._progress.n
+            progress = self._progress
+            if progress is not followed:  # a new stage counts from zero (follow())
+                last_n, followed = 0, progress
+            now, n = time.monotonic(), progress.n
             rate = (n - last_n) / (now - last_t) if now > last_t else 0.0
             last_t, last_n = now, n
-            fields = progress_fields(self._progress, rate)
+            fields = progress_fields(progress, rate)
             if self._json:
                 log.info("progress", extra={"fields": fields})
                 continue

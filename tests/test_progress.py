@@ -22,3 +22,25 @@ def test_weighted_phases_only_rise_and_end_at_100() -> None:
     assert p.percent < 100.0  # 100 only once the import has really finished
     p.finish()
     assert p.percent == 100.0
+
+
+def test_a_followed_stage_starts_its_rate_from_zero() -> None:
+    """-O's conversion stage follows the import's progress: its first line must not subtract
+    the import's bytes from the new stage's (a negative rate)."""
+    import io
+    import time
+
+    from importer.reporting import ProgressReporter
+
+    first, second = Progress(), Progress()
+    first.update(100 << 20)
+    out = io.StringIO()
+    reporter = ProgressReporter(first, "lines", interval=0.02, stream=out)
+    time.sleep(0.1)
+    second.enter("Convert to qcow2")
+    reporter.follow(second)
+    time.sleep(0.1)
+    reporter.close()
+    lines = out.getvalue().splitlines()
+    assert any("Convert to qcow2" in ln for ln in lines), lines
+    assert not any("MiB read, -" in ln for ln in lines), lines
