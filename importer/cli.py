@@ -151,8 +151,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="replace an existing DEST file, or write over a block device that "
                           "holds a partition table or a file system")
     imp.add_argument("-O", "--output-format", choices=("raw", "qcow2", "vmdk", "vhdx"),
-                     default="raw", help="format of DEST (default raw; others are written by "
-                                         "qemu-img from a sparse raw copy)")
+                     default="raw", help="format of DEST (default raw; the others are written "
+                                         "by qemu-img)")
     imp.add_argument("-c", "--compress", action="store_true",
                      help="compressed output: qcow2 compressed clusters, or vmdk "
                           "streamOptimized")
@@ -245,6 +245,9 @@ def _output_warnings(args: argparse.Namespace, config: ImportConfig) -> None:
     if args.output_format != "raw" and config.content_type is ContentType.ARCHIVE:
         raise ConfigError(f"-O {args.output_format} writes a disk image, and --content-type "
                           "archive extracts files into a directory; leave one of them out")
+    if args.output_format != "raw" and config.delta_of is not None:
+        raise ConfigError(f"-O {args.output_format}: a warm stage applies changes onto the raw "
+                          "disk the previous stage wrote; import warm stages as raw")
     if args.output_format != "raw" and config.preallocation:
         raise ConfigError(f"--preallocation applies to raw output; -O {args.output_format} "
                           "images grow as they are written")

@@ -37,6 +37,7 @@ __all__ = [
     "Header",
     "HttpOptions",
     "ImportConfig",
+    "OutputSpec",
     "Problem",
     "build_config",
     "parse_header",
@@ -118,6 +119,26 @@ class HttpOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """The CLI's -O: a format other than raw, written by qemu-img at `path` (a private working
+    directory's file, renamed onto DEST by output_format.py). The pod always writes raw."""
+
+    format: str
+    compress: bool
+    path: Path
+
+    @property
+    def qemu_options(self) -> tuple[str, ...]:
+        """qemu-img convert's output options: qcow2's compressed clusters, vmdk's compressed
+        form (streamOptimized)."""
+        if not self.compress:
+            return ("-O", self.format)
+        if self.format == "vmdk":
+            return ("-O", "vmdk", "-o", "subformat=streamOptimized")
+        return ("-O", self.format, "-c")
+
+
+@dataclass(frozen=True, slots=True)
 class ImportConfig:
     source: str
     dest: Path
@@ -150,6 +171,8 @@ class ImportConfig:
     #: --format: the image format the data must have (after decompression); raw is taken as
     #: it is, without looking at its bytes
     input_format: str | None = None
+    #: -O: the plans that convert with qemu-img write this format at once (no raw copy)
+    output: OutputSpec | None = None
 
     @property
     def delta_of(self) -> str | None:

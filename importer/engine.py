@@ -199,9 +199,11 @@ def _execute(st: RunState, plan: Plan) -> None:
         if str(cfg.dest) == "-":
             target = _stdout_target(plan)
         else:
-            # a delta is applied onto the disk the previous stage wrote, in place
-            target = Target(cfg.dest, cfg.capacity,
-                            mode="apply" if plan.name == "delta" else "create")
+            # a delta is applied onto the disk the previous stage wrote, in place; -O's raw
+            # copy is a scratch file (output_format.py created it): never fsync'ed or renamed
+            mode = ("apply" if plan.name == "delta" else
+                    "scratch" if cfg.output is not None else "create")
+            target = Target(cfg.dest, cfg.capacity, mode=mode)
         st.result.target_kind = "block" if target.is_block else "file"
         runner = _runner(plan.name)
         runner(st, plan, target)

@@ -1,11 +1,13 @@
 """`-O qcow2|vmdk|vhdx`: the CLI's output formats (the pod always writes raw, as CDI does).
 
-The import runs unchanged into a sparse raw file, then `qemu-img convert` writes the requested
-format from it. Why a raw intermediate rather than qemu-img writing the format straight from
-our NBD export of the source: every plan (stream, ranges, extents, staged, the native qcow2
-reader) then works as it does for raw, with its safety checks and resume, and qemu-img only
-ever reads a raw file we wrote ourselves, never the untrusted image. The cost is the image's
-*data* once more on disk (the raw file is sparse), beside DEST or in --scratch-dir.
+Where the plan converts with qemu-img anyway (vmdk, vdi, vhd, vhdx: the convert and staged
+plans), qemu-img writes the requested format at once from our NBD export of the pinned source,
+as it would write raw. The other plans (stream, ranges, extents: raw and the native qcow2
+reader) run unchanged into a sparse raw file, then `qemu-img convert` writes the format from
+it: they keep their safety checks, resume and speed, and qemu-img reads only a raw file we
+wrote ourselves. That costs the image's *data* once more on disk (the raw file is sparse),
+beside DEST or in --scratch-dir; so does a disk that must grow (--image-size), as qemu-img
+cannot resize every format.
 
 Both files live in a private directory (mode 0700) created beside DEST, so nobody can plant
 anything where qemu-img creates its output; the result is renamed onto DEST (rename(2) never
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ImportConfig
+from .config import ImportConfig, OutputSpec
 from .errors import ConfigError, TargetError
 from .progress import Progress
 from .result import ImportResult
@@ -85,9 +87,15 @@ def import_as(config: ImportConfig, fmt: str, compress: bool, *,
             if raw_dir is not work:
                 cleanup.callback(shutil.rmtree, raw_dir, True)
             raw = raw_dir / "disk.raw"
-            result = run(dataclasses.replace(config, dest=raw), stage("Import"), cancel)
-            out = work / f"disk.{fmt}"
-            _convert(raw, out, fmt, compress, stage(f"Convert to {fmt}"), cancel)
+            os.close(os.open(raw, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            spec = OutputSpec(fmt, compress, work / f"disk.{fmt}")
+            result = run(dataclasses.replace(config, dest=raw, output=spec), stage("Import"),
+                         cancel)
+            out = spec.path
+            if result.output_format != fmt:  # a plan that wrote raw: qemu-img converts it
+                log.info("qemu-img writes %s from the raw copy", fmt)
+                _convert(raw, spec, stage(f"Convert to {fmt}"), cancel)
+                result.output_format = fmt
         fd = os.open(out, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fsync(fd)
@@ -103,7 +111,6 @@ def import_as(config: ImportConfig, fmt: str, compress: bool, *,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.destination = str(dest)
-    result.output_format = fmt
     result.bytes_written = st.st_blocks * 512  # what the output file holds on disk
     result.duration_seconds = round(time.monotonic() - started, 3)
     log.info("wrote %s as %s: %d bytes on disk for a %s-byte disk", dest, fmt,
@@ -111,19 +118,16 @@ def import_as(config: ImportConfig, fmt: str, compress: bool, *,
     return result
 
 
-def _convert(raw: Path, out: Path, fmt: str, compress: bool, progress: Progress,
-             cancel: threading.Event) -> None:
+def _convert(raw: Path, spec: OutputSpec, progress: Progress, cancel: threading.Event) -> None:
     from .sinks.qemu import QemuInput, qemu_convert
 
-    options = ["-O", fmt]
-    if compress:
-        options += ["-c"] if fmt == "qcow2" else ["-o", "subformat=streamOptimized"]
-    progress.plan([(f"Convert to {fmt}", 100, False)])
-    progress.enter(f"Convert to {fmt}")
+    phase = f"Convert to {spec.format}"
+    progress.plan([(phase, 100, False)])
+    progress.enter(phase)
     # the raw file is ours: read through the page cache (the import just wrote it)
-    qemu_convert(QemuInput.local_file("raw", str(raw)), str(out), cache="writeback",
+    qemu_convert(QemuInput.local_file("raw", str(raw)), str(spec.path), cache="writeback",
                  target_is_zero=False, progress=progress, cancel=cancel,
-                 output=tuple(options))
+                 output=spec.qemu_options)
     progress.finish()
 
 

@@ -76,6 +76,13 @@ def test_output_options_that_cannot_work_are_refused(nginx: Nginx, tmp_path: Pat
     r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "tree", "-O", "qcow2",
                      "--content-type", "archive")
     assert r.returncode == 2 and "extracts files into a directory" in r.stderr
+    pw = tmp_path.parent / "pw"
+    pw.write_text("secret\n")
+    r = importer_cli("import", "--source", "vddk", "https://127.0.0.1:1/sdk", tmp_path / "w.qcow2",
+                     "-O", "qcow2", "--vm-uuid", "u", "--backing-file", "[ds] vm/vm.vmdk",
+                     "--checkpoint", "s2", "--previous-checkpoint", "s1", "--username", "u",
+                     "--password-file", pw)
+    assert r.returncode == 2 and "import warm stages as raw" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -99,3 +106,27 @@ def test_a_failed_conversion_job_leaves_the_old_file_and_no_litter(nginx: Nginx,
     assert r.returncode == 1, r.stderr
     assert out.read_bytes() == b"the previous build"
     assert [p.name for p in tmp_path.iterdir()] == ["d.qcow2"]
+
+
+def test_qemu_img_writes_the_format_at_once_when_it_converts_anyway(
+        nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    """vmdk (the convert plan) -> qcow2 in one qemu-img pass; qcow2 (the native reader) goes
+    through the raw copy; a disk that must grow takes the raw copy too."""
+    out = tmp_path / "v.qcow2"
+    r = importer_cli("import", nginx.url("disk-ms.vmdk"), out, "-O", "qcow2", "-v", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert "qemu-img writes qcow2 at once (no raw copy)" in r.stderr
+    assert "from the raw copy" not in r.stderr
+    result = json.loads(r.stdout)
+    assert (result["plan"], result["output_format"]) == ("convert", "qcow2")
+    assert _info(out)["format"] == "qcow2" and _same_guest(out, images.raw)
+    assert result["zero_bytes_skipped"] > 0
+    assert result["bytes_written"] == out.stat().st_blocks * 512
+    r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "q.vmdk", "-O", "vmdk", "-v")
+    assert r.returncode == 0 and "qemu-img writes vmdk from the raw copy" in r.stderr
+    grown = tmp_path / "g.qcow2"
+    r = importer_cli("import", nginx.url("disk-ms.vmdk"), grown, "-O", "qcow2", "-v",
+                     "--image-size", "64Mi")
+    assert r.returncode == 0 and "from the raw copy" in r.stderr, r.stderr
+    assert _info(grown)["virtual-size"] == 64 << 20 and _same_guest(grown, images.raw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.qcow2", "q.vmdk", "v.qcow2"]

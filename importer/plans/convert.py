@@ -5,6 +5,7 @@ qemu-img (it then reads the staged file)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,13 +13,15 @@ from ..errors import ImporterError
 from ..formats.headers import ImageInfo
 from ..formats.xz_blocks import XzBlockReader
 from ..sinks.nbd_export import NbdExport
-from ..sinks.qemu import QemuInput, choose_cache_mode, qemu_convert, qemu_info
+from ..sinks.qemu import QemuInput, choose_cache_mode, qemu_convert, qemu_data_bytes, qemu_info
 from ..sinks.target import Target
 from ..sources.cache import ReadAheadCache
 from . import Plan
 from .context import RunState
 
 __all__ = ["qemu_to_target", "run"]
+
+log = logging.getLogger(__name__)
 
 InputFactory = Callable[[], contextlib.AbstractContextManager[QemuInput]]
 
@@ -74,6 +77,18 @@ def qemu_to_target(st: RunState, target: Target, info: ImageInfo, qemu_input: In
     vsize = int(qinfo["virtual-size"])  # type: ignore[call-overload]
     st.result.virtual_size = vsize
     target.check_fits(vsize)
+    out = cfg.output
+    if out is not None and not target.is_block and (cfg.image_size or 0) <= vsize:
+        # -O: qemu-img is converting anyway, so it writes the asked format at once (a disk
+        # that must grow takes the raw copy: qemu-img cannot resize every format)
+        log.info("qemu-img writes %s at once (no raw copy)", out.format)
+        with qemu_input() as qin:
+            qemu_convert(qin, str(out.path), cache="writeback", target_is_zero=False,
+                         progress=st.progress, cancel=st.cancel, output=out.qemu_options)
+        data = qemu_data_bytes(out.path, out.format)
+        st.result.output_format = out.format
+        st.result.bytes_written, st.result.zero_bytes_skipped = data, vsize - data
+        return
     with target.writing(lambda: vsize if target.is_block else None):
         if not target.is_block:
             target.set_size(vsize)

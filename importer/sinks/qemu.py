@@ -27,13 +27,14 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..children import run_child, watch_child
 from ..errors import ConversionError, FormatError, UnsafeImageError
 from ..progress import Progress
 
-__all__ = ["QemuInput", "choose_cache_mode", "qemu_convert", "qemu_info"]
+__all__ = ["QemuInput", "choose_cache_mode", "qemu_convert", "qemu_data_bytes", "qemu_info"]
 
 log = logging.getLogger(__name__)
 _PROGRESS = re.compile(rb"\((\d{1,3}\.\d+)/100%\)")
@@ -117,6 +118,25 @@ def _refuse_host_references(info: dict[str, object]) -> None:
         extents = data.get("extents")
         if isinstance(extents, list) and len(extents) > 1:
             raise UnsafeImageError("qemu-img reports a multi-file vmdk; import a monolithic one")
+
+
+def qemu_data_bytes(path: Path, fmt: str, *, timeout: float = 120) -> int:
+    """Guest bytes an image we wrote ourselves stores as data (`qemu-img map`): the rest of the
+    virtual size reads as zeros without being stored."""
+    argv = [_qemu_img(), "map", "--output=json", "-f", fmt, str(path)]
+    try:
+        r = run_child(argv, timeout=timeout, limits=INFO_LIMITS)
+    except subprocess.TimeoutExpired as exc:
+        raise ConversionError(f"qemu-img map of {path} did not finish within {timeout:g} s"
+                              ) from exc
+    if r.returncode != 0:
+        raise ConversionError(f"qemu-img map {path} failed: "
+                              f"{r.stderr.decode(errors='replace').strip()[-500:]}")
+    try:
+        extents = json.loads(r.stdout)
+        return sum(int(e["length"]) for e in extents if e.get("data"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConversionError("qemu-img map printed invalid JSON") from exc
 
 
 def choose_cache_mode(path: str) -> str:
