@@ -4,7 +4,7 @@ This is how qemu-img reads a remote qcow2/vmdk/vhdx without staging it: the byte
 own sources (with their resume, TLS, auth and checksum rules) through the read-ahead cache, and
 qemu-img's concurrent requests (-m) become parallel ranged reads. Written by hand: no
 maintained Python library serves NBD from an in-process callback, and nbdkit's curl plugin
-serves one request at a time (design notes) and knows nothing of our sources.
+serves one request at a time and knows nothing of our sources.
 
 Protocol subset (fixed newstyle handshake): NBD_OPT_GO / INFO / EXPORT_NAME / ABORT / LIST;
 structured replies and meta contexts are declined, so qemu uses simple replies; commands READ,
@@ -21,22 +21,37 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ..nbd_protocol import (
+    CMD_DISC,
+    CMD_FLUSH,
+    CMD_READ,
+    FLAG_FIXED_NEWSTYLE,
+    FLAG_NO_ZEROES,
+    IHAVEOPT,
+    INFO_BLOCK_SIZE,
+    INFO_EXPORT,
+    NBDMAGIC,
+    OPT_ABORT,
+    OPT_EXPORT_NAME,
+    OPT_GO,
+    OPT_INFO,
+    OPT_LIST,
+    OPT_REPLY_MAGIC,
+    REP_ACK,
+    REP_ERR_UNSUP,
+    REP_INFO,
+    REP_SERVER,
+    REQUEST_MAGIC,
+    SIMPLE_REPLY_MAGIC,
+    TX_CAN_MULTI_CONN,
+    TX_HAS_FLAGS,
+    TX_READ_ONLY,
+)
+
 __all__ = ["NbdExport"]
 
 log = logging.getLogger(__name__)
 
-NBDMAGIC = 0x4E42444D41474943
-IHAVEOPT = 0x49484156454F5054
-REPLY_MAGIC = 0x3E889045565A9
-REQUEST_MAGIC = 0x25609513
-SIMPLE_REPLY_MAGIC = 0x67446698
-FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
-OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
-REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
-REP_ERR_UNSUP = 0x80000001
-INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
-TX_HAS_FLAGS, TX_READ_ONLY, TX_CAN_MULTI_CONN = 1, 2, 1 << 8
-CMD_READ, CMD_DISC, CMD_FLUSH = 0, 2, 3
 EIO, EINVAL, EPERM = 5, 22, 1
 MAX_REQUEST = 32 << 20
 MAX_OPTION = 64 << 10
@@ -183,4 +198,4 @@ def _recv(conn: socket.socket, n: int) -> bytes:
 
 
 def _reply(conn: socket.socket, opt: int, rtype: int, data: bytes = b"") -> None:
-    conn.sendall(struct.pack(">QIII", REPLY_MAGIC, opt, rtype, len(data)) + data)
+    conn.sendall(struct.pack(">QIII", OPT_REPLY_MAGIC, opt, rtype, len(data)) + data)
