@@ -274,15 +274,18 @@ def _refuse_to_clobber(config: ImportConfig) -> None:
     """An existing file, or a device holding a partition table or a file system (as mkfs
     asks), is replaced only with --force. A warm stage writes onto its disk by design, and an
     archive extracts into an existing directory."""
+    from .sinks.target import dest_kind
+
     dest = config.dest
     if config.delta_of is not None or config.content_type is ContentType.ARCHIVE:
         return
-    if dest.is_block_device():
+    kind = dest_kind(dest)  # refuses a link to a file, a dangling link, a socket
+    if kind == "block":
         found = _signature(dest)
         if found:
             raise ConfigError(f"{dest} holds {found}; importing would destroy it. Give --force "
                               "to write over it")
-    elif dest.is_file() or dest.is_symlink():
+    elif kind == "file":
         raise ConfigError(f"{dest} exists; give --force to replace it (it is replaced only "
                           "once the import succeeded)")
 

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .config import ImportConfig
@@ -20,7 +21,7 @@ from .plans import Plan, SourceFacts, choose_plan
 from .plans.context import RunState
 from .progress import Progress
 from .result import ImportResult
-from .sinks.target import Target
+from .sinks.target import Target, dest_kind
 from .sources import Source, open_source
 from .sources.base import ExtentSource, Transactional
 from .streams import CountingStream, HeadThenStream, ThreadedReader
@@ -197,7 +198,9 @@ def _execute(st: RunState, plan: Plan) -> None:
                         "use contentType: archive to extract it into the volume instead")
         target: Any
         if str(cfg.dest) == "-":
-            target = _stdout_target(plan)
+            target = _stream_target(plan, None)
+        elif cfg.output is None and plan.name != "delta" and dest_kind(cfg.dest) == "stream":
+            target = _stream_target(plan, cfg.dest)  # a character device or FIFO
         else:
             # a delta is applied onto the disk the previous stage wrote, in place; -O's raw
             # copy is a scratch file (output_format.py created it): never fsync'ed or renamed
@@ -215,15 +218,17 @@ def _execute(st: RunState, plan: Plan) -> None:
                  "random (give --checksum to verify in order)", st.spec.algorithm, plan.name)
 
 
-def _stdout_target(plan: Plan) -> Any:
-    """DEST `-`: only a plan that writes the disk in order can write to a pipe."""
-    from .sinks.target import StdoutTarget
+def _stream_target(plan: Plan, path: Path | None) -> Any:
+    """DEST `-`, a character device or a FIFO: only a plan that writes the disk in order can
+    write to a pipe."""
+    from .sinks.target import StreamTarget
 
+    what = "standard output (DEST -)" if path is None else f"{path} (a character device or FIFO)"
     if plan.name != "stream" or plan.disk is not None:
-        raise TargetError(f"standard output (DEST -) takes the disk in order, but this import "
+        raise TargetError(f"{what} takes the disk in order, but this import "
                           f"takes the {plan.name} plan ({plan.reason}); write to a file, or "
                           "for a raw image ask for one connection (--connections 1)")
-    return StdoutTarget()
+    return StreamTarget() if path is None else StreamTarget.open_path(path)
 
 
 def _runner(name: str) -> Any:

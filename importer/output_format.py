@@ -31,6 +31,7 @@ from .config import ImportConfig, OutputSpec
 from .errors import ConfigError, TargetError
 from .progress import Progress
 from .result import ImportResult
+from .sinks.target import dest_kind
 
 __all__ = ["OUTPUT_FORMATS", "import_as", "name_mismatch"]
 
@@ -70,9 +71,9 @@ def import_as(config: ImportConfig, fmt: str, compress: bool, *,
     check_output(fmt, compress)
     started = time.monotonic()
     dest = config.dest
-    if str(dest) == "-" or dest.is_block_device() or dest.is_dir():
-        raise ConfigError(f"-O {fmt} writes a file, and {dest} is not one; a block device or "
-                          "standard output takes raw (leave -O out)")
+    if str(dest) == "-" or dest_kind(dest) not in ("absent", "file"):
+        raise ConfigError(f"-O {fmt} writes a file, and {dest} is not one; a block device, a "
+                          "character device, a FIFO or standard output takes raw (leave -O out)")
     parent = dest.parent if str(dest.parent) else Path(".")
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".importer", dir=parent))

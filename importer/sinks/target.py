@@ -16,12 +16,19 @@ import, a world-writable directory), so:
 * the partial is flock'ed for the whole import, which is the destination's lock: a second import
   to the same destination fails at once, and a partial nobody holds a lock on is the leftover of a
   killed import, removed before a new one is created;
-* the final rename(2) replaces whatever is at NAME, a symlink included, and never follows it;
-* a block device is opened O_EXCL, which Linux turns into "not mounted and not opened O_EXCL by
-  anyone else", so two imports to one device exclude each other as well;
-* a symlink at NAME counts as a block device only when it lives in a `dev` directory (udev's
-  /dev/disk/by-* links, the pod's /dev/cdi-block-volume): a planted link elsewhere must not
-  redirect the import onto a device.
+* the final rename(2) never follows a symlink at NAME, and it only ever replaces a regular
+  file (or nothing): what is at NAME is classified first (`dest_kind`);
+* a block device, or a symlink to one (/dev/mapper/*, /dev/VG/LV, /dev/disk/by-id/*, a link in
+  any directory, as dd and qemu-img follow it), is written in place, opened O_EXCL, which Linux
+  turns into "not mounted and not opened O_EXCL by anyone else", so two imports to one device
+  exclude each other as well; the CLI's --force check for a partition table or file system
+  stands between a planted link and the device;
+* a character device or a FIFO (/dev/null, a pipe with a reader) is written in order, as
+  standard output is (`StreamTarget`); it is never replaced by a file (that once replaced a
+  machine's /dev/null);
+* a symlink to a regular file, a dangling symlink or a socket is refused: replacing the link
+  would leave the file it names untouched, following it would let a planted link choose what we
+  overwrite.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from pathlib import Path
 from ..errors import TargetError, TargetTooSmallError
 from ..quantity import format_bytes
 
-__all__ = ["StdoutTarget", "Target"]
+__all__ = ["StdoutTarget", "StreamTarget", "Target", "dest_kind"]
 
 log = logging.getLogger(__name__)
 BLKGETSIZE64 = 0x80081272
@@ -78,7 +85,14 @@ class Target:
             raise ValueError(f"unknown target mode {mode!r}")
         self.path = path
         self.mode = mode
-        self.is_block = _is_block_device(path)
+        kind = dest_kind(path) if mode != "scratch" else "file"
+        if kind == "stream":
+            raise TargetError(f"{path} is a character device or FIFO: it takes the disk in "
+                              "order, and this import cannot write it so; write to a file")
+        if kind == "dir":
+            raise TargetError(f"{path} is a directory; name a file inside it as DEST (or give "
+                              "--content-type archive to extract an archive into it)")
+        self.is_block = kind == "block"
         partial = not self.is_block and mode == "create"
         self.write_path = path.with_name(path.name + ".partial") if partial else path
         self.fd = -1
@@ -344,16 +358,40 @@ class Target:
             self.fd = -1
 
 
-def _is_block_device(path: Path) -> bool:
+def dest_kind(path: Path) -> str:
+    """What DEST is: "absent", "file" (regular), "block" (a block device, or a symlink to one),
+    "stream" (a character device or FIFO, or a symlink to one) or "dir". Anything else is
+    refused here, before a byte is fetched (see the module's docstring)."""
     try:
         st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            if "dev" not in path.absolute().parent.parts:
-                return False  # a link elsewhere is replaced by the rename, never followed
-            st = os.stat(path)
     except FileNotFoundError:
-        return False
-    return stat.S_ISBLK(st.st_mode)
+        return "absent"
+    except OSError as exc:
+        raise _oserror(exc, path, "examining") from exc
+    link = stat.S_ISLNK(st.st_mode)
+    if link:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise TargetError(f"{path} is a symbolic link to {os.readlink(path)!r}, which "
+                              f"cannot be reached ({exc.strerror or exc}); a link is never "
+                              "replaced: remove it, or name the device or file itself") from exc
+    mode = st.st_mode
+    if stat.S_ISBLK(mode):
+        return "block"
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return "stream"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if link:
+        what = "a regular file" if stat.S_ISREG(mode) else "neither a file nor a device"
+        raise TargetError(f"{path} is a symbolic link to {os.path.realpath(path)} ({what}); a "
+                          "link to a file is neither replaced nor written through: name the "
+                          "file itself as DEST, or remove the link")
+    if stat.S_ISREG(mode):
+        return "file"
+    raise TargetError(f"{path} is a socket or another special file, which an import cannot "
+                      "write; name a file or a device as DEST")
 
 
 @functools.cache
@@ -382,28 +420,47 @@ def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-class StdoutTarget:
-    """DEST `-`: raw bytes to standard output, strictly in order. A pipe has no holes, so zero
-    runs are written as zeros; nothing can be rewritten, so only plans that write in order (the
-    stream plan) can use it. Committing is a flush; there is nothing to remove on failure."""
+class StreamTarget:
+    """Raw bytes written strictly in order: DEST `-` (standard output), a character device or a
+    FIFO. A pipe has no holes, so zero runs are written as zeros; nothing can be rewritten, so
+    only plans that write in order (the stream plan) can use it. Committing is a flush; there
+    is nothing to remove on failure."""
 
     sequential = True
     is_block = False
     mode = "stream"
     capacity: int | None = None
 
-    def __init__(self) -> None:
-        self.path = Path("<standard output>")
-        self.fd = 1
+    def __init__(self, fd: int = 1, path: Path | None = None) -> None:
+        self.path = path or Path("<standard output>")
+        self.fd = fd
         self.position = 0
         self._zeros = bytes(1 << 20)
+
+    @classmethod
+    def open_path(cls, path: Path) -> StreamTarget:
+        """Open a character device or FIFO for writing (a FIFO waits for its reader, as dd
+        does); what was opened is checked again, so a file swapped in meanwhile is refused."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as exc:
+            raise _oserror(exc, path, "opening") from exc
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            os.close(fd)
+            raise TargetError(f"{path} changed while it was opened (it is no longer a "
+                              "character device or FIFO); try again")
+        return cls(fd, path)
 
     def check_fits(self, virtual_size: int | None) -> None:
         pass
 
     @contextlib.contextmanager
-    def writing(self, written: Callable[[], int | None] = lambda: None) -> Iterator[StdoutTarget]:
-        yield self
+    def writing(self, written: Callable[[], int | None] = lambda: None) -> Iterator[StreamTarget]:
+        try:
+            yield self
+        finally:
+            self.close()
 
     def write_at(self, offset: int, data: memoryview) -> None:
         self.zeros_to(offset)
@@ -416,7 +473,7 @@ class StdoutTarget:
                 data = data[n:]
                 self.position += n
         except BrokenPipeError as exc:
-            raise TargetError("standard output was closed by the reader (a broken pipe)") from exc
+            raise TargetError(f"{self.path} was closed by its reader (a broken pipe)") from exc
         except OSError as exc:
             raise _oserror(exc, self.path, "writing") from exc
 
@@ -440,3 +497,11 @@ class StdoutTarget:
 
     def current_size(self) -> int:
         return self.position
+
+    def close(self) -> None:
+        if self.fd > 2:
+            os.close(self.fd)
+            self.fd = -1
+
+
+StdoutTarget = StreamTarget  # DEST `-`

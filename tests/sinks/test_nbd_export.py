@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from importer.errors import FormatError
-from importer.sinks.nbd_export import (
+from importer.nbd_protocol import (
     IHAVEOPT,
     NBDMAGIC,
     OPT_EXPORT_NAME,
     REQUEST_MAGIC,
     SIMPLE_REPLY_MAGIC,
-    NbdExport,
 )
+from importer.sinks.nbd_export import NbdExport
 from importer.sinks.qemu import QemuInput, qemu_info
 
 DATA = random.Random(5).randbytes(3 << 20)

@@ -16,7 +16,7 @@ import pytest
 from importer.config import build_config
 from importer.engine import run_import
 from importer.errors import TargetError
-from importer.sinks.target import Target
+from importer.sinks.target import Target, dest_kind
 from tests.conftest import ROOT, Images, Nginx, importer_cli, same_disk
 
 
@@ -31,22 +31,24 @@ def test_planted_partial_symlink_is_never_followed(images: Images, tmp_path: Pat
     assert (tmp_path / "disk.img.partial").is_symlink() and not dest.exists()
 
 
-def test_planted_symlink_at_dest_is_replaced_not_followed(images: Images, tmp_path: Path
-                                                           ) -> None:
+def test_planted_symlink_at_dest_is_neither_replaced_nor_followed(images: Images,
+                                                                  tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     dest = tmp_path / "disk.img"
     dest.symlink_to(victim)
-    run_import(build_config(source=str(images["disk.raw"]), dest=str(dest)))
+    with pytest.raises(TargetError, match="is a symbolic link to"):
+        run_import(build_config(source=str(images["disk.raw"]), dest=str(dest)))
     assert victim.read_bytes() == b"precious"
-    assert not dest.is_symlink() and same_disk(dest, images.raw)
+    assert dest.is_symlink() and not (tmp_path / "disk.img.partial").exists()
 
 
-def test_symlink_to_a_device_outside_dev_is_not_a_block_target(tmp_path: Path) -> None:
+def test_a_link_to_a_character_device_is_never_a_file_target(tmp_path: Path) -> None:
     link = tmp_path / "disk.img"
-    link.symlink_to("/dev/null")  # a character device, but the rule is the path's place
-    target = Target(link)
-    assert not target.is_block and target.write_path == tmp_path / "disk.img.partial"
+    link.symlink_to("/dev/null")  # only classified: nothing is opened or written
+    assert dest_kind(link) == "stream"
+    with pytest.raises(TargetError, match="character device or FIFO"):
+        Target(link)
 
 
 def test_stale_partial_of_a_killed_import_is_removed(images: Images, tmp_path: Path) -> None:
