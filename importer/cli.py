@@ -32,6 +32,21 @@ __all__ = ["main"]
 log = logging.getLogger("importer")
 
 
+MIN_PROGRESS_INTERVAL = 0.05
+
+
+def _interval(text: str) -> float:
+    """--progress-interval: 0 or less printed lines in a busy loop (420,000 in 3 s)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not MIN_PROGRESS_INTERVAL <= value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text} seconds: give at least {MIN_PROGRESS_INTERVAL} (or --progress none)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="importer",
@@ -51,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="result format on stdout")
         sp.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                         help="auto: a bar on a terminal, else a line every few seconds")
-        sp.add_argument("--progress-interval", type=float, default=5.0, metavar="SECONDS",
+        sp.add_argument("--progress-interval", type=_interval, default=5.0, metavar="SECONDS",
                         help="seconds between progress lines (default 5)")
         sp.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: one JSON object a line on stderr, as the pod logs")
@@ -344,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = ProgressReporter(progress, mode, interval=args.progress_interval,
                            json_lines=args.log_format == "json")
     try:
+        if args.command == "import" and not args.dest:
+            raise ConfigError("DEST is empty: name a file, a block device, or - for standard "
+                              "output")
         config = build_config(
             source=args.source,
             dest=getattr(args, "dest", ""),

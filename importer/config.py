@@ -351,7 +351,12 @@ def validate_config(
     url_user = url_password = None
     if front.url_credentials:
         source, url_user, url_password = split_userinfo(source)
-    parts = urlsplit(source)
+    try:
+        parts = urlsplit(source)
+    except ValueError as exc:  # the source itself is not shown: it may hold a password
+        raise ConfigError(f"{name('source')} is not a valid URL ({exc}); check its brackets "
+                          "and characters (an IPv6 host is written http://[::1]:8080/...)"
+                          ) from None
     kind_name = "auto"
     if not source:
         problem("source", f"{name('source')} is empty: it must name the image to import")

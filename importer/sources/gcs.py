@@ -155,17 +155,15 @@ class GcsSource:
         session.proxies = {k: v for k, v in self.opts.proxies.items() if k in ("http", "https")}
         session.verify = verify_setting(self.opts)
         options = {"api_endpoint": self.loc.endpoint} if self.loc.endpoint else None
-        creds, project = self._creds, self._project
-        if creds is None:
-            client = storage.Client(project=project, credentials=AnonymousCredentials(),
-                                    _http=session, client_options=options)
-        else:
-            from google.auth.transport.requests import AuthorizedSession
+        from google.auth.transport.requests import AuthorizedSession
 
-            authed = AuthorizedSession(creds)
-            authed.trust_env, authed.proxies, authed.verify = False, session.proxies, session.verify
-            client = storage.Client(project=project, credentials=creds, _http=authed,
-                                    client_options=options)
+        # an AuthorizedSession even for anonymous reads: the client asks its transport about
+        # mTLS (`is_mtls`), which a plain requests.Session does not know (it crashed)
+        creds = self._creds if self._creds is not None else AnonymousCredentials()
+        authed = AuthorizedSession(creds)
+        authed.trust_env, authed.proxies, authed.verify = False, session.proxies, session.verify
+        client = storage.Client(project=self._project, credentials=creds, _http=authed,
+                                client_options=options)
         self._local.client = client
         return client
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from ..errors import SourceError
 from .options import (
     GcsOptions,
     ImageioOptions,
@@ -144,24 +145,44 @@ def _registry(config: ImportConfig) -> Source:
 
 
 def _file(config: ImportConfig) -> Source:
+    import io
+    import os
+    import stat
+
     from .file import FileSource
+    from .once import StreamSource
 
     if config.source == "-":  # standard input: a file redirected in, or a pipe
-        import io
-        import os
-        import stat
-
-        if stat.S_ISREG(os.fstat(0).st_mode):
+        try:
+            mode = os.fstat(0).st_mode
+        except OSError:
+            raise SourceError("standard input is closed, so SOURCE - has nothing to read; "
+                              "redirect a file or a pipe into it, or name the image") from None
+        if stat.S_ISREG(mode):
             return FileSource(Path("/proc/self/fd/0"))
-        from .once import StreamSource
-
+        if stat.S_ISDIR(mode):
+            raise SourceError("standard input is a directory; redirect an image file into it")
         return StreamSource(io.FileIO(0, closefd=False), None, "standard input",
                             reason="standard input is a pipe, which cannot be read twice or "
                                    "at random")
 
     scheme = urlsplit(config.source).scheme
-    path = unquote(urlsplit(config.source).path) if scheme == "file" else config.source
-    return FileSource(Path(path))
+    path = Path(unquote(urlsplit(config.source).path) if scheme == "file" else config.source)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = 0  # FileSource names what is missing
+    except OSError as exc:
+        raise SourceError(f"cannot open source file {path}: {exc.strerror}") from exc
+    if stat.S_ISDIR(mode):
+        raise SourceError(f"source {path} is a directory; name the image file inside it")
+    if stat.S_ISFIFO(mode):  # a named pipe, or a shell's <(command): read once, in order
+        return StreamSource(io.FileIO(path, "rb"), None, str(path),
+                            reason=f"{path} is a pipe, which cannot be read twice or at random")
+    if stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+        raise SourceError(f"source {path} is a character device or socket, which has no end "
+                          "to import to; name an image file, a block device or a pipe")
+    return FileSource(path)
 
 
 _COMMON_HTTP = ("IMPORTER_ENDPOINT", "IMPORTER_ACCESS_KEY_ID", "IMPORTER_SECRET_KEY",

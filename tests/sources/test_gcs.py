@@ -257,3 +257,18 @@ def test_pod_gcs_source_over_plain_http(nginx: Nginx, images: Images, tmp_path: 
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert same_disk(images.raw, tmp_path / "data" / "disk.img")
+
+
+def test_anonymous_reads_of_google_build_their_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials and Google's own endpoint: the client asked its transport about mTLS and
+    crashed before any request (`'Session' object has no attribute 'is_mtls'`). No request is
+    sent here (no network): the URL the first request would use is built."""
+    import threading
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    src = GcsSource.__new__(GcsSource)
+    src.loc, src.opts, src._local = parse_gcs_url("gs://public/disk.img"), HttpOptions(), \
+        threading.local()
+    src._creds, src._project = None, "anonymous"
+    url = src._client()._connection.build_api_url("/b/public/o/disk.img")
+    assert url.startswith("https://storage.googleapis.com/storage/v1/b/public/o/disk.img")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -565,6 +566,26 @@ def test_oci_layout_directory(disks: Disks, images: Images, tmp_path: Path) -> N
     cli = importer_cli("import", f"oci:{disks.layout}:whiteout", tmp_path / "w.img")
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "w.img").read_bytes() == disks.b.read_bytes()
+
+
+def test_a_layout_blob_that_is_a_fifo_is_refused_not_waited_on(disks: Disks,
+                                                                tmp_path: Path) -> None:
+    """A planted FIFO as a layer blob: opened without blocking and refused (it hung)."""
+    import shutil
+
+    layout = tmp_path / "layout"
+    shutil.copytree(disks.layout, layout)
+    index = json.loads((layout / "index.json").read_text())
+    mdigest = next(m["digest"] for m in index["manifests"]
+                   if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "qcow2")
+    manifest = json.loads((layout / "blobs/sha256" / mdigest.split(":")[1]).read_text())
+    blob = layout / "blobs/sha256" / manifest["layers"][0]["digest"].split(":")[1]
+    blob.unlink()
+    os.mkfifo(blob)
+    cli = importer_cli("import", f"oci:{layout}:qcow2", tmp_path / "q.img", timeout=60)
+    assert cli.returncode == 1, cli.stderr
+    assert "not a regular file" in cli.stderr and "Traceback" not in cli.stderr
+    assert not (tmp_path / "q.img").exists()
 
 
 def test_a_docker_credential_helper_is_run(secure: Registry, secure_image: str,

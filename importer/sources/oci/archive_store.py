@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
+import stat
 import tarfile
 import threading
 from pathlib import Path
@@ -79,6 +81,18 @@ class _LayoutStore:
         return os.preadv(fd, [memoryview(buf)[:n]], start + offset) if n else 0
 
 
+def _open_regular(path: Path, *, follow: bool = False) -> int:
+    """Open a blob or archive that must be a regular file. O_NONBLOCK: a FIFO planted as a blob
+    would otherwise block the open (and every read) forever; it is refused instead."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device, socket or directory)")
+    os.set_blocking(fd, True)
+    return fd
+
+
 class DirectoryStore(_LayoutStore):
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -94,7 +108,7 @@ class DirectoryStore(_LayoutStore):
         with self._lock:
             if name not in self._fds:
                 try:
-                    fd = os.open(self._root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    fd = _open_regular(self._root / name)
                 except FileNotFoundError:
                     raise KeyError(name) from None
                 except OSError as exc:
@@ -121,7 +135,7 @@ class ArchiveStore(_LayoutStore):
         super().__init__()
         self.where = f"{self.transport} {path}"
         try:
-            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = _open_regular(path, follow=True)
         except FileNotFoundError as exc:
             raise SourceNotFoundError(f"{self.where}: no such file") from exc
         except OSError as exc:
