@@ -24,7 +24,6 @@ import fcntl
 import io
 import logging
 import os
-import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -62,6 +61,22 @@ def _safe_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+class _Tally(io.RawIOBase):
+    """Counts what tarfile reads; closing it leaves the stream open (the checksum reads on)."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._raw.readinto(b) or 0
+        self.count += n
+        return n
+
+
 class Extraction:
     def __init__(self, dest: Path, progress: Progress, limit: int | None = None) -> None:
         self.dest = dest
@@ -94,8 +109,9 @@ class Extraction:
 
     def run(self, stream: io.RawIOBase) -> ArchiveResult:
         result = ArchiveResult()
+        counted = _Tally(stream)  # to find the end-of-archive blocks
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed with the stream
+            tf = tarfile.open(fileobj=counted, mode="r|")  # noqa: SIM115 - closed with the stream
         except tarfile.TarError as exc:
             raise FormatError(f"the data is not a tar archive: {exc}") from exc
         try:
@@ -123,6 +139,12 @@ class Extraction:
                     result.skipped += 1
         except tarfile.TarError as exc:
             raise FormatError(f"the tar archive is damaged: {exc}") from exc
+        # tarfile takes the end of the data at a member boundary as the end of the archive; a
+        # whole archive ends with zero blocks after its last member, a cut one does not
+        if counted.count - tf.offset < tarfile.BLOCKSIZE:
+            raise FormatError(f"the tar archive is truncated: it ends after {counted.count} "
+                              "bytes, at a member boundary, without its end-of-archive blocks "
+                              "(a transfer cut short?); send it again")
         return result
 
     def _check_room(self, member: tarfile.TarInfo) -> None:
@@ -181,7 +203,8 @@ class Extraction:
         files were fsynced when written, the directories holding them are fsynced now."""
         try:
             _merge(self.staging, self.dest)
-            shutil.rmtree(self.staging, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                remove_tree(self.staging)  # empty by now
             dirs = {self.dest.joinpath(*parts[:-1]) for parts in self._written} | {self.dest}
             for d in sorted(dirs):
                 fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -196,11 +219,13 @@ class Extraction:
         log.info("Successfully completed fsync(%s) syscall, committed to disk", self.dest)
 
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-        if self.created_dest:
-            with contextlib.suppress(OSError):
-                self.dest.rmdir()  # only if empty: what this import created, nothing else
-        self._unlock()
+        try:
+            remove_tree(self.staging)
+            if self.created_dest:
+                with contextlib.suppress(OSError):
+                    self.dest.rmdir()  # only if empty: what this import created, nothing else
+        finally:
+            self._unlock()
 
 
 def _write_sparse(out: IO[bytes], chunk: bytes) -> None:
@@ -224,24 +249,67 @@ def _member_error(exc: OSError, name: str) -> TargetError | FormatError:
 
 
 def _merge(src: Path, dst: Path) -> None:
-    for entry in os.scandir(src):
-        target = dst / entry.name
-        if entry.is_dir(follow_symlinks=False):
-            if target.is_dir() and not target.is_symlink():
-                _merge(Path(entry.path), target)
-                continue
-            if target.exists() or target.is_symlink():
-                _remove(target)
-        elif target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(entry.path, target)
+    """Move src's entries into dst, directory by directory. Iterative: an archive may nest
+    directories deeper than Python's recursion limit."""
+    pending = [(src, dst)]
+    while pending:
+        source, dest = pending.pop()
+        for entry in os.scandir(source):
+            target = dest / entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if target.is_dir() and not target.is_symlink():
+                    pending.append((Path(entry.path), target))
+                    continue
+                if target.exists() or target.is_symlink():
+                    _remove(target)
+            elif target.is_dir() and not target.is_symlink():
+                remove_tree(target)
+            os.replace(entry.path, target)
 
 
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
+        remove_tree(p)
     else:
         p.unlink()
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf without recursion (shutil.rmtree recursed into a 3000-deep archive and died with
+    a RecursionError, keeping the volume's lock), without PATH_MAX (names are relative to one
+    open directory) and without following links. One directory fd is open at a time: up
+    through "..", down by name."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    names: list[str] = []  # the way down from `path`
+    try:
+        while True:
+            child = None
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        child = entry.name
+                        break
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=fd)
+            if child is not None:
+                down = os.open(child, flags, dir_fd=fd)
+                os.close(fd)
+                fd = down
+                names.append(child)
+                continue
+            if not names:
+                break
+            up = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
 
 
 def extract_tar(stream: io.RawIOBase, dest: Path, progress: Progress, limit: int | None = None

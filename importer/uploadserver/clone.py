@@ -18,6 +18,7 @@ from typing import IO, Any
 from ..config import ContentType, ImportConfig
 from ..errors import FormatError
 from ..formats.snappy_framed import SnappyFramedReader
+from ..podconfig import available_space
 from ..uploadconfig import UploadSettings
 from .body import BodySource
 
@@ -36,14 +37,38 @@ def receive_clone(body: io.RawIOBase, kind: str, settings: UploadSettings,
                               content_type=ContentType.ARCHIVE, source_kind="upload")
         run_import(config, cancel=cancel, source=BodySource(decoded, None, "clone"))
         return False
-    stream: io.RawIOBase = decoded
+    stream: io.RawIOBase = _NotEmpty(decoded)
     if kind == "filesystem-clone":  # a filesystem's tar into a block device: its disk.img
         stream = _disk_image_member(decoded)
-    config = ImportConfig(source="clone", dest=settings.destination,
+    # the same limit as an upload: the volume's size, or UPLOAD_IMAGE_SIZE on a filesystem
+    available = available_space(settings.destination if settings.block else settings.data_dir,
+                                settings.block, settings.image_size)
+    config = ImportConfig(source="clone", dest=settings.destination, size_limit=available,
                           preallocation=settings.preallocation, source_kind="upload")
     result = run_import(config, cancel=cancel,
                         source=BodySource(stream, None, "clone", guest_data=True))
     return result.preallocated
+
+
+class _NotEmpty(io.RawIOBase):
+    """A disk clone with no bytes at all is a broken cloner, not an empty disk: it fails before
+    the target is committed (it was "Clone Complete")."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self._raw = raw
+        self._seen = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._raw.readinto(b) or 0
+        if n:
+            self._seen = True
+        elif not self._seen:
+            raise FormatError("the clone stream carried no disk data (an empty source, or a "
+                              "cloner that stopped before its first byte); clone again")
+        return n
 
 
 class _Member(io.RawIOBase):
@@ -55,16 +80,22 @@ class _Member(io.RawIOBase):
         return True
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._f.read(len(b))
+        try:
+            data = self._f.read(len(b))
+        except tarfile.TarError as exc:
+            raise FormatError(f"the filesystem clone's tar is damaged: {exc}") from exc
         memoryview(b)[: len(data)] = data
         return len(data)
 
 
 def _disk_image_member(stream: io.RawIOBase) -> io.RawIOBase:
-    tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - lives as long as the member
-    for member in tf:
-        if "disk.img" in member.name and member.isreg():
-            f = tf.extractfile(member)
-            assert f is not None
-            return _Member(f, tf)
+    try:
+        tf = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - lives as long as the member
+        for member in tf:
+            if "disk.img" in member.name and member.isreg():
+                f = tf.extractfile(member)
+                assert f is not None
+                return _Member(f, tf)
+    except tarfile.TarError as exc:
+        raise FormatError(f"the filesystem clone is not a whole tar archive: {exc}") from exc
     raise FormatError("the filesystem clone holds no disk.img to write to the block device")

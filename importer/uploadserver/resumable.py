@@ -36,7 +36,9 @@ class ResumableBody(io.RawIOBase):
         self.offset = 0  # bytes handed to the pipeline
         self._q: queue.Queue[bytes] = queue.Queue(maxsize=16)
         self._cur = memoryview(b"")
+        self._eof = False  # readers may ask again after the end (the checksum reader does)
         self._cancel = cancel
+        self.abandoned = threading.Event()  # DELETE, or the deadline: the import stops
         self.failed: BaseException | None = None  # the pipeline's error, for the writers
         self.patch_lock = threading.Lock()  # one PATCH at a time
 
@@ -45,13 +47,19 @@ class ResumableBody(io.RawIOBase):
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self._cur:
+            if self._eof:
+                return 0
             try:
                 chunk = self._q.get(timeout=0.5)
             except queue.Empty:
                 if self._cancel.is_set():
                     raise CancelledError(15) from None
+                if self.abandoned.is_set():
+                    raise SourceContentError("the resumable upload was given up (terminated "
+                                             "by its client, or its deadline passed)") from None
                 continue
             if chunk is _END:
+                self._eof = True
                 return 0
             self._cur = memoryview(chunk)
         n = min(len(b), len(self._cur))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.message
+import email.utils
 import http.server
 import json
 import logging
@@ -50,6 +51,21 @@ TUS_HEADERS = {"Tus-Resumable": "1.0.0", "Tus-Version": "1.0.0"}
 CONTENT_TYPE_HEADER = "x-cdi-content-type"
 #: ours: `algo:hex` of the body as sent, verified before the upload counts as done
 CHECKSUM_HEADER = "x-cdi-checksum"
+
+
+class BadRequest(ImporterError):
+    """A request the server refuses as HTTP says (RFC 9112): answered with `status`, and the
+    connection closed (what follows on it cannot be trusted to be a new request)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+#: connections served at once (each is a thread); more are closed at accept
+MAX_CONNECTIONS = 64
+#: seconds a client has for its TLS handshake (a half-open connection holds a slot)
+HANDSHAKE_SECONDS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +109,11 @@ class Resumable:
     ended: threading.Event
     outcome: dict[str, Any]
 
+    def idle(self) -> bool:
+        """Waiting for bytes with no PATCH bringing them: what a deadline may end."""
+        return (not self.ended.is_set() and self.body.offset < self.body.length
+                and not self.body.patch_lock.locked())
+
 
 class UploadServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
@@ -105,6 +126,7 @@ class UploadServer(http.server.ThreadingHTTPServer):
         self.cancel = cancel
         super().__init__(settings.listen, Handler)
         self.ctx = tls_context(settings)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -117,6 +139,21 @@ class UploadServer(http.server.ThreadingHTTPServer):
         # the handshake runs in the connection's thread, not in accept(): a slow client must
         # not hold up the others
         return self.ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), addr
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """A slot per connection: past MAX_CONNECTIONS a new one is closed at once, so
+        half-open or idle clients cannot make a thread each without bound."""
+        if self.slots.acquire(blocking=False):
+            return True
+        log.warning("%d connections are open; closing the one from %s", MAX_CONNECTIONS,
+                    client_address[0])
+        return False
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 #: Go's cipher suite names (IANA's, which CDI's controller passes) to OpenSSL's
@@ -172,8 +209,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         try:
-            self.request.settimeout(self.timeout)
+            self.request.settimeout(HANDSHAKE_SECONDS)
             self.request.do_handshake()
+            self.request.settimeout(self.timeout)
         except (ssl.SSLError, OSError) as exc:
             log.info("TLS handshake with %s failed: %s", self.client_address[0], exc)
             self.close_connection = True
@@ -207,14 +245,33 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._patch(upload)
 
     def do_DELETE(self) -> None:
-        self._other()
+        """tus termination: the client gives a resumable upload up; its import stops and
+        removes what it wrote, and the server takes a new upload."""
+        if not urlsplit(self.path).path.startswith(PREFIX + "/"):
+            self._other()
+            return
+        upload = self._resumable()
+        if upload is None:
+            return
+        if upload.ended.is_set() and "error" not in upload.outcome:
+            self._reply(409, "the upload is complete; it cannot be terminated", close=True)
+            return
+        upload.body.abandoned.set()
+        if not upload.ended.wait(60):
+            self._reply(500, "the upload's import did not stop in time", close=True)
+            return
+        self.send_response(204)
+        for k, v in TUS_HEADERS.items():
+            self.send_header(k, v)
+        self.end_headers()
 
     def do_OPTIONS(self) -> None:
         if urlsplit(self.path).path.startswith(PREFIX):
             self.send_response(204)
             for k, v in TUS_HEADERS.items():
                 self.send_header(k, v)
-            self.send_header("Tus-Extension", "creation")
+            self.send_header("Tus-Extension", "creation,termination" + (
+                ",expiration" if self.server.settings.deadline is not None else ""))
             self.end_headers()
         else:
             self._other()
@@ -317,6 +374,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._reply(400, "Upload-Length is required (the upload's size in bytes)",
                         close=True)
             return
+        available = import_config(self.server.settings, content).size_limit
+        if available is not None and int(length) > available:
+            self._failed(TargetTooSmallError(
+                f"the upload's length {length} is larger than the volume ({available} bytes)",
+                required=int(length), available=available))
+            return
         state = self.server.state
         with state.lock:
             if state.uploading or state.processing:
@@ -353,6 +416,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Location", f"{PREFIX}/{upload_id}")
         self.send_header("Upload-Offset", "0")
+        if self.server.settings.deadline is not None:  # abandoned uploads end there
+            self.send_header("Upload-Expires", email.utils.format_datetime(
+                self.server.settings.deadline.astimezone(UTC), usegmt=True))
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -369,8 +435,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._reply(409, f"the upload is at offset {upload.body.offset}", close=True)
                 return
             try:
-                body, _ = self._body()
+                body, size = self._body()
+                left = upload.body.length - upload.body.offset
+                if size is not None and size > left:
+                    raise BadRequest(413, f"the PATCH carries {size} bytes, and the upload has "
+                                          f"{left} left of its Upload-Length")
                 upload.body.append(body.read)
+                if upload.body.offset == upload.body.length and body.read(1):
+                    # chunked: more than Upload-Length; never parsed as another request
+                    raise BadRequest(413, "the PATCH carries more bytes than Upload-Length")
+            except BadRequest as exc:
+                self._reply(exc.status, str(exc), close=True)
+                return
             except ImporterError as exc:
                 if upload.body.failed is None:  # the connection broke: resumable
                     log.info("PATCH ended at offset %d: %s", upload.body.offset, exc)
@@ -401,9 +477,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # ---------------------------------------------------------------- upload
 
     def _body(self) -> tuple[RequestBody, int | None]:
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        length = self.headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() and not chunked else None
+        """The body's framing, as RFC 9112 section 6 asks: a Transfer-Encoding other than
+        exactly chunked is 501; both headers, or Content-Lengths that disagree or are not
+        numbers, are 400 (a second reading of the framing is how requests are smuggled)."""
+        encodings = [e.strip().lower() for v in self.headers.get_all("Transfer-Encoding", [])
+                     for e in v.split(",")]
+        lengths = {v.strip() for h in self.headers.get_all("Content-Length", [])
+                   for v in h.split(",")}
+        if encodings and encodings != ["chunked"]:
+            raise BadRequest(501, f"Transfer-Encoding {', '.join(encodings)} is not supported; "
+                                  "send the body as it is or chunked")
+        if encodings and lengths:
+            raise BadRequest(400, "the request has both a Transfer-Encoding and a "
+                                  "Content-Length; send one")
+        if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
+            raise BadRequest(400, "the request's Content-Length is not one number")
+        chunked = bool(encodings)
+        size = int(next(iter(lengths))) if lengths else None
         if size is None and not chunked:
             raise TargetError("the upload has neither a Content-Length nor chunked encoding")
         return RequestBody(self.rfile, size, chunked=chunked), size  # type: ignore[arg-type]
@@ -429,6 +519,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise
         except ImporterError as exc:
             self._failed(exc)
+            return
+        except Exception as exc:  # a bug: the client still gets an answer, the server goes on
+            log.exception("internal error while saving the upload")
+            self._failed(ImporterError(f"internal error (please report): {exc!r}"))
             return
         self._reply(200)  # answered before the server is told it is done (and exits)
         self._succeeded(applied, clone)
@@ -498,6 +592,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """CDI's answers: 400 for what does not fit, 500 for the rest; the server stays up so
         the client can try again."""
         log.error("Saving stream failed: %s", exc)
+        if isinstance(exc, BadRequest):
+            self._reply(exc.status, str(exc), close=True)
+            return
         capacity = isinstance(exc, TargetTooSmallError) or (
             isinstance(exc, TargetError) and ("no space left" in str(exc)))
         if capacity:
@@ -607,9 +704,16 @@ def _deadline_passed(settings: UploadSettings, state: UploadState) -> bool:
     if datetime.now(UTC) < settings.deadline:
         return False
     with state.lock:
-        busy = state.uploading or state.processing
+        idle = [u for u in state.resumable.values() if u.idle()]
+        busy = state.uploading or (state.processing and len(idle) < len(state.resumable)) or (
+            state.processing and not state.resumable)
     if busy:  # an upload in flight is waited for
         return False
+    for upload in idle:  # created, then abandoned: given up as DELETE would
+        log.info("deadline passed: giving up the resumable upload stopped at offset %d",
+                 upload.body.offset)
+        upload.body.abandoned.set()
+        upload.ended.wait(60)
     log.info("deadline %s passed while idle", settings.deadline.isoformat())
     return True
 
