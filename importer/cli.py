@@ -287,8 +287,9 @@ def _import_as(args: argparse.Namespace, config: ImportConfig, bar: ProgressRepo
 
 def _refuse_to_clobber(config: ImportConfig) -> None:
     """An existing file, or a device holding a partition table or a file system (as mkfs
-    asks), is replaced only with --force. A warm stage writes onto its disk by design, and an
-    archive extracts into an existing directory."""
+    asks), is replaced only with --force. A warm stage writes onto its disk by design; an
+    archive may extract into an existing directory, and what its members would replace is
+    checked once they are known (sinks/archive.py)."""
     from .sinks.target import dest_kind
 
     dest = config.dest
@@ -407,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _output_warnings(args, config)
         if args.command == "import" and not args.force and str(config.dest) != "-":
             _refuse_to_clobber(config)
+            # an archive's files replace what the directory holds only with --force, as a
+            # file DEST is (checked when the members are known, before anything is moved)
+            config = dataclasses.replace(config, replace_existing=False)
         if config.image_size and config.image_size % 512:  # whole sectors, as qemu-img does
             config = dataclasses.replace(config, image_size=-(-config.image_size // 512) * 512)
         result: dict[str, Any]

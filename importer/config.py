@@ -173,6 +173,9 @@ class ImportConfig:
     input_format: str | None = None
     #: -O: the plans that convert with qemu-img write this format at once (no raw copy)
     output: OutputSpec | None = None
+    #: an archive may replace what its directory already holds (the pod's and the upload
+    #: server's volumes; the CLI only with --force, as it replaces a file DEST)
+    replace_existing: bool = True
 
     @property
     def delta_of(self) -> str | None:

@@ -16,7 +16,7 @@ def run(st: RunState, plan: Plan) -> None:
     st.progress.plan([("TransferDataDir", 100, True)])
     st.progress.enter("TransferDataDir")
     extraction, stats = extract_tar(st.detected.stream, st.config.dest, st.progress,
-                                    st.config.capacity)
+                                    st.config.capacity, replace=st.config.replace_existing)
     try:
         result.checksum = st.verify_checksum()
         st.source.verify()

@@ -78,8 +78,10 @@ class _Tally(io.RawIOBase):
 
 
 class Extraction:
-    def __init__(self, dest: Path, progress: Progress, limit: int | None = None) -> None:
+    def __init__(self, dest: Path, progress: Progress, limit: int | None = None, *,
+                 replace: bool = True) -> None:
         self.dest = dest
+        self.replace = replace  # False: an entry already in dest is never replaced
         self.progress = progress
         self.limit = limit  # bytes the archive may expand to (--image-size), besides free space
         self.created_dest = not dest.exists()
@@ -201,6 +203,13 @@ class Extraction:
     def commit(self) -> None:
         """Move everything from staging into the destination (same filesystem: renames); the
         files were fsynced when written, the directories holding them are fsynced now."""
+        if not self.replace:
+            clashes = _clashes(self.staging, self.dest)
+            if clashes:
+                more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+                raise TargetError(f"{self.dest} already holds {', '.join(clashes[:3])}{more}, "
+                                  "which the archive would replace; give --force to replace "
+                                  "them (nothing was changed)")
         try:
             _merge(self.staging, self.dest)
             with contextlib.suppress(OSError):
@@ -267,6 +276,26 @@ def _merge(src: Path, dst: Path) -> None:
             os.replace(entry.path, target)
 
 
+def _clashes(src: Path, dst: Path) -> list[str]:
+    """What the merge of src into dst would replace (a directory meeting a directory merges):
+    paths relative to dst."""
+    found: list[str] = []
+    pending = [(src, dst, "")]
+    while pending:
+        source, dest, rel = pending.pop()
+        for entry in os.scandir(source):
+            target = dest / entry.name
+            if not (target.exists() or target.is_symlink()):
+                continue
+            both_dirs = (entry.is_dir(follow_symlinks=False) and target.is_dir()
+                         and not target.is_symlink())
+            if both_dirs:
+                pending.append((Path(entry.path), target, f"{rel}{entry.name}/"))
+            else:
+                found.append(f"{rel}{entry.name}")
+    return sorted(found)
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         remove_tree(p)
@@ -312,9 +341,9 @@ def remove_tree(path: Path) -> None:
     os.rmdir(path)
 
 
-def extract_tar(stream: io.RawIOBase, dest: Path, progress: Progress, limit: int | None = None
-                ) -> tuple[Extraction, ArchiveResult]:
-    ex = Extraction(dest, progress, limit)
+def extract_tar(stream: io.RawIOBase, dest: Path, progress: Progress, limit: int | None = None,
+                *, replace: bool = True) -> tuple[Extraction, ArchiveResult]:
+    ex = Extraction(dest, progress, limit, replace=replace)
     try:
         return ex, ex.run(stream)
     except BaseException:

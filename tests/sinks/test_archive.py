@@ -200,3 +200,26 @@ def test_archive_larger_than_the_free_space_fails_before_filling_it(tmp_path: Pa
         assert sorted(p.name for p in dest.iterdir()) == ["kept"]
     finally:
         subprocess.run(["umount", str(dest)], check=False)
+
+
+def test_replacing_files_in_an_existing_directory_needs_force(tmp_path: Path) -> None:
+    """The same rule as a file DEST (issue 19, item 6): through the CLI, members that would
+    replace what the directory holds need --force; new files and merged directories do not."""
+    from ..conftest import importer_cli
+
+    tar = make_tar(tmp_path / "a.tar", good_members())
+    dest = tmp_path / "out"
+    (dest / "dir").mkdir(parents=True)
+    (dest / "keep.txt").write_bytes(b"mine")
+    r = importer_cli("import", tar, dest, "--content-type", "archive")
+    assert r.returncode == 0, r.stderr  # nothing replaced: dir/ merges, the rest is new
+    assert (dest / "keep.txt").read_bytes() == b"mine"
+    (dest / "dir" / "a.txt").write_bytes(b"changed by the user\n")
+    r = importer_cli("import", tar, dest, "--content-type", "archive")
+    assert r.returncode == 1 and "already holds b.bin, dir/a.txt, dir/sub/c" in r.stderr, r.stderr
+    assert "--force" in r.stderr and "Traceback" not in r.stderr
+    assert (dest / "dir" / "a.txt").read_bytes() == b"changed by the user\n"
+    assert not [p for p in dest.iterdir() if p.name.startswith(".importer")]
+    r = importer_cli("import", tar, dest, "--content-type", "archive", "--force")
+    assert r.returncode == 0, r.stderr
+    assert (dest / "dir" / "a.txt").read_bytes() == b"alpha\n"
