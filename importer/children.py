@@ -9,7 +9,11 @@
 * stdout is handed to a line/chunk callback (progress), stderr is kept (the last 8 KiB) for the
   error message;
 * stopping is terminate, then kill after a grace period, whether the caller returns, raises or
-  is cancelled.
+  is cancelled;
+* a child dies with us even when we cannot stop it (SIGKILL, a crash): util-linux setpriv sets
+  PR_SET_PDEATHSIG before the exec (`guarded`), so no qemu-img or nbdkit goes on writing into
+  a work directory nobody owns. The signal follows the *thread* that started the child, and
+  every caller waits for its child on that thread.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 
 from .errors import CancelledError
 
-__all__ = ["ChildResult", "ServerChild", "child_environment", "limited", "run_child",
+__all__ = ["ChildResult", "ServerChild", "child_environment", "guarded", "limited", "run_child",
            "watch_child"]
 
 log = logging.getLogger(__name__)
@@ -40,15 +44,24 @@ def child_environment() -> dict[str, str]:
     return dict(_CHILD_ENV)
 
 
-def limited(limits: Sequence[str], argv: list[str]) -> list[str]:
-    """argv under prlimit limits such as `--as=BYTES`, `--cpu=SECONDS`."""
-    if not limits:
+def guarded(argv: list[str]) -> list[str]:
+    """argv that is killed (SIGKILL) when the thread that starts it dies."""
+    setpriv = shutil.which("setpriv", path=_CHILD_ENV["PATH"])
+    if not setpriv:  # pragma: no cover - util-linux is essential on Debian
+        log.warning("setpriv not found; %s may outlive us if we are killed", argv[0])
         return argv
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+
+
+def limited(limits: Sequence[str], argv: list[str]) -> list[str]:
+    """argv under prlimit limits such as `--as=BYTES`, `--cpu=SECONDS`, guarded."""
+    if not limits:
+        return guarded(argv)
     prlimit = shutil.which("prlimit")
     if not prlimit:  # pragma: no cover - util-linux is essential on Debian
         log.warning("prlimit not found; %s runs without resource limits", argv[0])
-        return argv
-    return [prlimit, *limits, "--", *argv]
+        return guarded(argv)
+    return guarded([prlimit, *limits, "--", *argv])
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +168,8 @@ class ServerChild:
         fds = _secret_pipe(secret)
         try:
             argv = [a.replace(secret_fd_placeholder, str(fds[0])) if fds else a for a in argv]
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            self.proc = subprocess.Popen(guarded(argv), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, env=child_environment(),
                                          pass_fds=fds)
         finally:

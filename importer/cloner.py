@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .children import guarded
 from .errors import ConfigError, ImporterError, SourceError, TargetError
 from .formats.snappy_framed import frames
 from .metrics import MetricsServer
@@ -82,7 +83,7 @@ def _tar_blocks(mount: Path, sparse: bool, progress: Progress) -> Iterator[bytes
             argv += ["--", *entries]
         else:  # CDI: an empty volume clones as an empty archive
             argv += ["-T", f"/proc/self/fd/{empty_list.fileno()}"]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(guarded(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 pass_fds=(empty_list.fileno(),))
         assert proc.stdout is not None
         while chunk := proc.stdout.read(CHUNK):

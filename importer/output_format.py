@@ -12,15 +12,20 @@ cannot resize every format.
 Both files live in a private directory (mode 0700) created beside DEST, so nobody can plant
 anything where qemu-img creates its output; the result is renamed onto DEST (rename(2) never
 follows a symlink at DEST) only after qemu-img succeeded and the file was fsync'ed.
+
+DEST is locked for the whole run the way a raw import locks it (`DEST.partial`, created
+O_EXCL and flock'ed: a second import to DEST fails at once). Each private directory holds a
+flock'ed `.lock` file; a directory whose lock nobody holds is the leftover of a killed run,
+removed by the next run (its qemu-img died with it: children.guarded).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -31,7 +36,8 @@ from .config import ImportConfig, OutputSpec
 from .errors import ConfigError, TargetError
 from .progress import Progress
 from .result import ImportResult
-from .sinks.target import dest_kind
+from .sinks.archive import remove_tree
+from .sinks.target import Target, dest_kind
 
 __all__ = ["OUTPUT_FORMATS", "import_as", "name_mismatch"]
 
@@ -75,28 +81,29 @@ def import_as(config: ImportConfig, fmt: str, compress: bool, *,
         raise ConfigError(f"-O {fmt} writes a file, and {dest} is not one; a block device, a "
                           "character device, a FIFO or standard output takes raw (leave -O out)")
     parent = dest.parent if str(dest.parent) else Path(".")
-    try:
-        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".importer", dir=parent))
-    except OSError as exc:
-        raise TargetError(f"cannot create a working directory beside {dest}: "
-                          f"{exc.strerror or exc}") from exc
-    try:
+    dest_lock = Target(dest)  # DEST.partial, flock'ed: the destination's lock
+    dest_lock.open()
+    with contextlib.ExitStack() as held:
+        held.callback(dest_lock.abort)  # the lock file goes; DEST is renamed over, not it
+        work = _private_dir(parent, f".{dest.name}.", f"cannot create a working directory "
+                                                      f"beside {dest}")
+        held.callback(_remove_private_dir, work)
         raw_dir = work
         if config.scratch_dir is not None:  # the raw copy where the user keeps scratch space
-            raw_dir = Path(tempfile.mkdtemp(prefix=".importer-raw.", dir=config.scratch_dir))
-        with contextlib.ExitStack() as cleanup:
-            if raw_dir is not work:
-                cleanup.callback(shutil.rmtree, raw_dir, True)
-            raw = raw_dir / "disk.raw"
-            os.close(os.open(raw, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-            spec = OutputSpec(fmt, compress, work / f"disk.{fmt}")
-            result = run(dataclasses.replace(config, dest=raw, output=spec), stage("Import"),
-                         cancel)
-            out = spec.path
-            if result.output_format != fmt:  # a plan that wrote raw: qemu-img converts it
-                log.info("qemu-img writes %s from the raw copy", fmt)
-                _convert(raw, spec, stage(f"Convert to {fmt}"), cancel)
-                result.output_format = fmt
+            raw_dir = _private_dir(config.scratch_dir, ".importer-raw.",
+                                   f"cannot create a directory in {config.scratch_dir}")
+            held.callback(_remove_private_dir, raw_dir)
+        raw = raw_dir / "disk.raw"
+        os.close(os.open(raw, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        spec = OutputSpec(fmt, compress, work / f"disk.{fmt}")
+        result = run(dataclasses.replace(config, dest=raw, output=spec), stage("Import"),
+                     cancel)
+        out = spec.path
+        if result.output_format != fmt:  # a plan that wrote raw: qemu-img converts it
+            log.info("qemu-img writes %s from the raw copy", fmt)
+            _convert(raw, spec, stage(f"Convert to {fmt}"), cancel)
+            result.output_format = fmt
+        raw.unlink()  # its space back before the fsync of the result
         fd = os.open(out, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fsync(fd)
@@ -109,14 +116,70 @@ def import_as(config: ImportConfig, fmt: str, compress: bool, *,
             raise TargetError(f"renaming the {fmt} image onto {dest} failed: "
                               f"{exc.strerror or exc}") from exc
         _fsync_dir(parent)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     result.destination = str(dest)
     result.bytes_written = st.st_blocks * 512  # what the output file holds on disk
     result.duration_seconds = round(time.monotonic() - started, 3)
     log.info("wrote %s as %s: %d bytes on disk for a %s-byte disk", dest, fmt,
              result.bytes_written, result.virtual_size)
     return result
+
+
+PRIVATE_SUFFIX = ".importer"
+
+
+def _private_dir(parent: Path, prefix: str, failure: str) -> Path:
+    """A new directory (0700) holding a flock'ed `.lock` for as long as this process lives;
+    the leftovers of killed runs with the same prefix are removed first."""
+    _remove_leftovers(parent, prefix)
+    try:
+        path = Path(tempfile.mkdtemp(prefix=prefix, suffix=PRIVATE_SUFFIX, dir=parent))
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise TargetError(f"{failure}: {exc.strerror or exc}") from exc
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held until exit: O_CLOEXEC keeps it from children
+    _HELD[path] = fd
+    return path
+
+
+_HELD: dict[Path, int] = {}
+#: a directory of ours without its .lock yet is at most this old (mkdtemp, then the lock)
+_LOCKLESS_GRACE = 60.0
+
+
+def _remove_private_dir(path: Path) -> None:
+    remove_tree(path)
+    fd = _HELD.pop(path, -1)
+    if fd >= 0:
+        os.close(fd)
+
+
+def _remove_leftovers(parent: Path, prefix: str) -> None:
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(prefix)
+                   and e.name.endswith(PRIVATE_SUFFIX) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(os.path.join(entry.path, ".lock"), os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < _LOCKLESS_GRACE:
+                continue  # another run between mkdtemp and its lock
+            fd = -1
+        except OSError:
+            continue
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live run's
+        else:
+            log.warning("removing %s, left behind by an interrupted import", entry.path)
+            with contextlib.suppress(OSError):
+                remove_tree(Path(entry.path))
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
 
 def _convert(raw: Path, spec: OutputSpec, progress: Progress, cancel: threading.Event) -> None:

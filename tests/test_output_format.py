@@ -130,3 +130,94 @@ def test_qemu_img_writes_the_format_at_once_when_it_converts_anyway(
     assert r.returncode == 0 and "from the raw copy" in r.stderr, r.stderr
     assert _info(grown)["virtual-size"] == 64 << 20 and _same_guest(grown, images.raw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.qcow2", "q.vmdk", "v.qcow2"]
+
+
+def _children_named(pid: int, name: str) -> list[int]:
+    """Processes whose parent is `pid` and whose command line holds `name`."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if ppid == pid and name.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+def test_two_output_imports_to_one_dest_exclude_each_other(nginx: Nginx, images: Images,
+                                                           tmp_path: Path) -> None:
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    out = tmp_path / "d.qcow2"
+    first = subprocess.Popen([sys.executable, "-m", "importer", "import",
+                              nginx.url("crawl/disk-ms.vmdk"), str(out), "-O", "qcow2"],
+                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "d.qcow2.partial").exists():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second = importer_cli("import", nginx.url("disk.raw"), out, "-O", "qcow2", "--force")
+        assert second.returncode == 1 and "another import is writing" in second.stderr, \
+            second.stderr
+    finally:
+        first.kill()
+        first.communicate()
+
+
+def test_sigkill_during_output_import_kills_qemu_img_and_the_next_run_cleans_up(
+        nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    """qemu-img dies with us (PR_SET_PDEATHSIG), and the work directory a SIGKILL left is
+    removed by the next run to the same DEST (it was not)."""
+    import signal
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    out = tmp_path / "d.qcow2"
+    proc = subprocess.Popen([sys.executable, "-m", "importer", "import",
+                             nginx.url("crawl/disk-ms.vmdk"), str(out), "-O", "qcow2"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (qemu := _children_named(proc.pid, "qemu-img")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no qemu-img seen"
+            time.sleep(0.05)
+        time.sleep(0.5)  # it is writing
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        deadline = time.monotonic() + 10
+        while _alive(qemu[0]):
+            assert time.monotonic() < deadline, "qemu-img outlived the importer"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert any(n.startswith(".d.qcow2.") and n.endswith(".importer") for n in left), left
+    r = importer_cli("import", nginx.url("disk-ms.vmdk"), out, "-O", "qcow2")
+    assert r.returncode == 0, r.stderr
+    assert "left behind by an interrupted import" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.qcow2"]
+    assert _same_guest(out, images.raw)
