@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import FormatError, SourceContentError, UnsafeImageError
+from .tables import check_vdi_blocks, check_vmdk_grains
 
 __all__ = ["ImageInfo", "ReadAt", "inspect_image", "sniff_format", "vhd_fixed_footer_size"]
 
@@ -82,14 +83,14 @@ def inspect_image(fmt: str, read_at: ReadAt, size: int | None, *,
     if fmt == "qcow2":
         return _qcow2(read_at, backing_allowed)
     if fmt == "vmdk":
-        return _vmdk(read_at)
+        return _vmdk(read_at, size)
     if fmt == "vmdk-descriptor":
         raise UnsafeImageError(
             "this is a VMDK descriptor file: its extents name other files, which would be read "
             "from this host; import the monolithic or -flat.vmdk image itself"
         )
     if fmt == "vdi":
-        return _vdi(read_at)
+        return _vdi(read_at, size)
     if fmt == "vhd":
         return _vhd_dynamic(read_at)
     if fmt == "vhdx":
@@ -182,7 +183,9 @@ def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
 _EXTENT = re.compile(r'^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)")?', re.MULTILINE)
 
 
-def _vmdk(read_at: ReadAt) -> ImageInfo:
+def _vmdk(read_at: ReadAt, size: int | None = None) -> ImageInfo:
+    """`size`: the file's length, when known (not while it streams compressed: the staged copy
+    is inspected again with it); every grain is then checked to lie inside it."""
     h = read_at(0, 80)
     _need(h, 79, "vmdk")
     version, _flags, capacity, grain, desc_off, desc_size, gtes = struct.unpack_from(
@@ -223,12 +226,14 @@ def _vmdk(read_at: ReadAt) -> ImageInfo:
         listed = ", ".join(f"{t} {f!r}" for _a, _s, t, f in extents) or "none"
         raise UnsafeImageError(
             f"vmdk descriptor must name exactly one embedded SPARSE extent, found: {listed}")
+    if size is not None and create_type == "monolithicSparse":
+        check_vmdk_grains(read_at, size, h)
     return ImageInfo("vmdk", capacity * 512, {"create_type": create_type})
 
 
 # --------------------------------------------------------------------------------- vdi
 
-def _vdi(read_at: ReadAt) -> ImageInfo:
+def _vdi(read_at: ReadAt, size: int | None = None) -> ImageInfo:
     h = read_at(0, 0x1C8)
     _need(h, 0x1C8, "vdi")
     image_type = struct.unpack_from("<I", h, 0x4C)[0]
@@ -238,6 +243,8 @@ def _vdi(read_at: ReadAt) -> ImageInfo:
         raise UnsafeImageError("vdi image is a differencing image of another disk; import the base")
     if image_type not in (1, 2):
         raise FormatError(f"vdi image type {image_type} is not supported")
+    if size is not None:  # as for vmdk: every block inside the file
+        check_vdi_blocks(read_at, size, h, disk_size)
     return ImageInfo("vdi", disk_size, {"type": "dynamic" if image_type == 1 else "fixed"})
 
 

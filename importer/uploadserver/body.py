@@ -104,7 +104,10 @@ class FormFile(io.RawIOBase):
     """The content of the first part named `file` of a multipart/form-data body."""
 
     def __init__(self, body: RequestBody, boundary: str) -> None:
+        from python_multipart.exceptions import MultipartParseError
         from python_multipart.multipart import MultipartParser
+
+        self._parse_error: type[Exception] = MultipartParseError  # translated in readinto
 
         self._body = body
         self._pending = bytearray()
@@ -156,7 +159,10 @@ class FormFile(io.RawIOBase):
                 if not self._found:
                     raise SourceContentError("the form has no part named 'file'")
                 raise SourceContentError("the form ended inside its 'file' part")
-            self._parser.write(bytes(memoryview(self._chunk)[:n]))
+            try:
+                self._parser.write(bytes(memoryview(self._chunk)[:n]))
+            except self._parse_error as exc:
+                raise SourceContentError(f"the form upload is malformed: {exc}") from exc
         n = min(len(b), len(self._pending))
         memoryview(b)[:n] = self._pending[:n]
         del self._pending[:n]

@@ -194,9 +194,14 @@ def test_qemu_img_is_always_told_the_format(images: Images, tmp_path: Path,
     monkeypatch.setattr(qemu.subprocess, "Popen", spy_popen)
     run_import(build_config(source=str(images["disk.vdi"]), dest=str(tmp_path / "d.img")))
     qemu_calls = [c for c in calls if any(x.endswith("qemu-img") for x in c)]
-    assert [c[c.index("--") + 2] for c in qemu_calls] == ["info", "convert"]
+    def subcommand(c: list[str]) -> str:
+        return c[next(i for i, x in enumerate(c) if x.endswith("qemu-img")) + 1]
+
+    assert [subcommand(c) for c in qemu_calls] == ["info", "convert"]
     for c, env in zip(qemu_calls, envs, strict=True):
-        assert c[0].endswith("prlimit") and ("--as=1073741824" in c or "--as=4294967296" in c)
+        # killed with us (setpriv), under limits (prlimit)
+        assert c[:4] == [c[0], "--pdeathsig", "KILL", "--"] and c[0].endswith("setpriv")
+        assert c[4].endswith("prlimit") and ("--as=1073741824" in c or "--as=4294967296" in c)
         spec = json.loads(next(x for x in c if x.startswith("json:"))[5:])
         # the driver named, never probed; a backing file never opened; bytes from an fd
         assert spec["driver"] == "vdi" and spec["backing"] is None

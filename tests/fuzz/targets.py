@@ -196,10 +196,61 @@ def qcow2_stream(data: bytes) -> None:
         pass
 
 
+def tables(data: bytes) -> None:
+    """The vmdk and vdi table walkers (truncation checks) over whole images: through the pinned
+    reader, as the importer reads them."""
+    fmt = sniff_format(data[:65536])
+    if fmt not in ("vmdk", "vdi"):
+        return
+    pins = PinnedBytes()
+    with contextlib.suppress(*EXPECTED, UnsafeImageError):
+        info = inspect_image(fmt, pins.reader(lambda off, n: data[off : off + n]), len(data))
+        assert info.virtual_size is not None and info.virtual_size >= 0
+
+
+def http_framing(data: bytes) -> None:
+    """The upload server's request framing (Content-Length, chunked, Transfer-Encoding), the
+    chunked decoder, a tus PATCH body handed to the pipeline, and the multipart form parser."""
+    import http.client
+    import threading
+    import types
+
+    from importer.uploadserver.body import FormFile
+    from importer.uploadserver.resumable import ResumableBody
+    from importer.uploadserver.server import Handler
+
+    head, _, body = data.partition(b"\r\n\r\n")
+    try:
+        headers = http.client.parse_headers(io.BytesIO(head + b"\r\n\r\n"))
+    except http.client.HTTPException:
+        return
+    fake = types.SimpleNamespace(headers=headers, rfile=io.BytesIO(body))
+    try:
+        request, _size = Handler._body(fake)  # type: ignore[arg-type]
+    except ImporterError:
+        return
+    try:
+        if b"boundary=" in head:
+            boundary = head.split(b"boundary=", 1)[1].split(b"\r\n", 1)[0].decode("latin-1")
+            form = FormFile(request, boundary.strip() or "b")
+            while form.read(1 << 16):
+                pass
+            return
+        tus = ResumableBody(len(body) // 2 + 1, threading.Event())
+        tus.append(request.read)
+        got = 0
+        while got < tus.offset and (chunk := tus.read(tus.offset - got)):
+            got += len(chunk)
+        assert got == tus.offset <= tus.length
+    except ImporterError:
+        pass
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "headers": headers, "detection": detection, "codecs": codecs, "xz_index": xz_index,
     "tar": tar_walker, "oci": oci, "termination": termination, "pinned": pinned,
-    "qcow2_random": qcow2_random, "qcow2_stream": qcow2_stream,
+    "qcow2_random": qcow2_random, "qcow2_stream": qcow2_stream, "tables": tables,
+    "http_framing": http_framing,
 }
 
 
@@ -245,7 +296,23 @@ def make_seeds(work: Path) -> dict[str, list[bytes]]:
         "mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "a" * 64,
         "size": 2}, "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
                                 "digest": "sha256:" + "b" * 64, "size": 10}]}).encode()
+    whole = []  # small and complete: every table entry inside the file
+    for fmt, opts in (("vmdk", ["-o", "subformat=monolithicSparse"]), ("vdi", []),
+                      ("vdi", ["-o", "static=on"])):
+        out = work / f"seed-whole-{len(whole)}.{fmt}"
+        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", fmt, *opts, str(raw),
+                        str(out)], check=True)
+        whole.append(out.read_bytes())
+    requests = [
+        b"Content-Length: 10\r\n\r\n0123456789",
+        b"Transfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3;x=y\r\nefg\r\n0\r\nT: 1\r\n\r\n",
+        b"Content-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 92\r\n\r\n"
+        b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nDISK\r\n"
+        b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
+    ]
     return {
+        "tables": whole, "http_framing": requests,
         "headers": images, "detection": images + compressed, "codecs": compressed,
         "xz_index": [c for c in compressed if c.startswith(b"\xfd7zXZ")],
         "tar": [buf.getvalue()], "oci": [manifest, b"docker://quay.io/a/b:1",
