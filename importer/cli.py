@@ -22,6 +22,7 @@ from .config import ContentType, ImportConfig, build_config
 from .engine import inspect_source, run_import
 from .errors import ConfigError, ImporterError
 from .progress import Progress
+from .quantity import is_decimal
 from .reporting import JsonLines, ProgressReporter
 from .result import ImportResult
 from .sources.kinds import selectable_names
@@ -192,7 +193,7 @@ def _klog_compatible(argv: Sequence[str]) -> list[str]:
     """Accept `-v=3` as CDI's controller passes it (argparse would read '=3' as a value)."""
     out = []
     for a in argv:
-        if a.startswith("-v=") and a[3:].isdigit():
+        if a.startswith("-v=") and is_decimal(a[3:]):
             out += ["-v"] * min(int(a[3:]), 3)
         else:
             out.append(a)

@@ -43,6 +43,7 @@ from .podconfig import (
     read_pod_environment,
 )
 from .progress import Progress
+from .quantity import is_decimal
 from .reporting import JsonLines, ProgressReporter
 from .stopping import StopSignals
 from .termination import json_message, text_message, write_termination_message
@@ -63,7 +64,7 @@ def _verbosity(argv: Sequence[str]) -> int:
         m = re.match(r"^--?v=(\d+)$", a)
         if m:
             level = int(m.group(1))
-        elif a in ("-v", "--v") and i + 1 < len(argv) and argv[i + 1].isdigit():
+        elif a in ("-v", "--v") and i + 1 < len(argv) and is_decimal(argv[i + 1]):
             level = int(argv[i + 1])
     return level
 
@@ -78,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     verbosity = _verbosity(args)
     unknown = [a for i, a in enumerate(args) if not _KLOG.match(a)
-               and not (a.isdigit() and i > 0 and args[i - 1] in ("-v", "--v"))]
+               and not (is_decimal(a) and i > 0 and args[i - 1] in ("-v", "--v"))]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=logging.DEBUG if verbosity >= 3 else logging.INFO,

@@ -28,6 +28,7 @@ from .config import (
     validate_config,
 )
 from .errors import ConfigError
+from .quantity import is_decimal
 from .sources.kinds import KINDS, SourceKind, pod_kind
 
 __all__ = [
@@ -119,7 +120,7 @@ def early_settings(env: Mapping[str, str]) -> EarlySettings:
     port = env.get("IMPORTER_METRICS_PORT", "8443")
     return EarlySettings(
         owner_uid=env.get("OWNER_UID", ""),
-        metrics_port=int(port) if port.isdigit() else 8443,  # validated again, with a message
+        metrics_port=int(port) if is_decimal(port) else 8443,  # validated again, with a message
         termination_log=Path(env.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log")
 
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
-__all__ = ["format_bytes", "parse_quantity"]
+__all__ = ["format_bytes", "is_decimal", "parse_quantity"]
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses (a
+    Content-Length of '²3' crashed the upload server's request parsing, found by fuzzing)."""
+    return text.isascii() and text.isdigit()
+
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL: dict[str, Decimal | int] = {

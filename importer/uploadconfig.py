@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .errors import ConfigError
-from .quantity import parse_quantity
+from .quantity import is_decimal, parse_quantity
 
 __all__ = ["ClonerSettings", "UploadSettings", "read_cloner_environment",
            "read_upload_environment"]
@@ -127,7 +127,7 @@ def read_upload_environment(env: Mapping[str, str]) -> UploadSettings:
         problems.append(f"DESTINATION={destination}: neither a block device nor in an existing "
                         f"directory (mount the volume at {data_dir} or {block_dev})")
     port = env.get("LISTEN_PORT") or "8443"
-    if not port.isdigit() or not 0 <= int(port) < 65536:
+    if not is_decimal(port) or not 0 <= int(port) < 65536:
         problems.append(f"LISTEN_PORT={port!r}: use a port number")
         port = "8443"
     if problems:
@@ -152,7 +152,7 @@ def read_cloner_environment(env: Mapping[str, str]) -> ClonerSettings:
                                                    "UPLOAD_URL") if not env.get(name)]
     preallocation = _bool("PREALLOCATION", env.get("PREALLOCATION", ""), problems)
     port = env.get("CLONER_METRICS_PORT") or "8443"  # ours, for tests; CDI's is 8443
-    if not port.isdigit():
+    if not is_decimal(port):
         problems.append(f"CLONER_METRICS_PORT={port!r}: use a port number")
         port = "8443"
     if problems:

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -c 'import atheris' 2>/dev/null || .venv/bin/python -m pip install -q '.[fuzz]'
+.venv/bin/python -c 'import atheris' 2>/dev/null || .venv/bin/python -m pip install -q -e '.[fuzz]'  # -e: keep the checkout's code installed
 seconds=${2:-60}
 targets=${1:-"headers detection codecs xz_index tar oci termination pinned qcow2_random qcow2_stream tables http_framing"}
 mkdir -p fuzz-artifacts

@@ -28,6 +28,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from isal import isal_zlib
 
@@ -40,6 +41,7 @@ __all__ = [
     "Qcow2Disk",
     "Qcow2Header",
     "be64_table",
+    "check_l2",
     "compressed_range",
     "data_offset",
     "decompress_cluster",
@@ -47,6 +49,7 @@ __all__ = [
     "layout",
     "parse_header",
     "reads_zero",
+    "sector_size",
 ]
 
 ReadInto = Callable[[int, bytearray | memoryview], int]
@@ -80,9 +83,23 @@ class Qcow2Header:
         return 1 << self.cluster_bits
 
 
+#: qemu's bounds (block/qcow2.h): refcount table bytes, snapshots, snapshot table bytes
+QCOW_MAX_REFTABLE_SIZE = 8 << 20
+QCOW_MAX_SNAPSHOTS = 65536
+QCOW_MAX_SNAPSHOTS_SIZE = 64 << 20
+SNAPSHOT_HEADER_MIN = 40  # a snapshot table entry's fixed part
+
+
+def sector_size(size: int) -> int:
+    """The virtual size qemu exposes: whole sectors, rounded *down* (bs->total_sectors =
+    size / 512), where a raw file's length is rounded up."""
+    return size - size % 512
+
+
 def parse_header(h: bytes, *, backing: bool = False) -> Qcow2Header:
-    """The header; `backing` (a delta stage) accepts a backing file, which is never opened:
-    its clusters are simply not part of the delta."""
+    """The header, checked as qemu's qcow2_do_open checks it (an image qemu refuses is refused
+    here too, with qemu's reason); `backing` (a delta stage) accepts a backing file, which is
+    never opened: its clusters are simply not part of the delta."""
     if len(h) < 72 or not h.startswith(b"QFI\xfb"):
         raise FormatError("not a qcow2 header")
     (version, backing_off, _blen, cluster_bits, size, crypt, l1_size, l1_offset) = \
@@ -91,6 +108,8 @@ def parse_header(h: bytes, *, backing: bool = False) -> Qcow2Header:
         raise FormatError(f"qcow2 version {version} is not supported (2 and 3 are)")
     if not 9 <= cluster_bits <= 21:
         raise FormatError(f"qcow2 cluster_bits {cluster_bits} is invalid")
+    _check_open(h, version, cluster_bits, l1_offset, l1_size)
+    size = sector_size(size)
     if backing_off and not backing:
         raise UnsafeImageError("qcow2 image has a backing file; refusing")
     if crypt:
@@ -115,6 +134,44 @@ def parse_header(h: bytes, *, backing: bool = False) -> Qcow2Header:
                 raise FormatError(f"qcow2 compression type {ctype} is unknown (0 zlib, 1 zstd)")
             compression = "zstd" if ctype == 1 else "zlib"
     return Qcow2Header(version, cluster_bits, size, l1_size, l1_offset, compression, ext_l2)
+
+
+def _check_open(h: bytes, version: int, cluster_bits: int, l1_offset: int, l1_size: int
+                ) -> None:
+    """qcow2_do_open's refusals that do not depend on reading tables: each exits 0 in a
+    reader that skips them, where qemu-img fails."""
+    cs = 1 << cluster_bits
+    refcount_offset, refcount_clusters, nb_snapshots, snapshots_offset = \
+        struct.unpack_from(">QIIQ", h, 48)
+    if version == 3:
+        if len(h) < 104:
+            raise FormatError("truncated qcow2 v3 header")
+        refcount_order, header_length = struct.unpack_from(">II", h, 96)
+        if header_length < 104:
+            raise FormatError(f"qcow2 header_length {header_length} is too small (104 at least)")
+        if header_length > cs:
+            raise FormatError("qcow2 header exceeds cluster size")
+        if refcount_order > 6:
+            raise FormatError("qcow2 reference count entry width too large; may not exceed 64 "
+                              f"bits (refcount_order {refcount_order})")
+    if refcount_offset % cs:
+        raise FormatError(f"qcow2 invalid reference count table offset {refcount_offset} (not "
+                          "cluster-aligned)")
+    if refcount_clusters == 0:
+        raise FormatError("qcow2 image does not contain a reference count table")
+    if refcount_clusters > QCOW_MAX_REFTABLE_SIZE >> cluster_bits:
+        raise FormatError(f"qcow2 reference count table too large ({refcount_clusters} "
+                          "clusters)")
+    if nb_snapshots > QCOW_MAX_SNAPSHOTS or nb_snapshots * SNAPSHOT_HEADER_MIN > \
+            QCOW_MAX_SNAPSHOTS_SIZE:
+        raise FormatError(f"qcow2 snapshot table too large ({nb_snapshots} snapshots; qemu "
+                          f"allows {QCOW_MAX_SNAPSHOTS})")
+    if nb_snapshots and (snapshots_offset % cs or
+                         snapshots_offset + nb_snapshots * SNAPSHOT_HEADER_MIN > 1 << 63):
+        raise FormatError(f"qcow2 snapshot table offset invalid ({snapshots_offset}: not "
+                          "cluster-aligned)")
+    # tables overlapping each other are read by qemu as they are (qemu-img convert accepts
+    # them): only writers must care, and this reader does what qemu does
 
 
 def layout(h: Qcow2Header) -> tuple[int, int, int]:
@@ -194,6 +251,11 @@ class Qcow2Disk:
     def _table(self, index: int) -> array[int]:
         return self._prefetch(index).result()
 
+    def _read_l2(self, offset: int, index: int) -> array[int]:
+        table = self._read_table(offset, self.h.cluster_size, f"L2 table {index}")
+        check_l2(self.h, table, index)
+        return table
+
     def _entry(self, cluster: int) -> int:
         index, j = divmod(cluster, self._l2_entries)
         if not self._l1[index] & OFFSET_MASK:
@@ -243,8 +305,7 @@ class Qcow2Disk:
             fut = self._tables.get(index)
             if fut is None:
                 off = self._l1[index] & OFFSET_MASK
-                fut = self._pool.submit(self._read_table, off, self.h.cluster_size,
-                                        f"L2 table {index}")
+                fut = self._pool.submit(self._read_l2, off, index)
                 self._tables[index] = fut
         return fut
 
@@ -356,16 +417,30 @@ def decompress_cluster(h: Qcow2Header, data: memoryview, host: int) -> bytes:
 def _zstd_cluster(data: memoryview, cs: int) -> bytes:
     import io
 
+    import zstandard  # only images with zstd clusters pay for the import (once)
+
     dctx = getattr(_zstd_local, "dctx", None)
     if dctx is None:
-        import zstandard  # only images with zstd clusters pay for the import
-
         dctx = _zstd_local.dctx = zstandard.ZstdDecompressor(max_window_size=1 << 27)
+    # qemu fails a cluster whose frame is not fully flushed once the cluster is full: a frame
+    # that expands beyond one cluster. Its header says how much it expands to when it records
+    # the content size, as qemu's writer does; a frame that does not record it is read as qemu
+    # reads it, up to one cluster (python-zstandard offers no bounded one-frame decoder that
+    # would tell where a frame ends, and the range also holds the next cluster's frame)
+    try:
+        declared = zstandard.get_frame_parameters(bytes(data[:18])).content_size
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"not a zstd frame ({exc})") from None
+    if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > cs:
+        raise ValueError(f"a zstd frame expands to {declared} bytes, beyond one cluster")
     # stream_reader stops at cs bytes: a frame claiming gigabytes is never expanded
-    reader = dctx.stream_reader(io.BytesIO(data), read_across_frames=True)
+    return _read_upto(dctx.stream_reader(io.BytesIO(data), read_across_frames=True), cs)
+
+
+def _read_upto(reader: Any, n: int) -> bytes:
     out = bytearray()
-    while len(out) < cs:
-        piece = reader.read(cs - len(out))
+    while len(out) < n:
+        piece = reader.read(n - len(out))
         if not piece:
             break
         out += piece
@@ -391,6 +466,17 @@ def reads_zero(entry: int) -> bool:
     if entry & COMPRESSED:
         return False
     return bool(entry & ZERO_FLAG) or not entry & OFFSET_MASK
+
+
+def check_l2(h: Qcow2Header, table: array[int], index: int) -> None:
+    """A v2 image has no zero flag: qemu fails reading such an entry ("Zero cluster entry found
+    in pre-v3 image"), and so does this reader, rather than guess."""
+    if h.version >= 3:
+        return
+    for j, e in enumerate(table):
+        if e & ZERO_FLAG and not e & COMPRESSED:
+            raise FormatError(f"qcow2 zero cluster entry found in a version 2 image (L2 table "
+                              f"{index}, entry {j}); the image is corrupt")
 
 
 def be64_table(data: bytes) -> array[int]:

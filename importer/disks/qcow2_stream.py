@@ -31,6 +31,7 @@ from .qcow2 import (
     COMPRESSED,
     Qcow2Header,
     be64_table,
+    check_l2,
     compressed_range,
     data_offset,
     decompress_cluster,
@@ -144,6 +145,8 @@ class StreamedQcow2:
         # faults): a few clusters carried over, then up to WINDOW new bytes
         self._buf = bytearray(WINDOW + 4 * cs)
         self._wlen = 0
+        #: the largest range one need covers: the L1 table, or a compressed cluster's 2 clusters
+        self._largest_need = max(self._needed_l1 * 8, 2 * cs)
         self._add(_Need(header.l1_offset, header.l1_offset + self._needed_l1 * 8, "l1", 0))
 
     # ------------------------------------------------------------------ needs
@@ -209,6 +212,7 @@ class StreamedQcow2:
         base = index * self._span
         clusters = -(-min(self._span, self.h.size - base) // cs)
         table = be64_table(data)
+        check_l2(self.h, table, index)
         zero_start = -1
         for j in range(clusters):
             e = table[j]
@@ -290,10 +294,15 @@ class StreamedQcow2:
         # keep whole clusters from the first unserved byte on, moved to the buffer's start
         keep = max((keep_from // cs) * cs, wstart)
         carry = wend - keep
-        if carry > len(self._buf) - WINDOW:
-            raise FormatError(f"qcow2 compressed cluster at byte {keep} spans more than "
-                              f"{len(self._buf) - WINDOW} bytes; the image is corrupt")
+        # one need larger than the carry room: an L1 table (up to 32 MiB with 512-byte
+        # clusters) grows the buffer; anything larger than the largest table is corrupt
+        if carry > len(self._buf) - WINDOW and carry > self._largest_need + 2 * cs:
+            raise FormatError(f"qcow2 data at byte {keep} spans more than "
+                                  f"{self._largest_need + 2 * cs} bytes; the image is corrupt")
+        grow = max(0, carry - (len(self._buf) - WINDOW))
         del view
+        if grow:
+            self._buf.extend(bytes(grow))
         self._buf[:carry] = self._buf[keep - wstart : wend - wstart]
         self._window_start, self._wlen = keep, carry
 

@@ -158,8 +158,10 @@ def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
         details["compression_type"] = "zstd" if (incompat & 0b1000) else "zlib"
         if incompat & 0b10000:
             details["extended_l2"] = True  # subclusters: the planner gives it to qemu-img
-        if header_len < 104 or header_len > 4096:
+        if header_len < 104:
             raise FormatError(f"qcow2 header_length {header_len} is invalid")
+        if header_len > 1 << cluster_bits:  # qemu's words
+            raise FormatError(f"qcow2 header exceeds cluster size (header_length {header_len})")
     # header extensions follow the header, within the first cluster
     off = header_len
     limit = 1 << cluster_bits
@@ -175,7 +177,8 @@ def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
         if etype == 0x0537BE77:
             raise UnsafeImageError("qcow2 image is encrypted (LUKS); import a decrypted image")
         off += 8 + ((elen + 7) & ~7)
-    return ImageInfo("qcow2", size, details)
+    # what qemu exposes (and the native readers write): whole sectors, rounded down
+    return ImageInfo("qcow2", size - size % 512, details)
 
 
 # --------------------------------------------------------------------------------- vmdk

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from ..config import ContentType, ImportConfig
 from ..errors import CancelledError, ConfigError, ImporterError, TargetError, TargetTooSmallError
 from ..podconfig import available_space, get_usable_space
+from ..quantity import is_decimal
 from ..stopping import StopSignals
 from ..termination import json_message, text_message, write_termination_message
 from ..uploadconfig import UploadSettings, read_upload_environment
@@ -370,7 +371,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._reply(401, close=True)
             return
         length = self.headers.get("Upload-Length", "")
-        if not length.isdigit():
+        if not is_decimal(length):
             self._reply(400, "Upload-Length is required (the upload's size in bytes)",
                         close=True)
             return
@@ -490,7 +491,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if encodings and lengths:
             raise BadRequest(400, "the request has both a Transfer-Encoding and a "
                                   "Content-Length; send one")
-        if len(lengths) > 1 or any(not v.isdigit() for v in lengths):
+        if len(lengths) > 1 or any(not is_decimal(v) for v in lengths):
             raise BadRequest(400, "the request's Content-Length is not one number")
         chunked = bool(encodings)
         size = int(next(iter(lengths))) if lengths else None
@@ -656,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"cdi-uploadserver (importer {__version__})")
         return 0
-    verbose = next((int(a[3:]) for a in args if a.startswith("-v=") and a[3:].isdigit()), 1)
+    verbose = next((int(a[3:]) for a in args if a.startswith("-v=") and is_decimal(a[3:])), 1)
     logging.basicConfig(level=logging.DEBUG if verbose >= 3 else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from os import environ

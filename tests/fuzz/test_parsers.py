@@ -69,6 +69,9 @@ REGRESSIONS: list[tuple[str, bytes]] = [
                b"\xa0\xf5O\xedm\x07\xa0" + bytes(300) + b"\xde\x00\"\xea\x0e\xe2\x00\x00\x04\x00"),
     # a user's reference with a malformed digest was reported as a hostile manifest
     ("oci", b"docker://qua\x00\x00/@ay.io"),
+    # a Content-Length of Unicode digits ('\xb9' is a superscript one in latin-1): isdigit() said
+    # yes, int() said no, and the upload server's request parsing crashed
+    ("http_framing", b"Content-Length: \xb92\r\n\r\nab"),
 ]
 
 
