@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("-k", "--insecure", action="store_true",
                        help="skip TLS certificate verification")
         g.add_argument("--retries", type=int, default=8, help="retries after network errors")
+        g.add_argument("--retry-time", type=float, default=30.0, metavar="SECONDS",
+                       help="give up when failures go on this long (default 30; CDI gives up at "
+                            "once and its pod is restarted)")
         g.add_argument("--source", dest="source_kind",
                        choices=("auto", *selectable_names()),
                        default="auto",
@@ -382,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_mode=getattr(args, "cache_mode", None),
             connections=getattr(args, "connections", 4),
             max_retries=args.retries,
+            retry_time=args.retry_time,
             read_timeout=args.read_timeout,
             connect_timeout=args.connect_timeout,
             low_speed_limit=args.low_speed_limit,

@@ -90,6 +90,9 @@ class HttpOptions:
     read_timeout: float = 120.0
     max_retries: int = 8
     retry_backoff: float = 1.0
+    #: seconds a streak of failures may last before the import gives up (CDI gives up at once
+    #: and lets the pod restart; hours of retries hide a dead server)
+    retry_time: float = 30.0
     max_redirects: int = 10
     #: a transfer slower than low_speed_limit bytes in low_speed_time seconds is abandoned and
     #: resumed (curl's --speed-limit/--speed-time): a trickle never trips read_timeout
@@ -267,7 +270,8 @@ class Front:
 CLI = Front({
     "source": "source", "content_type": "--content-type", "image_size": "--image-size",
     "checksum": "--checksum", "cache_mode": "--cache-mode", "converter": "--converter",
-    "connections": "--connections", "max_retries": "--retries", "read_timeout": "--read-timeout",
+    "connections": "--connections", "max_retries": "--retries", "retry_time": "--retry-time",
+    "read_timeout": "--read-timeout",
     "connect_timeout": "--connect-timeout", "password_file": "--password-file",
     "username": "--username", "headers": "--header", "ca_dir": "--ca-dir",
     "scratch_dir": "--scratch-dir", "source_kind": "--source", "registry_arch": "--arch",
@@ -312,6 +316,7 @@ def validate_config(
     cache_mode: str | None = None,
     connections: int = 4,
     max_retries: int = 8,
+    retry_time: float = 30.0,
     read_timeout: float = 120.0,
     connect_timeout: float = 30.0,
     low_speed_limit: int = 1024,
@@ -430,6 +435,8 @@ def validate_config(
         problem("connections", f"{name('connections')} {connections}: use a number from 1 to 32")
     if max_retries < 0:
         problem("max_retries", f"{name('max_retries')} {max_retries}: use 0 or more")
+    if not 0 <= retry_time < float("inf"):
+        problem("retry_time", f"{name('retry_time')} {retry_time}: use 0 or more seconds")
     if read_timeout <= 0:
         problem("read_timeout", f"{name('read_timeout')} {read_timeout}: use a positive number "
                 "of seconds")
@@ -520,6 +527,7 @@ def validate_config(
         insecure=insecure,
         proxies=proxies,
         max_retries=max_retries,
+        retry_time=retry_time,
         read_timeout=read_timeout,
         connect_timeout=connect_timeout,
         low_speed_limit=low_speed_limit,

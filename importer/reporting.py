@@ -42,6 +42,10 @@ def progress_fields(progress: Progress, rate: float) -> dict[str, object]:
             "eta_seconds": left}
 
 
+#: phases in which no byte read means the source has not answered yet
+WAITING_PHASES = ("Info", "TransferDataFile", "TransferDataDir", "TransferScratch")
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -66,6 +70,7 @@ class ProgressReporter:
 
     def _lines(self) -> None:
         last_t, last_n, followed = time.monotonic(), 0, self._progress
+        started = last_t
         while not self._stop.wait(self._interval):
             progress = self._progress
             if progress is not followed:  # a new stage counts from zero (follow())
@@ -78,6 +83,11 @@ class ProgressReporter:
                 log.info("progress", extra={"fields": fields})
                 continue
             eta = fields["eta_seconds"]
+            if n == 0 and progress.phase in WAITING_PHASES:  # nothing has come yet
+                self._stream.write(f"progress: waiting for the server ({progress.phase}, "
+                                   f"{now - started:.0f} s)\n")
+                self._stream.flush()
+                continue
             self._stream.write(
                 f"progress: {fields['percent']:.1f}% {fields['phase']}, {_mib(n)} read, "
                 f"{_mib(rate)}/s{f', ETA {eta} s' if eta is not None else ''}\n")

@@ -47,9 +47,10 @@ from ..errors import (
     SourceNotFoundError,
     SourceTLSError,
     SourceUnavailableError,
+    SourceUnreachableError,
 )
 from .base import SourceInfo, read_via_readinto
-from .retry import retrying
+from .retry import retrying, unreachable_cause
 from .tls import verify_setting
 
 if TYPE_CHECKING:
@@ -199,7 +200,12 @@ class GcsSource:
         except requests.exceptions.SSLError as exc:
             raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA with "
                                  "--ca-dir or skip verification with --insecure") from exc
-        except (gexc.ServerError, gexc.TooManyRequests, requests.exceptions.ConnectionError,
+        except requests.exceptions.ConnectionError as exc:
+            why = unreachable_cause(exc)
+            if why:
+                raise SourceUnreachableError(f"{where}: {why}; check the endpoint") from exc
+            raise SourceUnavailableError(f"{where}: {exc}") from exc
+        except (gexc.ServerError, gexc.TooManyRequests,
                 requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
                 urllib3.exceptions.HTTPError, OSError) as exc:  # resets, short bodies
             raise SourceUnavailableError(f"{where}: {exc}") from exc

@@ -307,7 +307,7 @@ class HttpSource:
         except ImporterError:
             raise
         except TimeoutError as exc:
-            raise SourceUnavailableError(f"{where}: timed out: {exc}") from exc
+            raise SourceUnavailableError(_timed_out(where, exc, self.opts)) from exc
         except http.client.InvalidURL as exc:
             raise SourceError(f"{where}: invalid URL: {exc}") from exc
         except (http.client.HTTPException, OSError) as exc:
@@ -371,7 +371,9 @@ class HttpSource:
             yield
         except ImporterError:
             raise
-        except (http.client.HTTPException, OSError) as exc:  # resets, timeouts, short bodies
+        except TimeoutError as exc:
+            raise SourceUnavailableError(_timed_out(where, exc, self.opts)) from exc
+        except (http.client.HTTPException, OSError) as exc:  # resets, short bodies
             err = classify_error(exc, where)
             if isinstance(err, SourceUnreachableError):
                 # the probe reached this server: now it is an outage (a restart), retried
@@ -506,13 +508,31 @@ class _MeteredIO(socket.SocketIO):
         return n
 
 
+class _ConnectTimeout(TimeoutError):
+    """No connection (TCP or TLS) within connect_timeout: told apart from a server that
+    accepted and then said nothing, which read_timeout bounds."""
+
+
+def _timed_out(where: str, exc: TimeoutError, opts: HttpOptions) -> str:
+    if isinstance(exc, _ConnectTimeout):
+        return (f"{where}: no connection within {opts.connect_timeout:g} s (--connect-timeout); "
+                "the host may be down or a firewall may drop the packets")
+    if "slower than" in str(exc):  # the low-speed limit's own words
+        return f"{where}: {exc}"
+    return (f"{where}: the server accepted the connection but sent nothing for "
+            f"{opts.read_timeout:g} s (--read-timeout); it may be overloaded or hung")
+
+
 class _MeteredHTTPConnection(http.client.HTTPConnection):
     def __init__(self, opts: HttpOptions, host: str, port: int) -> None:
         super().__init__(host, port, timeout=opts.connect_timeout)
         self._opts = opts
 
     def connect(self) -> None:
-        super().connect()
+        try:
+            super().connect()
+        except TimeoutError as exc:
+            raise _ConnectTimeout(str(exc)) from exc
         _meter(self, self._opts)
 
 
@@ -523,7 +543,10 @@ class _MeteredHTTPSConnection(http.client.HTTPSConnection):
         self._opts = opts
 
     def connect(self) -> None:
-        super().connect()
+        try:
+            super().connect()
+        except TimeoutError as exc:
+            raise _ConnectTimeout(str(exc)) from exc
         _meter(self, self._opts)
 
 
