@@ -96,7 +96,7 @@ def test_a_server_answering_500_gives_up_after_the_retry_time(hostile: HostileSe
                            "--retries", "100", "--retry-time", "3")
     assert rc == 1, err
     assert "gave up after" in err and "attempts in" in err, err
-    assert 2 <= took < 12, f"took {took:.1f} s"
+    assert took < 12, f"took {took:.1f} s"  # it stops before a wait would pass the time
 
 
 def test_a_stream_that_keeps_breaking_gives_up_after_the_retry_time(hostile: HostileServer,
