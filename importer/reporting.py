@@ -42,8 +42,8 @@ def progress_fields(progress: Progress, rate: float) -> dict[str, object]:
             "eta_seconds": left}
 
 
-#: phases in which no byte read means the source has not answered yet
-WAITING_PHASES = ("Info", "TransferDataFile", "TransferDataDir", "TransferScratch")
+#: the phase before the source has answered (later, a plan may count its bytes in large steps)
+WAITING_PHASES = ("Info",)
 
 
 def _mib(n: float) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..checksum import ChecksumSpec
@@ -172,3 +174,17 @@ class RunState:
             target.preallocate(target.current_size())
         self.result.preallocated = self.config.preallocation
         self.source.verify()
+
+
+def scratch_location(cfg: ImportConfig, target: Target) -> Path | None:
+    """Where an import keeps what it must set aside (a staged image, spilled qcow2 clusters):
+    the scratch directory given (--scratch-dir, the pod's /scratch), else beside a file
+    destination, else (a device) the temporary directory; None when scratch space is required
+    and none was given (the pod then asks for it)."""
+    if cfg.scratch_dir:
+        return cfg.scratch_dir
+    if cfg.scratch_required:
+        return None
+    if getattr(target, "is_block", False) or str(cfg.dest) == "-":
+        return Path(tempfile.gettempdir())
+    return cfg.dest.parent

@@ -23,7 +23,7 @@ from ..sinks.raw import SparseWriter, pump
 from ..sinks.target import Target
 from ..sources.file import FileSource
 from . import Plan, extents
-from .context import Coverage, RunState, SourceReads
+from .context import Coverage, RunState, SourceReads, scratch_location
 from .convert import qemu_to_target
 
 __all__ = ["run"]
@@ -64,14 +64,9 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
 
 def _stage(st: RunState, target: Target, why: str) -> FileSource:
     cfg = st.config
-    if cfg.scratch_required and not (cfg.scratch_dir and cfg.scratch_dir.is_dir()):
+    scratch_dir = scratch_location(cfg, target)
+    if scratch_dir is None or not scratch_dir.is_dir():
         raise ScratchSpaceRequiredError(f"scratch space required and none found ({why})")
-    if cfg.scratch_dir:
-        scratch_dir = cfg.scratch_dir
-    elif target.is_block:
-        scratch_dir = Path(tempfile.gettempdir())
-    else:
-        scratch_dir = cfg.dest.parent
     fd, name = tempfile.mkstemp(prefix=".importer-scratch-", dir=scratch_dir)
     os.close(fd)
     path = Path(name)

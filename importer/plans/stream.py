@@ -8,7 +8,7 @@ from ..sinks.raw import pump
 from ..sinks.target import Target
 from ..streams import ThreadedReader
 from . import Plan
-from .context import RunState
+from .context import RunState, scratch_location
 from .writing import raw_target, settle_raw
 
 __all__ = ["run"]
@@ -50,7 +50,7 @@ def _qcow2(st: RunState, target: Target) -> None:
     st.progress.enter("TransferDataFile")
     with raw_target(st, target, header.size) as writer:
         reader = StreamedQcow2(header, write=writer.write, write_zeros=writer.write_zeros,
-                               scratch_dir=st.config.scratch_dir,
+                               scratch_dir=scratch_location(st.config, target),
                                scratch_required=st.config.scratch_required)
         # decoding (gzip, zstd: they release the GIL) runs on its own thread while this one
         # places clusters; the head was only peeked by detection: the stream starts at byte 0

@@ -189,7 +189,8 @@ def qcow2_stream(data: bytes) -> None:
         if header.size > QCOW2_VIRTUAL_LIMIT:
             return
         write, write_zeros = _sink()
-        reader = StreamedQcow2(header, write=write, write_zeros=write_zeros, scratch_dir=None,
+        reader = StreamedQcow2(header, write=write, write_zeros=write_zeros,
+                               scratch_dir=Path(tempfile.gettempdir()),
                                scratch_required=False, hold_limit=1 << 20)
         reader.run(io.BytesIO(data), lambda: False)  # type: ignore[arg-type]
     except QCOW2_EXPECTED:
