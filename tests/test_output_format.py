@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import Images, Nginx, importer_cli
+from .conftest import ROOT, Images, Nginx, importer_cli
 
 
 def _info(path: Path) -> dict[str, object]:
@@ -160,17 +162,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _slow_output_import(nginx: Nginx, out: Path) -> subprocess.Popen[str]:
+    """An -O qcow2 import of a vmdk served slowly (qemu-img converts it as it comes)."""
+    return subprocess.Popen([sys.executable, "-m", "importer", "import",
+                             nginx.url("crawl/disk-ms.vmdk"), str(out), "-O", "qcow2"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
 def test_two_output_imports_to_one_dest_exclude_each_other(nginx: Nginx, images: Images,
                                                            tmp_path: Path) -> None:
-    import sys
-    import time
-
-    from .conftest import ROOT
-
     out = tmp_path / "d.qcow2"
-    first = subprocess.Popen([sys.executable, "-m", "importer", "import",
-                              nginx.url("crawl/disk-ms.vmdk"), str(out), "-O", "qcow2"],
-                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    first = _slow_output_import(nginx, out)
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "d.qcow2.partial").exists():
@@ -189,15 +191,9 @@ def test_sigkill_during_output_import_kills_qemu_img_and_the_next_run_cleans_up(
     """qemu-img dies with us (PR_SET_PDEATHSIG), and the work directory a SIGKILL left is
     removed by the next run to the same DEST (it was not)."""
     import signal
-    import sys
-    import time
-
-    from .conftest import ROOT
 
     out = tmp_path / "d.qcow2"
-    proc = subprocess.Popen([sys.executable, "-m", "importer", "import",
-                             nginx.url("crawl/disk-ms.vmdk"), str(out), "-O", "qcow2"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = _slow_output_import(nginx, out)
     try:
         deadline = time.monotonic() + 60
         while not (qemu := _children_named(proc.pid, "qemu-img")):

@@ -163,18 +163,13 @@ def test_a_block_clone_larger_than_the_volume_is_a_400(pod: UploadPod, images: I
 
 def test_conflicting_content_lengths_are_a_400(pod: UploadPod, images: Images) -> None:
     pod.start()
-    code, _ = _raw_request(pod, "POST /v1beta1/upload HTTP/1.1\nHost: x\nContent-Length: 4\n"
-                                "Content-Length: 100\n", b"abcd")
-    assert code == 400
-    code, _ = _raw_request(pod, "POST /v1beta1/upload HTTP/1.1\nHost: x\n"
-                                "Content-Length: 4, 5\n", b"abcd")
-    assert code == 400
-    code, _ = _raw_request(pod, "POST /v1beta1/upload HTTP/1.1\nHost: x\n"
-                                "Transfer-Encoding: gzip, chunked\n", b"0\r\n\r\n")
-    assert code == 501
-    code, _ = _raw_request(pod, "POST /v1beta1/upload HTTP/1.1\nHost: x\n"
-                                "Transfer-Encoding: chunked\nContent-Length: 5\n", b"0\r\n\r\n")
-    assert code == 400
+    for headers, body, want in (
+            ("Content-Length: 4\nContent-Length: 100\n", b"abcd", 400),
+            ("Content-Length: 4, 5\n", b"abcd", 400),
+            ("Transfer-Encoding: gzip, chunked\n", b"0\r\n\r\n", 501),
+            ("Transfer-Encoding: chunked\nContent-Length: 5\n", b"0\r\n\r\n", 400)):
+        code, _ = _raw_request(pod, f"POST /v1beta1/upload HTTP/1.1\nHost: x\n{headers}", body)
+        assert code == want, headers
     _nothing_left(pod)
     _good_upload_then_done(pod, images)
 
