@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from importer.disks.base import NativeUnsupported
 from importer.disks.qcow2 import Qcow2Disk, parse_header
 from importer.disks.qcow2_stream import StreamedQcow2
 from importer.errors import (
+    CancelledError,
     ConfigError,
     FormatError,
     ImporterError,
@@ -237,12 +239,27 @@ def http_framing(data: bytes) -> None:
             while form.read(1 << 16):
                 pass
             return
-        tus = ResumableBody(len(body) // 2 + 1, threading.Event())
-        tus.append(request.read)
-        got = 0
-        while got < tus.offset and (chunk := tus.read(tus.offset - got)):
-            got += len(chunk)
-        assert got == tus.offset <= tus.length
+        done = threading.Event()
+        tus = ResumableBody(len(body) // 2 + 1, done)
+        got = [0]
+
+        def pipeline() -> None:  # the import's side, reading while PATCH appends
+            with contextlib.suppress(CancelledError):
+                while chunk := tus.read(1 << 16):
+                    got[0] += len(chunk)
+
+        reader = threading.Thread(target=pipeline, daemon=True)
+        reader.start()
+        try:
+            tus.append(request.read)
+        finally:
+            while got[0] < tus.offset and reader.is_alive():
+                time.sleep(0.001)
+            done.set()
+            if tus.offset < tus.length:
+                tus._q.put(b"")  # wake the reader at once (its wait polls every 0.5 s)
+            reader.join(5)
+        assert got[0] == tus.offset <= tus.length
     except ImporterError:
         pass
 

@@ -72,6 +72,10 @@ REGRESSIONS: list[tuple[str, bytes]] = [
     # a Content-Length of Unicode digits ('\xb9' is a superscript one in latin-1): isdigit() said
     # yes, int() said no, and the upload server's request parsing crashed
     ("http_framing", b"Content-Length: \xb92\r\n\r\nab"),
+    # many small chunks for a tus body: the harness itself waited on a full handoff queue (the
+    # server has the import reading on the other side; the harness now does too)
+    ("http_framing", b"Transfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 40
+                     + b"0\r\n\r\n"),
 ]
 
 
