@@ -55,7 +55,6 @@ _KLOG = re.compile(r"^--?(v|vmodule|alsologtostderr|logtostderr|stderrthreshold|
                    r"log_file_max_size|add_dir_header|skip_headers|skip_log_headers|one_output|"
                    r"log_backtrace_at)(=.*)?$")
 LOG_EVERY = 5.0  # seconds between progress log lines
-METRICS_LINGER = 1.0  # seconds the metrics stay up after success
 
 
 def _verbosity(argv: Sequence[str]) -> int:
@@ -90,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("unknown arguments %s: the pod is configured by CDI's environment", unknown)
         return 2
 
-    stop = StopSignals()  # after `answered`, a signal only ends the metrics linger
+    stop = StopSignals()
     cancel = stop.cancel
     progress = Progress()
     early = early_settings(os.environ)
@@ -116,9 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.answered.set()
         reporter.close()
     write_termination_message(early.termination_log, message)
-    if code == 0 and not cancel.is_set():
-        progress.finish()
-        cancel.wait(METRICS_LINGER)  # so that a last scrape sees 100; a SIGTERM ends it early
+    # no lingering for a last scrape: CDI's controller sets the DataVolume to 100.0% itself
+    # when the pod succeeds (import-controller.go), and CDI's importer exits at once too; the
+    # second it waited was a second of every import (issue 20)
     metrics.close()
     return code
 
