@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx
-
 from .errors import SourceContentError, SourceUnavailableError
 from .sources.oci.manifest import kubevirt_labels
 
@@ -49,6 +47,8 @@ def image_url(endpoint: str, name: str) -> str:
 
 def fetch_labels(endpoint: str) -> dict[str, str]:
     """The image's KUBEVIRT_IO_ environment entries as labels, from the sidecar's /info."""
+    import httpx  # only a node pull reads /info: not every pod start pays for httpx (43 ms)
+
     p = urlsplit(endpoint)
     url = urlunsplit((p.scheme, p.netloc, "/info", "", ""))
     try:
