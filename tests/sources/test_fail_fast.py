@@ -45,6 +45,14 @@ def test_gcs_with_nobody_listening_fails_in_seconds(tmp_path: object) -> None:
     assert took < 10, f"took {took:.1f} s"
 
 
+def test_a_registry_with_nobody_listening_fails_in_seconds(tmp_path: object) -> None:
+    pytest.importorskip("oras")
+    port = closed_port()
+    took, err, rc = _timed("import", f"docker://127.0.0.1:{port}/vm/disk:1", f"{tmp_path}/d.img")
+    assert rc == 1 and "connection refused" in err, err
+    assert took < 10, f"took {took:.1f} s"  # 30 s of retries before
+
+
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """Accepts connections and never answers (bounded: closed at the end of the test)."""

@@ -44,9 +44,10 @@ from ...errors import (
     SourceNotFoundError,
     SourceTLSError,
     SourceUnavailableError,
+    SourceUnreachableError,
 )
 from ..resumable import ResumableStream
-from ..retry import backoff
+from ..retry import backoff, unreachable_cause
 from ..tls import verify_setting
 from .credentials import Credentials
 from .digest import Digest, check_bytes
@@ -217,6 +218,13 @@ class RegistryStore:
                     "CA with --ca-dir (pod: the cert config map), or insecure access if the "
                     "registry is trusted otherwise") from exc
             except _TRANSIENT as exc:
+                why = unreachable_cause(exc)
+                if why:  # nobody there: retried briefly, as every source does
+                    attempt += 1
+                    if attempt > self._opts.unreachable_retries or self._closed.wait(0.5 * attempt):
+                        raise SourceUnreachableError(f"{self.where}: {action}: {why}; check the "
+                                                     "registry's host and port") from exc
+                    continue
                 err: SourceUnavailableError = SourceUnavailableError(
                     f"{self.where}: {action}: {_reason(exc)}")
             except SourceUnavailableError as exc:
