@@ -47,10 +47,9 @@ from ..errors import (
     SourceNotFoundError,
     SourceTLSError,
     SourceUnavailableError,
-    SourceUnreachableError,
 )
 from .base import SourceInfo, read_via_readinto
-from .retry import retrying, unreachable_cause
+from .retry import connection_error, retrying
 from .tls import verify_setting
 
 if TYPE_CHECKING:
@@ -201,10 +200,7 @@ class GcsSource:
             raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA with "
                                  "--ca-dir or skip verification with --insecure") from exc
         except requests.exceptions.ConnectionError as exc:
-            why = unreachable_cause(exc)
-            if why:
-                raise SourceUnreachableError(f"{where}: {why}; check the endpoint") from exc
-            raise SourceUnavailableError(f"{where}: {exc}") from exc
+            raise connection_error(where, exc) from exc
         except (gexc.ServerError, gexc.TooManyRequests,
                 requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError,
                 urllib3.exceptions.HTTPError, OSError) as exc:  # resets, short bodies

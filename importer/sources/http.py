@@ -47,7 +47,7 @@ from ..errors import (
 )
 from .base import SourceInfo, read_via_readinto
 from .resumable import ResumableStream
-from .retry import backoff
+from .retry import backoff, retry_unreachable
 from .tls import make_ssl_context
 
 __all__ = ["HttpConnector", "HttpSource", "classify_error"]
@@ -232,11 +232,7 @@ class HttpSource:
                 return self._interpret_probe(status, headers, url)
             except SourceUnreachableError as exc:
                 attempt += 1
-                if attempt > self.opts.unreachable_retries:
-                    raise
-                log.warning("%s; retry %d/%d", exc, attempt, self.opts.unreachable_retries)
-                if self._closed.wait(0.5 * attempt):
-                    raise
+                retry_unreachable(self.opts, self._closed, attempt, exc)
             except SourceUnavailableError as exc:
                 attempt += 1
                 if attempt > self.opts.max_retries:

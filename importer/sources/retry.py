@@ -22,7 +22,7 @@ from typing import TypeVar
 from ..config import HttpOptions
 from ..errors import ImporterError, SourceUnavailableError, SourceUnreachableError
 
-__all__ = ["backoff", "retrying", "unreachable_cause"]
+__all__ = ["backoff", "connection_error", "retry_unreachable", "retrying", "unreachable_cause"]
 
 T = TypeVar("T")
 
@@ -67,13 +67,34 @@ def retrying(opts: HttpOptions, closed: threading.Event, call: Callable[[], T]) 
     while True:
         try:
             return call()
-        except SourceUnreachableError:
+        except SourceUnreachableError as exc:
             attempt += 1
-            if attempt > opts.unreachable_retries or closed.wait(0.5 * attempt):
-                raise
+            retry_unreachable(opts, closed, attempt, exc)
         except SourceUnavailableError as exc:
             attempt += 1
             backoff(opts, closed, attempt, exc)
+
+
+def retry_unreachable(opts: HttpOptions, closed: threading.Event, attempt: int,
+                      exc: Exception) -> None:
+    """Wait before quick retry number `attempt` after `exc` (nothing listens, no such host: a
+    server restarting comes back in seconds, a wrong URL never does); re-raise `exc` when the
+    `unreachable_retries` are used up or the source is closed."""
+    if closed.is_set() or attempt > opts.unreachable_retries:
+        raise exc
+    log.warning("%s; retry %d/%d", exc, attempt, opts.unreachable_retries)
+    if closed.wait(0.5 * attempt):
+        raise exc
+
+
+def connection_error(where: str, exc: BaseException) -> SourceUnavailableError | \
+        SourceUnreachableError:
+    """A library's failure to connect: unreachable when nobody is there (retried briefly),
+    else an outage (retried by the policy)."""
+    why = unreachable_cause(exc)
+    if why:
+        return SourceUnreachableError(f"{where}: {why}; check the endpoint")
+    return SourceUnavailableError(f"{where}: {exc}")
 
 
 def unreachable_cause(exc: BaseException) -> str | None:

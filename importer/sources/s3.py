@@ -38,11 +38,10 @@ from ..errors import (
     SourceNotFoundError,
     SourceTLSError,
     SourceUnavailableError,
-    SourceUnreachableError,
 )
 from .base import SourceInfo, read_via_readinto
 from .resumable import ResumableStream
-from .retry import backoff, retrying, unreachable_cause
+from .retry import backoff, connection_error, retrying
 from .tls import verify_setting
 
 __all__ = ["S3Location", "S3Source", "parse_s3_url"]
@@ -191,10 +190,7 @@ class S3Source:
             raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA with "
                                  "--ca-dir or skip verification with --insecure") from exc
         except botocore.exceptions.EndpointConnectionError as exc:
-            why = unreachable_cause(exc)
-            if why:
-                raise SourceUnreachableError(f"{where}: {why}; check the endpoint") from exc
-            raise SourceUnavailableError(f"{where}: {exc}") from exc
+            raise connection_error(where, exc) from exc
         except (botocore.exceptions.ConnectionClosedError,
                 botocore.exceptions.ReadTimeoutError,
                 botocore.exceptions.ConnectTimeoutError,

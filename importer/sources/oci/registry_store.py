@@ -47,7 +47,7 @@ from ...errors import (
     SourceUnreachableError,
 )
 from ..resumable import ResumableStream
-from ..retry import backoff, unreachable_cause
+from ..retry import backoff, retry_unreachable, unreachable_cause
 from ..tls import verify_setting
 from .credentials import Credentials
 from .digest import Digest, check_bytes
@@ -221,9 +221,8 @@ class RegistryStore:
                 why = unreachable_cause(exc)
                 if why:  # nobody there: retried briefly, as every source does
                     attempt += 1
-                    if attempt > self._opts.unreachable_retries or self._closed.wait(0.5 * attempt):
-                        raise SourceUnreachableError(f"{self.where}: {action}: {why}; check the "
-                                                     "registry's host and port") from exc
+                    retry_unreachable(self._opts, self._closed, attempt, SourceUnreachableError(
+                        f"{self.where}: {action}: {why}; check the registry's host and port"))
                     continue
                 err: SourceUnavailableError = SourceUnavailableError(
                     f"{self.where}: {action}: {_reason(exc)}")
