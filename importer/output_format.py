@@ -133,7 +133,8 @@ def _private_dir(parent: Path, prefix: str, failure: str) -> Path:
     _remove_leftovers(parent, prefix)
     try:
         path = Path(tempfile.mkdtemp(prefix=prefix, suffix=PRIVATE_SUFFIX, dir=parent))
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise TargetError(f"{failure}: {exc.strerror or exc}") from exc
     fcntl.flock(fd, fcntl.LOCK_EX)  # held until exit: O_CLOEXEC keeps it from children

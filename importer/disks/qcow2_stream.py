@@ -82,7 +82,7 @@ class _Held:
     scratch file; all-zero ones only as a run list."""
 
     def __init__(self, cluster_size: int, scratch_dir: Path | None, *, limit: int,
-                 budget: int, scratch_required: bool, stats: StreamStats) -> None:
+                 budget: int, stats: StreamStats) -> None:
         self._cs = cluster_size
         self._zero = bytes(cluster_size)
         self._zero_runs: list[int] = []  # [start, end, start, end, ...] of cluster indices
@@ -91,7 +91,6 @@ class _Held:
         self._limit = limit
         self._budget = budget
         self._scratch_dir = scratch_dir
-        self._scratch_required = scratch_required
         self._fd = -1
         self._spill_end = 0
         self._stats = stats
@@ -241,7 +240,7 @@ class StreamedQcow2:
 
     def __init__(self, header: Qcow2Header, *, write: Writer,
                  write_zeros: Callable[[int, int], None], scratch_dir: Path | None,
-                 scratch_required: bool, hold_limit: int | None = None) -> None:
+                 hold_limit: int | None = None) -> None:
         self._l2_entries, self._span, self._needed_l1 = layout(header)
         self.h = header
         self._write = write
@@ -253,7 +252,7 @@ class StreamedQcow2:
         # the most the tables could ever place: every guest cluster and every L2 table
         budget = -(-header.size // cs) * cs + self._needed_l1 * cs
         self._held = _Held(cs, scratch_dir, limit=limit, budget=budget,
-                           scratch_required=scratch_required, stats=self.stats)
+                           stats=self.stats)
         self._heap: list[tuple[int, int, Batch]] = []  # (start, sequence, batch)
         self._seq = 0
         self._pending = 0  # entries of live _Clusters batches
@@ -381,7 +380,7 @@ class StreamedQcow2:
             buf: bytes | bytearray = decompress_cluster(self.h, memoryview(data), host)
             start = 0
         elif isinstance(data, memoryview):  # a slice of the window: written without a copy
-            buf, start = self._buf, data_start(self, e)
+            buf, start = self._buf, (e & OFFSET_MASK) - self._window_start
         else:
             buf, start = data, 0
         for base_index in batch.bases:
@@ -479,11 +478,6 @@ class StreamedQcow2:
 
 def _host(h: Qcow2Header, e: int) -> int:
     return compressed_range(h, e)[0] if e & COMPRESSED else e & OFFSET_MASK
-
-
-def data_start(reader: StreamedQcow2, e: int) -> int:
-    """Where a plain cluster's bytes start in the reader's buffer (the window)."""
-    return (e & OFFSET_MASK) - reader._window_start
 
 
 def _fully_covered(ranges: list[tuple[int, int]], lo: int, hi: int) -> bool:

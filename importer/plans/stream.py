@@ -50,8 +50,7 @@ def _qcow2(st: RunState, target: Target) -> None:
     st.progress.enter("TransferDataFile")
     with raw_target(st, target, header.size) as writer:
         reader = StreamedQcow2(header, write=writer.write, write_zeros=writer.write_zeros,
-                               scratch_dir=scratch_location(st.config, target),
-                               scratch_required=st.config.scratch_required)
+                               scratch_dir=scratch_location(st.config, target))
         # decoding (gzip, zstd: they release the GIL) runs on its own thread while this one
         # places clusters; the head was only peeked by detection: the stream starts at byte 0
         decoded = ThreadedReader(det.stream, chunk=4 << 20, depth=3)

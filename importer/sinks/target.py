@@ -48,7 +48,7 @@ from pathlib import Path
 from ..errors import TargetError, TargetTooSmallError
 from ..quantity import format_bytes
 
-__all__ = ["StdoutTarget", "StreamTarget", "Target", "dest_kind"]
+__all__ = ["StreamTarget", "Target", "dest_kind"]
 
 log = logging.getLogger(__name__)
 BLKGETSIZE64 = 0x80081272
@@ -503,5 +503,3 @@ class StreamTarget:
             os.close(self.fd)
             self.fd = -1
 
-
-StdoutTarget = StreamTarget  # DEST `-`

@@ -706,8 +706,8 @@ def _deadline_passed(settings: UploadSettings, state: UploadState) -> bool:
         return False
     with state.lock:
         idle = [u for u in state.resumable.values() if u.idle()]
-        busy = state.uploading or (state.processing and len(idle) < len(state.resumable)) or (
-            state.processing and not state.resumable)
+        only_idle = bool(idle) and len(idle) == len(state.resumable)  # all created, abandoned
+        busy = state.uploading or (state.processing and not only_idle)
     if busy:  # an upload in flight is waited for
         return False
     for upload in idle:  # created, then abandoned: given up as DELETE would

@@ -193,7 +193,7 @@ def qcow2_stream(data: bytes) -> None:
         write, write_zeros = _sink()
         reader = StreamedQcow2(header, write=write, write_zeros=write_zeros,
                                scratch_dir=Path(tempfile.gettempdir()),
-                               scratch_required=False, hold_limit=1 << 20)
+                               hold_limit=1 << 20)
         reader.run(io.BytesIO(data), lambda: False)  # type: ignore[arg-type]
     except QCOW2_EXPECTED:
         pass
