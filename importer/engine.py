@@ -166,7 +166,7 @@ def resolve_plan(st: RunState) -> Plan:
     facts = source_facts(st)
     det = st.detected
     plan = choose_plan(facts, det.info, det.codecs, st.config)
-    if plan.name in ("extents", "delta") and plan.disk == "qcow2":
+    if plan.name in ("extents", "delta") and plan.disk in ("qcow2", "vmdk"):
         from .plans.extents import open_disk
 
         size = st.source.info().size
@@ -176,7 +176,8 @@ def resolve_plan(st: RunState) -> Plan:
         except NativeUnsupported as exc:
             if plan.name == "delta":
                 raise FormatError(f"the qcow2 delta cannot be applied: {exc.reason}") from exc
-            log.info("the native qcow2 reader declines: %s; qemu-img converts it", exc.reason)
+            log.info("the native %s reader declines: %s; qemu-img converts it", plan.disk,
+                     exc.reason)
             plan = choose_plan(facts, det.info, det.codecs,
                                dataclasses.replace(st.config, converter="qemu-img"))
             plan = dataclasses.replace(plan, reason=f"{plan.reason} ({exc.reason})")

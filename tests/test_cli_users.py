@@ -172,9 +172,9 @@ def test_standard_input_and_output(images: Images, tmp_path: Path) -> None:
         r = subprocess.run([*run, "-", str(tmp_path / "r.img"), "-o", "json"], stdin=f,
                            capture_output=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout)["plan"] == "extents"
-    # a vmdk piped in must be staged: the reason says why
+    # a vdi piped in must be staged: the reason says why
     r = subprocess.run([*run, "-", str(tmp_path / "b.img"), "-v"],
-                       input=images["disk-so.vmdk"].read_bytes(), capture_output=True,
+                       input=images["disk.vdi"].read_bytes(), capture_output=True,
                        cwd=ROOT, timeout=120)
     assert r.returncode == 0 and b"standard input is a pipe" in r.stderr
     assert same_disk(tmp_path / "b.img", images.raw)
@@ -206,7 +206,7 @@ def test_format_forces_the_input_format(images: Images, tmp_path: Path) -> None:
 
 
 def test_zero_bytes_are_counted_after_qemu_img_too(nginx: Nginx, tmp_path: Path) -> None:
-    r = importer_cli("import", nginx.url("disk-so.vmdk"), tmp_path / "d.img", "-o", "json")
+    r = importer_cli("import", nginx.url("disk.vdi"), tmp_path / "d.img", "-o", "json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["converter"] == "qemu-img" and out["zero_bytes_skipped"] > 0

@@ -112,10 +112,10 @@ def test_a_failed_conversion_job_leaves_the_old_file_and_no_litter(nginx: Nginx,
 
 def test_qemu_img_writes_the_format_at_once_when_it_converts_anyway(
         nginx: Nginx, images: Images, tmp_path: Path) -> None:
-    """vmdk (the convert plan) -> qcow2 in one qemu-img pass; qcow2 (the native reader) goes
-    through the raw copy; a disk that must grow takes the raw copy too."""
+    """vdi (the convert plan) -> qcow2 in one qemu-img pass; qcow2 and vmdk (the native
+    readers) go through the raw copy; a disk that must grow takes the raw copy too."""
     out = tmp_path / "v.qcow2"
-    r = importer_cli("import", nginx.url("disk-ms.vmdk"), out, "-O", "qcow2", "-v", "-o", "json")
+    r = importer_cli("import", nginx.url("disk.vdi"), out, "-O", "qcow2", "-v", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert "qemu-img writes qcow2 at once (no raw copy)" in r.stderr
     assert "from the raw copy" not in r.stderr
@@ -127,7 +127,7 @@ def test_qemu_img_writes_the_format_at_once_when_it_converts_anyway(
     r = importer_cli("import", nginx.url("disk.qcow2"), tmp_path / "q.vmdk", "-O", "vmdk", "-v")
     assert r.returncode == 0 and "qemu-img writes vmdk from the raw copy" in r.stderr
     grown = tmp_path / "g.qcow2"
-    r = importer_cli("import", nginx.url("disk-ms.vmdk"), grown, "-O", "qcow2", "-v",
+    r = importer_cli("import", nginx.url("disk.vdi"), grown, "-O", "qcow2", "-v",
                      "--image-size", "64Mi")
     assert r.returncode == 0 and "from the raw copy" in r.stderr, r.stderr
     assert _info(grown)["virtual-size"] == 64 << 20 and _same_guest(grown, images.raw)
@@ -163,9 +163,9 @@ def _alive(pid: int) -> bool:
 
 
 def _slow_output_import(nginx: Nginx, out: Path) -> subprocess.Popen[str]:
-    """An -O qcow2 import of a vmdk served slowly (qemu-img converts it as it comes)."""
+    """An -O qcow2 import of a vdi served slowly (qemu-img converts it as it comes)."""
     return subprocess.Popen([sys.executable, "-m", "importer", "import",
-                             nginx.url("crawl/disk-ms.vmdk"), str(out), "-O", "qcow2"],
+                             nginx.url("crawl/disk.vdi"), str(out), "-O", "qcow2"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
 
@@ -212,7 +212,7 @@ def test_sigkill_during_output_import_kills_qemu_img_and_the_next_run_cleans_up(
             proc.communicate()
     left = sorted(p.name for p in tmp_path.iterdir())
     assert any(n.startswith(".d.qcow2.") and n.endswith(".importer") for n in left), left
-    r = importer_cli("import", nginx.url("disk-ms.vmdk"), out, "-O", "qcow2")
+    r = importer_cli("import", nginx.url("disk.vdi"), out, "-O", "qcow2")
     assert r.returncode == 0, r.stderr
     assert "left behind by an interrupted import" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.qcow2"]

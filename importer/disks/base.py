@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Extent", "NativeUnsupported", "RandomAccessDisk", "fill_at", "merge_extents"]
+__all__ = ["Extent", "NativeUnsupported", "RandomAccessDisk", "fill_at", "fill_zeros", "merge_extents"]
 
 
 class NativeUnsupported(Exception):
@@ -89,3 +89,15 @@ def fill_at(readinto_at: Callable[[int, memoryview], int], offset: int, view: me
             break
         got += n
     return got
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def fill_zeros(view: memoryview) -> None:
+    """Zero `view` (a hole read by a disk reader) without allocating a buffer of its size."""
+    pos = 0
+    while pos < len(view):
+        n = min(len(_ZEROS), len(view) - pos)
+        view[pos : pos + n] = _ZEROS[:n]
+        pos += n

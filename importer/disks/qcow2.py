@@ -34,7 +34,7 @@ from isal import isal_zlib
 
 from ..errors import FormatError, UnsafeImageError
 from ..formats.pinned import PinnedBytes
-from .base import Extent, NativeUnsupported, fill_at
+from .base import Extent, NativeUnsupported, fill_at, fill_zeros
 
 __all__ = [
     "NativeUnsupported",
@@ -65,7 +65,6 @@ MAX_L2_BYTES = 256 << 20
 #: compressed clusters closer than this in the file are fetched with one range request
 MERGE_GAP = 64 << 10
 L2_PREFETCH = 8
-_ZEROS = bytes(1 << 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +342,7 @@ class Qcow2Disk:
         for bpos, host, n in plain:
             self._read_exact(host, out[bpos : bpos + n], "data cluster")
         for bpos, n in zeros:
-            _fill_zeros(out[bpos : bpos + n])
+            fill_zeros(out[bpos : bpos + n])
         if packed:
             self._read_compressed(packed, out)
         return want
@@ -514,11 +513,3 @@ def compressed_range(h: Qcow2Header, entry: int) -> tuple[int, int]:
     host = entry & ((1 << shift) - 1)
     sectors = ((entry >> shift) & ((1 << (h.cluster_bits - 8)) - 1)) + 1
     return host, sectors * 512 - (host & 511)
-
-
-def _fill_zeros(view: memoryview) -> None:
-    pos = 0
-    while pos < len(view):
-        n = min(len(_ZEROS), len(view) - pos)
-        view[pos : pos + n] = _ZEROS[:n]
-        pos += n

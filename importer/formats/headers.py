@@ -204,8 +204,8 @@ def _vmdk(read_at: ReadAt, size: int | None = None) -> ImageInfo:
     directory = -(-capacity // (gtes * grain)) * 4
     if directory > QCOW2_MAX_L1_BYTES or capacity > 1 << 53:
         raise FormatError(
-            f"vmdk grain directory too big ({directory} bytes for a virtual size of "
-            f"{capacity * 512} bytes): the header is corrupt or hostile")
+            f"vmdk L1 size too big: a grain directory of {directory} bytes for a virtual size "
+            f"of {capacity * 512} bytes; the header is corrupt or hostile")
     if not desc_off or not desc_size or desc_size > 2048:
         raise UnsafeImageError(
             "this vmdk sparse extent has no embedded descriptor; it belongs to a multi-file "

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from ..errors import FormatError
 
-__all__ = ["MAX_TABLE_BYTES", "check_vdi_blocks", "check_vmdk_grains"]
+__all__ = ["MAX_TABLE_BYTES", "READ_RUN", "check_vdi_blocks", "check_vmdk_grains", "table_runs",
+           "u32le"]
 
 ReadAt = Callable[[int, int], bytes]
 #: table bytes a check may pin: a fully allocated 1 TiB vmdk of 64 KiB grains has 64 MiB
@@ -33,7 +34,8 @@ _TRUNCATED = ("the image is truncated: {what} points at bytes {start}-{end}, pas
               "download or copy): fetch it again")
 
 
-def _u32le(data: bytes) -> array.array[int]:
+def u32le(data: bytes | bytearray | memoryview) -> array.array[int]:
+    """A table of little-endian 32-bit entries (vmdk, vdi) as integers."""
     entries = array.array("I")
     entries.frombytes(data[: len(data) // 4 * 4])
     if sys.byteorder != "little":  # pragma: no cover - x86_64 and arm64 are little-endian
@@ -59,7 +61,7 @@ def _read(read_at: ReadAt, offset: int, length: int, size: int, what: str) -> by
     return data
 
 
-def _runs(offsets: list[int], length: int) -> list[tuple[int, int]]:
+def table_runs(offsets: list[int], length: int) -> list[tuple[int, int]]:
     """Adjacent tables of `length` bytes at `offsets` merged into reads: (start, count)."""
     runs: list[tuple[int, int]] = []
     for off in sorted(set(offsets)):
@@ -84,17 +86,17 @@ def check_vmdk_grains(read_at: ReadAt, size: int, header: bytes) -> None:
     disk = capacity * 512
     n_tables = -(-disk // per_table)
     _need_budget(n_tables * 4, "vmdk grain directory")
-    directory = _u32le(_read(read_at, gd_sector * 512, n_tables * 4, size,
+    directory = u32le(_read(read_at, gd_sector * 512, n_tables * 4, size,
                              "the vmdk grain directory"))
     tables = [(i, sector * 512) for i, sector in enumerate(directory) if sector]
     _need_budget(len(tables) * gtes * 4, "vmdk grain tables")
     where: dict[int, list[int]] = {}
     for i, off in tables:
         where.setdefault(off, []).append(i)
-    for start, count in _runs(list(where), gtes * 4):
+    for start, count in table_runs(list(where), gtes * 4):
         data = _read(read_at, start, count * gtes * 4, size, f"vmdk grain table {start // 512}")
         for k in range(count):
-            entries = _u32le(data[k * gtes * 4: (k + 1) * gtes * 4])
+            entries = u32le(data[k * gtes * 4: (k + 1) * gtes * 4])
             top = max(entries)  # 0: unallocated, 1: a zeroed grain (no data)
             if top <= 1 or top * 512 + grain_bytes <= size:
                 continue  # the furthest grain of the table is inside: all are
@@ -128,7 +130,7 @@ def check_vdi_blocks(read_at: ReadAt, size: int, header: bytes, disk_size: int) 
     if block == 0 or block % 512 or extra % 512:
         raise FormatError(f"vdi block size {block} (+{extra}) is invalid; the header is corrupt")
     _need_budget(blocks * 4, "vdi block map")
-    entries = _u32le(_read(read_at, bmap, blocks * 4, size, "the vdi block map"))
+    entries = u32le(_read(read_at, bmap, blocks * 4, size, "the vdi block map"))
     allocated = [(i, e) for i, e in enumerate(entries) if e < VDI_DISCARDED]
     if not allocated:
         return

@@ -6,15 +6,17 @@ the same decision `importer import` then carries out (engine.py asks this functi
 
 Plans, cheapest first:
 * stream    raw/iso (possibly gz/xz/zstd/bz2-compressed) decoded in order straight to the
-            target, zeros skipped; a qcow2 the same way through the native streaming reader
-            (disks/qcow2_stream.py) when the source cannot be read at random;
+            target, zeros skipped; a qcow2 or vmdk the same way through the native streaming
+            readers (disks/qcow2_stream.py, disks/vmdk_stream.py) when the source cannot be
+            read at random;
 * ranges    raw/iso from a range-capable source: the extent copier fetches chunks on several
             connections, each written at its offset;
 * extents   a random-access disk with a data/zero map read by the extent copier: the native
-            qcow2 reader, or the blocks of a multi-block .xz decoded on all cores;
-* convert   vmdk/vdi/vhd/vhdx (and qcow2 with --converter qemu-img): qemu-img reads the image
-            through our NBD export of the pinned source, nothing staged;
-* staged    vmdk/vdi/vhd/vhdx (or qcow2 with --converter qemu-img) from a source that cannot be
+            qcow2 or vmdk reader, or the blocks of a multi-block .xz decoded on all cores;
+* convert   vdi/vhd/vhdx (and qcow2 or vmdk with --converter qemu-img, or what the native
+            reader declines): qemu-img reads the image through our NBD export of the pinned
+            source, nothing staged;
+* staged    vdi/vhd/vhdx (or qcow2/vmdk with --converter qemu-img) from a source that cannot be
             read at random (no ranges, gz or zstd around it, a checksum to verify first):
             decoded to scratch, inspected again, then converted;
 * archive   a tar extracted safely into a directory;
@@ -36,7 +38,7 @@ from ..formats.headers import ImageInfo
 __all__ = ["NATIVE_FORMATS", "Plan", "SourceFacts", "choose_plan"]
 
 #: formats with a native reader (disks/); the others need qemu-img
-NATIVE_FORMATS = ("qcow2",)
+NATIVE_FORMATS = ("qcow2", "vmdk")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,17 +134,21 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
     elif codecs and src.xz_blocks <= 1:
         why_stage = f"{compressed}-compressed data cannot be read at random"
     if why_stage and native:
+        held = ("clusters that arrive before the table placing them are held (spilled to "
+                "scratch beyond 64 MiB)" if fmt == "qcow2" else
+                "grains are placed by the tables that precede them, or by their markers and "
+                "checked against the tables at the end")
         return Plan("stream", f"{why_stage}: the {fmt} is converted natively as it streams, in "
-                    "file order; clusters that arrive before the table placing them are held "
-                    "(spilled to scratch beyond 64 MiB)", converter="native", disk=fmt)
+                    f"file order; {held}", converter="native", disk=fmt)
     if why_stage:
         return Plan("staged", f"{why_stage}; the image is staged in scratch space, then "
                     f"converted by {'the native reader' if native else 'qemu-img'}{suffix}",
                     converter=converter, disk=fmt if native else None)
     inner = " inside a multi-block xz file" if codecs else ""
     if native:
-        return Plan("extents", f"{fmt}{inner} is read natively at random: data clusters by "
-                    "parallel range reads, zero and unallocated clusters become holes",
+        unit = "clusters" if fmt == "qcow2" else "grains"
+        return Plan("extents", f"{fmt}{inner} is read natively at random: data {unit} by "
+                    f"parallel range reads, zero and unallocated {unit} become holes",
                     converter="native", disk=fmt)
     return Plan("convert", f"{fmt}{inner} is converted by qemu-img reading it through an NBD "
                 f"export of the source{suffix}", converter="qemu-img")

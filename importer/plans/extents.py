@@ -133,6 +133,12 @@ def open_disk(st: RunState, plan: Plan, reads: SourceReads, size: int) -> Random
         return XzDisk(reads.read_at, st.xz_blocks, det.pins)
     if plan.disk == "qcow2":
         return open_qcow2(st, reads, size, delta=plan.name == "delta")
+    if plan.disk == "vmdk":
+        from ..disks.vmdk import VmdkDisk
+        from ..disks.vmdk import parse_header as vmdk_header
+
+        head = det.pins.reader(reads.read_at)(0, min(512, size))  # what the inspector judged
+        return VmdkDisk(vmdk_header(head), reads.readinto_at, size, det.pins)
     raise AssertionError(f"no disk reader for {plan.disk}")
 
 

@@ -20,6 +20,9 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
     if plan.disk == "qcow2":
         _qcow2(st, target)
         return
+    if plan.disk == "vmdk":
+        _vmdk(st, target)
+        return
     info = st.detected.info
     # a fixed VHD detected by its footer: the disk is the data before it; a guest's own disk
     # is taken whole, whatever its last sector looks like
@@ -62,5 +65,29 @@ def _qcow2(st: RunState, target: Target) -> None:
         if reader.stats.spilled:
             log.warning("%d MiB of the qcow2 arrived before the tables placing it and went "
                         "through scratch", reader.stats.spilled >> 20)
+        st.result.checksum = st.verify_checksum()
+        st.finish_size(target, header.size)
+
+
+def _vmdk(st: RunState, target: Target) -> None:
+    """A vmdk converted natively in file order (disks/vmdk_stream.py)."""
+    from ..disks.vmdk import parse_header
+    from ..disks.vmdk_stream import StreamedVmdk
+
+    det = st.detected
+    head = det.pins.covered(0, 512)
+    assert head is not None  # the sniffed head is pinned whole
+    header = parse_header(head)
+    st.result.virtual_size = header.size
+    st.run_ahead()
+    st.progress.plan([("TransferDataFile", 100, True)])
+    st.progress.enter("TransferDataFile")
+    with raw_target(st, target, header.size) as writer:
+        reader = StreamedVmdk(header, write=writer.write, write_zeros=writer.write_zeros)
+        decoded = ThreadedReader(det.stream, chunk=4 << 20, depth=3)
+        decoded.run_ahead()
+        st.stack.callback(decoded.close)
+        reader.run(decoded, st.cancel.is_set)
+        writer.finish()
         st.result.checksum = st.verify_checksum()
         st.finish_size(target, header.size)

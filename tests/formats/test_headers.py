@@ -218,7 +218,7 @@ def test_vmdk_with_a_huge_grain_directory_is_refused_before_qemu(tmp_path: Path)
     b = bytearray(src.read_bytes())
     struct.pack_into("<Q", b, 12, 1 << 48)
     struct.pack_into("<I", b, 44, 1)
-    with pytest.raises(FormatError, match="grain directory too big"):
+    with pytest.raises(FormatError, match="L1 size too big"):
         inspect_image("vmdk", lambda o, n: bytes(b[o : o + n]), len(b))
     # the untouched image still passes
     good = src.read_bytes()
