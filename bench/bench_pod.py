@@ -178,7 +178,68 @@ def pod_argv(vol: Path, url: str, image_size: int, entrypoint: list[str] | None,
     return a
 
 
-def measure(argv: list[str], group: PodGroup, env: dict[str, str]) -> Run:
+class Profiler:
+    """py-spy attached from the host to the pod's Python process as soon as it appears in the
+    pods' cgroup (the pod runs as uid 107 with no capabilities; root outside may trace it)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._attach, daemon=True)
+
+    def __enter__(self) -> Profiler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.proc is not None:
+            self.proc.wait(timeout=60)
+
+    def _attach(self) -> None:
+        root = Path("/sys/fs/cgroup/cpuacct") / PARENT
+        while not self._stop.is_set():
+            for tasks in root.glob("*/tasks"):
+                for pid in tasks.read_text().split():
+                    with contextlib.suppress(OSError):
+                        if "python" in os.readlink(f"/proc/{pid}/exe"):
+                            self.proc = subprocess.Popen(
+                                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                 pid, "--rate", "250", "--nonblocking", "--threads",
+                                 "--format", "raw", "-o", str(self.out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            return
+            time.sleep(0.005)
+
+
+#: leaves where a thread waits for another or for the network: left out of the summary
+WAITS = ("Condition.wait", "_PollLikeSelector.select", "Event.wait", "Thread.join",
+         "Queue.get", "_worker")
+
+
+def profile_summary(raw: Path, top: int = 14) -> str:
+    """Self time per function (collapsed stacks from py-spy's raw format), largest first,
+    waits left out; under the CPU limit a throttled thread still counts as busy."""
+    own: dict[str, int] = {}
+    total = waits = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        leaf = frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1].split(":")[0] + ")"
+        if leaf.split(" (")[0] in WAITS:
+            waits += int(count)
+            continue
+        own[leaf] = own.get(leaf, 0) + int(count)
+        total += int(count)
+    rows = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    return "\n".join(f"  {100 * n / total:5.1f}%  {name}" for name, n in rows) + \
+        f"\n  ({total} busy samples at 250 Hz, all threads; {waits} waiting left out)"
+
+
+def measure(argv: list[str], group: PodGroup, env: dict[str, str],
+            profile: Path | None = None) -> Run:
     os.sync()
     peak = 0
     stop = threading.Event()
@@ -193,7 +254,8 @@ def measure(argv: list[str], group: PodGroup, env: dict[str, str]) -> Run:
     t = time.monotonic()
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    with Profiler(profile) if profile is not None else contextlib.nullcontext():
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     wall = time.monotonic() - t
     stop.set()
     th.join()
@@ -223,6 +285,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--no-limit-column", action="store_true")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="also run ours once more per row under py-spy (from the host) and "
+                    "print where its samples fall; the raw stacks are kept in DIR")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
     if args.big:
@@ -249,6 +314,7 @@ def main() -> int:
     print("| row | ours s | ours CPU s | ours MiB | CDI s | CDI CPU s | CDI MiB | curl s | "
           "ours/CDI | CPU ours/CDI | ours/curl |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    profiles: list[str] = []
     try:
         for row in rows:
             name, size = ROWS[row]
@@ -274,6 +340,15 @@ def main() -> int:
             c = best(results["cdi"]) if results["cdi"] else None
             k = best(results["curl"]) if results["curl"] else None
             print(_row(row, o, c, k), flush=True)
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                raw = args.profile / f"{row}.txt"
+                with volume(args.work) as vol:
+                    measure(pod_argv(vol, url, image_size, None, None), group, env, raw)
+                if raw.exists():
+                    profiles.append(f"{row}:\n{profile_summary(raw)}")
+        for text in profiles:
+            print(f"\n# py-spy, self time per function: {text}")
     finally:
         for _size, (_port, nginx_args) in servers.items():
             subprocess.run(["nginx", *nginx_args, "-s", "stop"], check=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
+    import importer.disks
     import importer.formats
     import importer.sinks.archive
     import importer.sources.oci

@@ -303,8 +303,12 @@ class VmdkDisk:
                 k += 1
             start, end, data = fetched[k]
             at = host - start
-            size = struct.unpack_from("<I", data, at + 8)[0]
             where = f"at byte {host} (guest byte {offset + bpos - inner})"
+            if at + 12 > len(data):
+                raise FormatError(f"vmdk compressed grain {where} lies past the end of the file "
+                                  f"({self._file_size} bytes): the image is truncated; fetch it "
+                                  "again")
+            size = struct.unpack_from("<I", data, at + 8)[0]
             if size == 0 or size > 2 * h.grain or at + 12 + size > len(data):
                 raise FormatError(f"vmdk compressed grain {where} claims {size} bytes: the image "
                                   "is corrupt or truncated")

@@ -28,6 +28,9 @@ ReadAt = Callable[[int, int], bytes]
 QEMU_DRIVER = {"qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhd": "vpc", "vhdx": "vhdx"}
 #: qemu refuses L1 tables over 32 MiB; a bound on what a hostile header can make it allocate
 QCOW2_MAX_L1_BYTES = 32 << 20
+#: the largest vmdk grain the native readers take (VMware and qemu write 64 KiB; a grain is one
+#: buffer, and a compressed one may take two)
+VMDK_NATIVE_GRAIN = 1 << 20
 QCOW2_KNOWN_INCOMPAT = 0b11111  # dirty, corrupt, external data file, compression type, ext. L2
 
 
@@ -231,7 +234,15 @@ def _vmdk(read_at: ReadAt, size: int | None = None) -> ImageInfo:
             f"vmdk descriptor must name exactly one embedded SPARSE extent, found: {listed}")
     if size is not None and create_type == "monolithicSparse":
         check_vmdk_grains(read_at, size, h)
-    return ImageInfo("vmdk", capacity * 512, {"create_type": create_type})
+    details: dict[str, object] = {"create_type": create_type}
+    compressed = struct.unpack_from("<H", h, 77)[0] == 1
+    if grain * 512 > VMDK_NATIVE_GRAIN:
+        details["native_refused"] = (f"the vmdk has grains of {grain * 512} bytes, more than the "
+                                     f"native reader takes ({VMDK_NATIVE_GRAIN >> 20} MiB)")
+    elif compressed and not _flags & (1 << 17):
+        details["native_refused"] = ("the vmdk has compressed grains without grain markers, "
+                                     "which the native reader does not read")
+    return ImageInfo("vmdk", capacity * 512, details)
 
 
 # --------------------------------------------------------------------------------- vdi

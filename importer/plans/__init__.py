@@ -118,6 +118,9 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
         native = False
         native_refused = ("the native reader does not read extended L2 entries (subclusters); "
                           "qemu-img converts this image")
+    elif native and image.details.get("native_refused"):
+        native = False
+        native_refused = f"{image.details['native_refused']}; qemu-img converts this image"
     elif fmt in NATIVE_FORMATS and not native:
         native_refused = "--converter qemu-img"
     else:

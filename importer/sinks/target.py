@@ -396,9 +396,9 @@ def dest_kind(path: Path) -> str:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    import ctypes.util  # ~7 ms: only when fallocate or sync_file_range is first needed
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # dlopen(NULL): the symbols already loaded, libc's among them. ctypes.util.find_library
+    # runs `ldconfig -p` in a child (20 ms of every pod import, in a py-spy profile)
+    libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     return libc

@@ -280,3 +280,18 @@ def test_qemu_img_still_converts_on_request(vmdks: dict[str, Path], tmp_path: Pa
     assert json.loads(r.stdout)["converter"] == "qemu-img"
     assert (tmp_path / "d.img").read_bytes() == _qemu_raw(vmdks["vmware"],
                                                           tmp_path / "q.raw").read_bytes()
+
+
+def test_grains_too_large_for_the_native_reader_go_to_qemu_img(images: Images,
+                                                               tmp_path: Path) -> None:
+    """A 2 MiB grain (VMware allows up to 1 GiB) is one buffer too many for the native reader:
+    qemu-img converts it, and the plan says why."""
+    path = tmp_path / "big-grain.vmdk"
+    path.write_bytes(vmware_stream_optimized(images.raw.read_bytes(), grain_sectors=4096,
+                                             gtes=16))
+    r = importer_cli("import", path, tmp_path / "d.img", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["converter"] == "qemu-img" and "more than the native reader takes" in \
+        result["plan_reason"]
+    assert (tmp_path / "d.img").read_bytes() == _qemu_raw(path, tmp_path / "q.raw").read_bytes()

@@ -22,6 +22,9 @@ from pathlib import Path
 from importer.disks.base import NativeUnsupported
 from importer.disks.qcow2 import Qcow2Disk, parse_header
 from importer.disks.qcow2_stream import StreamedQcow2
+from importer.disks.vmdk import VmdkDisk
+from importer.disks.vmdk import parse_header as parse_vmdk_header
+from importer.disks.vmdk_stream import StreamedVmdk
 from importer.errors import (
     CancelledError,
     ConfigError,
@@ -199,6 +202,45 @@ def qcow2_stream(data: bytes) -> None:
         pass
 
 
+def vmdk_random(data: bytes) -> None:
+    """The native vmdk reader over hostile bytes: every extent read, or a documented refusal."""
+    try:
+        header = parse_vmdk_header(data[:512])
+        if header.size > QCOW2_VIRTUAL_LIMIT or header.grain > 1 << 20:
+            return  # the planner sends larger grains to qemu-img
+
+        def readinto(offset: int, out: bytearray | memoryview) -> int:
+            chunk = data[offset : offset + len(out)]
+            memoryview(out)[: len(chunk)] = chunk
+            return len(chunk)
+
+        disk = VmdkDisk(header, readinto, len(data), PinnedBytes())
+        pos = 0
+        for ext in disk.extents():
+            assert ext.start == pos and ext.length > 0
+            pos = ext.end
+            if not ext.zero:
+                for off in range(ext.start, ext.end, 1 << 20):
+                    n = min(1 << 20, ext.end - off)
+                    assert disk.readinto_at(off, bytearray(n)) == n
+        assert pos == disk.size
+    except QCOW2_EXPECTED:
+        pass
+
+
+def vmdk_stream(data: bytes) -> None:
+    """The streaming vmdk reader over hostile bytes."""
+    try:
+        header = parse_vmdk_header(data[:512])
+        if header.size > QCOW2_VIRTUAL_LIMIT or header.grain > 1 << 20:
+            return
+        write, write_zeros = _sink()
+        StreamedVmdk(header, write=write, write_zeros=write_zeros).run(
+            io.BytesIO(data), lambda: False)  # type: ignore[arg-type]
+    except QCOW2_EXPECTED:
+        pass
+
+
 def tables(data: bytes) -> None:
     """The vmdk and vdi table walkers (truncation checks) over whole images: through the pinned
     reader, as the importer reads them."""
@@ -268,7 +310,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "headers": headers, "detection": detection, "codecs": codecs, "xz_index": xz_index,
     "tar": tar_walker, "oci": oci, "termination": termination, "pinned": pinned,
     "qcow2_random": qcow2_random, "qcow2_stream": qcow2_stream, "tables": tables,
-    "http_framing": http_framing,
+    "http_framing": http_framing, "vmdk_random": vmdk_random, "vmdk_stream": vmdk_stream,
 }
 
 
@@ -329,7 +371,16 @@ def make_seeds(work: Path) -> dict[str, list[bytes]]:
         b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nDISK\r\n"
         b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
     ]
+    from tests.disks.vmdk_images import vmware_stream_optimized
+
+    vmdks = [vmware_stream_optimized(raw.read_bytes()[: 2 << 20], gtes=16)]
+    for sub in ("streamOptimized", "monolithicSparse"):
+        out = work / f"seed-{sub}.vmdk"
+        subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
+                        f"subformat={sub}", str(raw), str(out)], check=True)
+        vmdks.append(out.read_bytes())
     return {
+        "vmdk_random": vmdks, "vmdk_stream": vmdks,
         "tables": whole, "http_framing": requests,
         "headers": images, "detection": images + compressed, "codecs": compressed,
         "xz_index": [c for c in compressed if c.startswith(b"\xfd7zXZ")],
