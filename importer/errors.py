@@ -21,6 +21,7 @@ front-ends only ever see this tree::
     ├── ScratchSpaceRequiredError  the import must be staged but no scratch space was given
     ├── ChecksumMismatchError      the bytes received do not match --checksum
     ├── ConversionError            qemu-img failed
+    ├── KubernetesApiError         the Kubernetes API refused or failed a request (the poller)
     └── CancelledError             stopped by a signal: exit 128 + N
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "ConversionError",
     "FormatError",
     "ImporterError",
+    "KubernetesApiError",
     "ScratchSpaceRequiredError",
     "SourceAuthError",
     "SourceContentError",
@@ -127,6 +129,11 @@ class ChecksumMismatchError(ImporterError):
 
 class ConversionError(ImporterError):
     pass
+
+
+class KubernetesApiError(ImporterError):
+    """A request of cdi-source-update-poller to the Kubernetes API failed: refused (4xx, not
+    transient) or unanswered (5xx, no connection: transient)."""
 
 
 class CancelledError(ImporterError):

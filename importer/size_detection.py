@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ImporterError
 from .formats.detect import detect
+from .goflags import parse_go_flags
 from .podconfig import early_settings
 from .sinks.qemu import QemuInput, qemu_info
 from .sources.file import FileSource
@@ -31,25 +32,10 @@ __all__ = ["main"]
 log = logging.getLogger("importer.size_detection")
 
 
-def _flags(argv: Sequence[str]) -> dict[str, str] | None:
-    """Go's flag syntax: -name value, -name=value, --name=value."""
-    out: dict[str, str] = {}
-    it = iter(argv)
-    for arg in it:
-        if not arg.startswith("-"):
-            return None
-        name, eq, value = arg.lstrip("-").partition("=")
-        if not eq:
-            value = next(it, "")
-        if name not in ("image-path", "scheme"):
-            return None
-        out[name] = value
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    flags = _flags(list(sys.argv[1:] if argv is None else argv))
+    flags = parse_go_flags(list(sys.argv[1:] if argv is None else argv),
+                           ("image-path", "scheme"), ("alsologtostderr",))
     if flags is None or not flags.get("image-path"):
         log.error("One or more mandatory parameters are missing: -image-path PATH "
                   "[-scheme file://]")

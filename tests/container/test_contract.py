@@ -435,3 +435,44 @@ def test_clone_from_a_source_pod_to_a_target_pod(tmp_path: Path, images: Images)
     assert src_term.read_text() == "Clone Complete"
     assert json.loads(term.read_text())["message"] == "Clone Complete"
     assert same_disk(data / "disk.img", images["disk.raw"])
+
+
+def test_source_update_poller_as_a_data_import_cron_runs_it(tmp_path: Path, plain: Registry,
+                                                             disks: Disks, ca: object) -> None:
+    """CDI's CronJob pod: the importer image, `/usr/bin/cdi-source-update-poller -ns -cron -url`
+    as its command, the image's own user (CDI leaves RunAsUser unset), the service account's
+    token and CA where Kubernetes mounts them, KUBERNETES_SERVICE_HOST/PORT as the kubelet sets
+    them; the API is the stand-in (tests/kube_api.py)."""
+    from ..kube_api import kube_api
+
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    with kube_api(tmp_path, ca) as api:
+        api.add_cron("golden", "centos-cron", {})
+        (sa / "token").write_text(api.token)
+        shutil.copyfile(api.ca_file, sa / "ca.crt")
+        (sa / "namespace").write_text("cdi")
+        for f in sa.iterdir():
+            f.chmod(0o644)
+        term = tmp_path / "termination-log"
+        term.touch()
+        os.chown(term, 107, 107)
+        url = f"docker://{plain.host}/cd:raw"
+        argv = ["podman", "run", "--rm", "--pull", "never", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges", "--network", "host", "--read-only",
+                "--tmpfs", "/tmp", "-v", f"{sa}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
+                "-v", f"{term}:/dev/termination-log:rw",
+                "-e", "KUBERNETES_SERVICE_HOST=127.0.0.1",
+                "-e", f"KUBERNETES_SERVICE_PORT={api.port}", "-e", "INSECURE_TLS=true",
+                "--entrypoint", "/usr/bin/cdi-source-update-poller", IMAGE,
+                "-ns", "golden", "-cron", "centos-cron", "-url", url]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=PODMAN_ENV)
+        assert r.returncode == 0, r.stderr
+        digest = api.annotations("golden", "centos-cron")[
+            "cdi.kubevirt.io/storage.import.sourceDesiredDigest"]
+        assert digest.startswith("sha256:") and digest in term.read_text()
+        # --help answers, as every program of the image does
+        r = subprocess.run(["podman", "run", "--rm", "--pull", "never", "--entrypoint",
+                            "/usr/bin/cdi-source-update-poller", IMAGE, "--help"],
+                           capture_output=True, text=True, timeout=120, env=PODMAN_ENV)
+        assert r.returncode == 0 and "-cron NAME" in r.stdout, r.stderr

@@ -1,0 +1,34 @@
+"""Go's flag syntax, which CDI's controller uses to start its programs: `-name value`,
+`-name=value`, `--name value`, `--name=value`; a boolean flag takes no value unless `=` gives
+one. Written by hand because argparse rejects Go's single-dash long names with `=` in some
+spellings and would print its own usage text where CDI's programs print theirs."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+__all__ = ["parse_go_flags"]
+
+
+def parse_go_flags(argv: Sequence[str], names: Collection[str],
+                   booleans: Collection[str] = ()) -> dict[str, str] | None:
+    """The flags given, by name; None when an argument is not one of `names` (or `booleans`),
+    is not a flag at all, or lacks its value."""
+    out: dict[str, str] = {}
+    it = iter(argv)
+    for arg in it:
+        if not arg.startswith("-") or arg in ("-", "--"):
+            return None
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in booleans:
+            out[name] = value if eq else "true"
+            continue
+        if name not in names:
+            return None
+        if not eq:
+            nxt = next(it, None)
+            if nxt is None:
+                return None
+            value = nxt
+        out[name] = value
+    return out
