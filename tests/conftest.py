@@ -246,9 +246,10 @@ CDI_PROGRESS = r'(kubevirt_cdi_import_progress_total)\{ownerUID\="%s"\} (\d{1,3}
 
 
 def scrape_progress(proc: subprocess.Popen[str], port: int, owner_uid: str,
-                    timeout: float = 120) -> tuple[list[float], str]:
+                    timeout: float = 120, metric: str = "kubevirt_cdi_import_progress_total"
+                    ) -> tuple[list[float], str]:
     """Scrape the pod's metrics endpoint as CDI's controller does (TLS unverified, CDI's
-    regex) until the process exits; the values seen, and the last whole body."""
+    regex, on `metric`) until the process exits; the values seen, and the last whole body."""
     import re
 
     import httpx
@@ -263,7 +264,8 @@ def scrape_progress(proc: subprocess.Popen[str], port: int, owner_uid: str,
             except httpx.HTTPError:
                 time.sleep(0.1)
                 continue
-            m = re.search(CDI_PROGRESS % owner_uid, text)
+            m = re.search(CDI_PROGRESS.replace("kubevirt_cdi_import_progress_total", metric)
+                          % owner_uid, text)
             assert m, text
             values.append(float(m.group(2)))
             body = text

@@ -476,3 +476,31 @@ def test_source_update_poller_as_a_data_import_cron_runs_it(tmp_path: Path, plai
                             "/usr/bin/cdi-source-update-poller", IMAGE, "--help"],
                            capture_output=True, text=True, timeout=120, env=PODMAN_ENV)
         assert r.returncode == 0 and "-cron NAME" in r.stdout, r.stderr
+
+
+def test_ovirt_populator_as_the_forklift_controller_runs_it(tmp_path: Path, ovirt: Ovirt) -> None:
+    """CDI's populator pod: command `ovirt-populator` (found on PATH), its flags, the secret's
+    keys as environment (envFrom), uid 107, the PVC at /mnt, progress on :8443 (here another
+    port: host networking)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    os.chown(mnt, 107, 107)
+    port = free_port()
+    argv = ["podman", "run", "--rm", "--pull", "never", "--user", "107", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", "--network", "host", "--read-only",
+            "--tmpfs", "/tmp", "-v", f"{mnt}:/mnt:rw",
+            "-e", f"user={FakeEngine.USER}", "-e", f"password={FakeEngine.PASSWORD}",
+            "-e", f"cacert={ovirt.pki.ca_file.read_text()}", "-e", "insecureSkipVerify=false",
+            "-e", f"IMPORTER_METRICS_PORT={port}",
+            "--entrypoint", "ovirt-populator", IMAGE,
+            "--volume-path=/mnt/disk.img", "--secret-name=ovirt-creds",
+            f"--disk-id={ovirt.cold.id}", f"--engine-url={ovirt.engine.url}",
+            "--owner-uid=pvc-uid", f"--pvc-size={1 << 30}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=PODMAN_ENV)
+    assert r.returncode == 0, r.stderr
+    assert same_disk(mnt / "disk.img", ovirt.cold_image)
+    assert FakeEngine.PASSWORD not in r.stderr
+    r = subprocess.run(["podman", "run", "--rm", "--pull", "never", "--entrypoint",
+                        "ovirt-populator", IMAGE, "--help"], capture_output=True, text=True,
+                       timeout=120, env=PODMAN_ENV)
+    assert r.returncode == 0 and "--engine-url" in r.stdout, r.stderr
