@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import advice
 from .children import guarded
 from .errors import ConfigError, ImporterError, SourceError, TargetError
 from .formats.snappy_framed import frames
@@ -137,6 +138,7 @@ def send(settings: ClonerSettings, body: Iterator[bytes], content_type: str) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    advice.use("pod")  # messages name the pod's settings, never CLI flags
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     if args.version:
         from . import __version__

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import advice
 from .engine import run_import
 from .errors import CancelledError, ConfigError, ImporterError
 from .metrics import MetricsServer
@@ -41,6 +42,7 @@ LOG_EVERY = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    advice.use("pod")  # messages name the pod's settings, never CLI flags
     args = list(sys.argv[1:] if argv is None else argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, advice
 from .config import ImportConfig
 from .engine import run_import
 from .errors import (
@@ -31,6 +31,7 @@ from .errors import (
     SourceTLSError,
     SourceUnavailableError,
     SourceUnreachableError,
+    TargetTooSmallError,
 )
 from .metrics import MetricsServer
 from .nodepull import fetch_labels, image_url, signal_done, wait_for_ready
@@ -69,6 +70,7 @@ def _verbosity(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    advice.use("pod")  # messages name the pod's settings, never CLI flags
     args = list(sys.argv[1:] if argv is None else argv)
     if "--version" in args:
         print(f"cdi-importer (importer {__version__})")
@@ -227,6 +229,12 @@ def _import(settings: PodSettings, config: ImportConfig, progress: Progress,
         return exc.exit_code, text_message(f"Unable to connect to {src} data source: {exc}")
     except CancelledError:
         raise
+    except TargetTooSmallError as exc:
+        log.error("%s", exc)
+        # CDI's sentence (pkg/image/qemu.go ErrLargerPVCRequired), which users and alerts know
+        return exc.exit_code, text_message(
+            f"Unable to process data: virtual image size {exc.required} is larger than the "
+            f"reported available storage {exc.available}. A larger PVC is required")
     except SourceError as exc:
         log.error("%s", exc)
         if exc.connecting and src != "registry":  # CDI: its data source's constructor failed

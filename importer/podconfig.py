@@ -197,6 +197,10 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         block = stat.S_ISBLK(os.stat(block_dev).st_mode)
     except FileNotFoundError:
         block = False
+    if block and ctype is ContentType.ARCHIVE and source != "none":
+        problem("content_type", "IMPORTER_CONTENTTYPE=archive needs a filesystem volume: the "
+                "target is a block volume (/dev/cdi-block-volume), which holds one disk image, "
+                "not the files of an archive; use volumeMode Filesystem or contentType kubevirt")
     if block:
         dest = block_dev
     elif ctype is ContentType.ARCHIVE:
@@ -207,9 +211,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         problem("dest", f"neither {block_dev} (block volume) nor the directory {data_dir} "
                 "(filesystem volume) exists: mount the target volume")
 
+    # CDI: "node" pulls through the image server sidecar; anything else ("pod", the
+    # controller's other value, or unset) is a pull by the pod itself
     pull_method = env.get("IMPORTER_PULL_METHOD", "")
-    if pull_method not in ("", "node"):
-        problem("node_pull", f"IMPORTER_PULL_METHOD={pull_method!r}: use node or leave it empty")
     node_pull = pull_method == "node"
     if node_pull and source != "http":
         problem("node_pull", f"IMPORTER_PULL_METHOD=node goes with IMPORTER_SOURCE=http, not "

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import advice
 from .errors import ConfigError, ImporterError
 from .kube import DataImportCrons
 from .pollerconfig import USAGE, PollerSettings, read_poller_settings, wants_help
@@ -99,6 +100,7 @@ def run(settings: PollerSettings) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    advice.use("pod")  # messages name the pod's settings, never CLI flags
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = list(sys.argv[1:] if argv is None else argv)
     if wants_help(args):

@@ -145,6 +145,7 @@ def test_target_too_small(pod: Pod, nginx: Nginx) -> None:
     code, _ = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"), IMPORTER_IMAGE_SIZE="8Mi")
     assert code == 1
     assert "is larger than the reported available" in pod.termination  # -> "too small"
+    assert pod.termination.endswith(". A larger PVC is required")  # CDI's sentence
     assert list(pod.data.iterdir()) == []
 
 
@@ -388,3 +389,34 @@ def test_kubevirt_content_with_a_tar_is_written_as_raw_like_cdi(pod: Pod, nginx:
     disk = (pod.data / "disk.img").read_bytes()
     assert hashlib.md5(disk[: len(tar)]).digest() == hashlib.md5(tar).digest()  # CDI's check
     assert "contentType: archive" in err
+
+
+def test_cdi_s_pull_method_pod_is_a_pull_by_the_pod(pod: Pod, nginx: Nginx, images: Images
+                                                   ) -> None:
+    """The controller sets IMPORTER_PULL_METHOD=pod (anything but node is a pod pull in CDI)."""
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("disk.qcow2"), IMPORTER_PULL_METHOD="pod")
+    assert code == 0, err
+    assert same_disk(pod.data / "disk.img", images.raw)
+
+
+def test_pod_messages_name_the_pod_s_settings_never_cli_flags(pod: Pod, nginx: Nginx) -> None:
+    """What a CDI user can change is the DataVolume's secret or config map, not a flag."""
+    for endpoint in (nginx.url("private/disk.qcow2"), nginx.tls_url("disk.qcow2")):
+        code, err = pod.run(IMPORTER_ENDPOINT=endpoint)
+        assert code == 1, err
+        message = pod.termination
+        assert "--" not in message, message
+        assert "secret" in message or "certConfigMap" in message, message
+
+
+def test_an_archive_into_a_block_volume_says_so(tmp_path: Path) -> None:
+    from .conftest import loop_device
+
+    (tmp_path / "dev").mkdir()
+    with loop_device(tmp_path / "backing", 8 << 20, b"\0") as dev:
+        (tmp_path / "dev" / "cdi-block-volume").symlink_to(dev)
+        p = Pod(tmp_path)
+        code, _err = p.run(IMPORTER_ENDPOINT="http://127.0.0.1:9/a.tar",
+                           IMPORTER_CONTENTTYPE="archive")
+        assert code == 1
+        assert "archive needs a filesystem volume" in p.termination, p.termination

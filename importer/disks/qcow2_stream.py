@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import advice
 from ..errors import FormatError, ScratchSpaceRequiredError, TargetError
 from ..streams import read_full
 from .qcow2 import (
@@ -63,7 +64,8 @@ HOLD_IN_MEMORY = 64 << 20  # clusters waiting for their table, before they spill
 #: data clusters named by tables already read and not passed yet (12 bytes each): an image
 #: whose tables all come first (preallocation=metadata) needs one per allocated cluster
 MAX_PENDING = 12 << 20
-_WAY_OUT = ("convert it with qemu-img from a staged copy instead (--converter qemu-img), or "
+def _way_out() -> str:
+    return (f"convert it with qemu-img from a staged copy instead ({advice.converter()}), or "
             "decompress it and import the file")
 
 #: (guest offset, buffer, length, start in buffer) -> zero bytes
@@ -112,7 +114,7 @@ class _Held:
         if held + self._cs > self._budget:
             raise FormatError(f"the qcow2 image holds more data before its tables than its "
                               f"tables could ever place (over {self._budget} bytes): it is "
-                              f"corrupt or hostile; {_WAY_OUT}")
+                              f"corrupt or hostile; {_way_out()}")
         if len(self._mem) * self._cs < self._limit:
             self._mem[index] = bytes(data)
             self._stats.held_peak = max(self._stats.held_peak, len(self._mem) * self._cs)
@@ -366,7 +368,7 @@ class StreamedQcow2:
         self._pending += batch.cost()
         if self._pending > MAX_PENDING:
             raise FormatError(f"the qcow2 image's tables name more than {MAX_PENDING} clusters "
-                              f"still to come in the stream; {_WAY_OUT}")
+                              f"still to come in the stream; {_way_out()}")
         self._add(batch)
 
     def _on_cluster(self, batch: _Clusters, data: bytes | bytearray | memoryview) -> None:

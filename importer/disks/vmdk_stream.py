@@ -26,6 +26,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 
+from .. import advice
 from ..errors import FormatError
 from ..formats.tables import u32le
 from ..streams import read_full
@@ -47,7 +48,8 @@ __all__ = ["StreamedVmdk"]
 
 #: guest bytes written with one call when grains lie one after another in the file and the disk
 RUN = 4 << 20
-_WAY_OUT = ("convert it with qemu-img from a staged copy instead (--converter qemu-img), or "
+def _way_out() -> str:
+    return (f"convert it with qemu-img from a staged copy instead ({advice.converter()}), or "
             "decompress it and import the file")
 
 #: (guest offset, buffer, length, start in buffer) -> zero bytes
@@ -112,10 +114,10 @@ class StreamedVmdk:
         if gd_end > h.overhead:
             raise FormatError(f"the vmdk's grain directory (bytes {h.gd_offset}-{gd_end - 1}) "
                               f"lies among its grains (from byte {h.overhead}); it cannot be "
-                              f"converted as it streams: {_WAY_OUT}")
+                              f"converted as it streams: {_way_out()}")
         if h.overhead > 2 * MAX_TABLES:
             raise FormatError(f"the vmdk's metadata takes {h.overhead} bytes before its first "
-                              f"grain, more than this importer holds: {_WAY_OUT}")
+                              f"grain, more than this importer holds: {_way_out()}")
         head = cur.read(h.overhead, "the vmdk metadata")
         gd = u32le(memoryview(head)[h.gd_offset : gd_end])
         gts: dict[int, array[int]] = {}
@@ -126,7 +128,7 @@ class StreamedVmdk:
             if end > h.overhead:
                 raise FormatError(f"the vmdk's grain table {index} (bytes {start}-{end - 1}) lies "
                                   f"among its grains (from byte {h.overhead}); it cannot be "
-                                  f"converted as it streams: {_WAY_OUT}")
+                                  f"converted as it streams: {_way_out()}")
             gts[index] = u32le(memoryview(head)[start:end])
         for e in grain_extents(h, gts):
             if e.zero:
@@ -150,7 +152,7 @@ class StreamedVmdk:
         pairs = list(_data_grains(self.h, gts))
         if len(pairs) > 1 << 20:
             raise FormatError(f"the vmdk's {len(pairs)} grains are not in the order of the disk "
-                              f"in the file; it cannot be converted as it streams: {_WAY_OUT}")
+                              f"in the file; it cannot be converted as it streams: {_way_out()}")
         pairs.sort()
         return pairs
 
@@ -165,7 +167,7 @@ class StreamedVmdk:
         """A grain the tables place inside the metadata (qemu reads it from there)."""
         if host + length > len(head):
             raise FormatError(f"the vmdk's grain at byte {host} straddles the start of the "
-                              f"grains; it cannot be converted as it streams: {_WAY_OUT}")
+                              f"grains; it cannot be converted as it streams: {_way_out()}")
 
     def _plain_grains(self, cur: _Cursor, head: bytearray, grains: Iterable[tuple[int, int]],
                       cancelled: Callable[[], bool]) -> None:
@@ -200,7 +202,7 @@ class StreamedVmdk:
                 continue
             if host < max(cur.pos, run_host + run_len):
                 raise FormatError(f"the vmdk's grain at byte {host} overlaps the data before "
-                                  f"it; it cannot be converted as it streams: {_WAY_OUT}")
+                                  f"it; it cannot be converted as it streams: {_way_out()}")
             if run_len and (host != run_host + run_len or guest != run_guest + run_len
                             or run_len + length > RUN or length < h.grain):
                 flush()
@@ -235,7 +237,7 @@ class StreamedVmdk:
             else:
                 if host < cur.pos:
                     raise FormatError(f"the vmdk's grain at byte {host} overlaps the data before "
-                                      f"it; it cannot be converted as it streams: {_WAY_OUT}")
+                                      f"it; it cannot be converted as it streams: {_way_out()}")
                 if cancelled():
                     return
                 cur.skip_to(host, "the gap before a grain")
@@ -282,7 +284,7 @@ class _ByMarkers:
         self.kept += n
         if self.kept > 2 * MAX_TABLES:
             raise FormatError(f"the vmdk's tables take more than {2 * MAX_TABLES >> 20} MiB; "
-                              f"it cannot be converted as it streams: {_WAY_OUT}")
+                              f"it cannot be converted as it streams: {_way_out()}")
 
     def run(self) -> None:
         h, cur = self.h, self.cur

@@ -36,6 +36,7 @@ import urllib3.exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from .. import advice
 from ..checksum import ChecksumSpec
 from ..config import Header, HttpOptions
 from ..errors import (
@@ -197,8 +198,9 @@ class GcsSource:
         except gexc.PreconditionFailed as exc:
             raise SourceContentError(f"{where} changed during the import") from exc
         except requests.exceptions.SSLError as exc:
-            raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA with "
-                                 "--ca-dir or skip verification with --insecure") from exc
+            raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA "
+                                 f"({advice.ca()}) or skip verification ({advice.insecure()})"
+                                 ) from exc
         except requests.exceptions.ConnectionError as exc:
             raise connection_error(where, exc) from exc
         except (gexc.ServerError, gexc.TooManyRequests,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from .. import __version__
+from .. import __version__, advice
 from ..config import HttpOptions
 from ..errors import (
     ImporterError,
@@ -260,8 +260,9 @@ class HttpSource:
         if ctype.lower().startswith(("text/", "application/xml", "application/xhtml")):
             # CDI logs this and goes on; servers mislabel images. An HTML body is refused by
             # the format sniffer, which looks at the bytes themselves.
-            log.warning("Unexpected content type '%s' from %s; the data decides", ctype,
-                        self._where(url))
+            # CDI's sentence, which its functional tests look for in the pod's log
+            log.warning("Unexpected content type '%s'. Content might not be a KubeVirt image. "
+                        "(%s; the data decides)", ctype, self._where(url))
         if status == 206:
             m = _CONTENT_RANGE.match(headers.get("content-range", ""))
             if not m or m.group(1) != "0" or m.group(3) == "*":
@@ -286,7 +287,7 @@ class HttpSource:
         if status in (401, 403):
             hint = self._auth_hint or (
                 "the credentials were refused" if self.opts.username
-                else "the server wants credentials: use --username with --password-file"
+                else f"the server wants credentials: give them with {advice.credentials()}"
             )
             raise SourceAuthError(f"{what}; {hint}")
         if status in (404, 410):
@@ -620,8 +621,8 @@ def classify_error(exc: BaseException, where: str) -> SourceError:
                 isinstance(e, ssl.SSLError) and "CERTIFICATE" in str(e).upper()):
             detail = getattr(e, "verify_message", None) or e
             return SourceTLSError(
-                f"{where}: TLS verification failed ({detail}); give the CA (--ca-dir, or a cert "
-                "config map in a pod) or skip verification (--insecure, INSECURE_TLS)")
+                f"{where}: TLS verification failed ({detail}); give the CA ({advice.ca()}) or "
+                f"skip verification ({advice.insecure()})")
         if isinstance(e, ssl.SSLError) and not isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError):
             return SourceTLSError(
                 f"{where}: TLS handshake failed ({e.reason or e}); the server may not speak TLS "

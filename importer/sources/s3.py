@@ -27,6 +27,7 @@ import botocore.exceptions
 from botocore import UNSIGNED
 from botocore.config import Config
 
+from .. import advice
 from ..checksum import ChecksumSpec
 from ..config import HttpOptions
 from ..errors import (
@@ -187,8 +188,9 @@ class S3Source:
                 raise SourceUnavailableError(text) from exc
             raise SourceError(f"{text} while {action}") from exc
         except botocore.exceptions.SSLError as exc:
-            raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA with "
-                                 "--ca-dir or skip verification with --insecure") from exc
+            raise SourceTLSError(f"{where}: TLS verification failed ({exc}); give the CA "
+                                 f"({advice.ca()}) or skip verification ({advice.insecure()})"
+                                 ) from exc
         except botocore.exceptions.EndpointConnectionError as exc:
             raise connection_error(where, exc) from exc
         except (botocore.exceptions.ConnectionClosedError,

@@ -21,6 +21,7 @@ import email.utils
 import http.server
 import json
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -33,8 +34,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import advice
 from ..config import ContentType, ImportConfig
-from ..errors import CancelledError, ConfigError, ImporterError, TargetError, TargetTooSmallError
+from ..errors import (
+    CancelledError,
+    ConfigError,
+    FormatError,
+    ImporterError,
+    SourceContentError,
+    TargetError,
+    TargetTooSmallError,
+)
 from ..podconfig import available_space, get_usable_space
 from ..quantity import is_decimal
 from ..stopping import StopSignals
@@ -230,7 +240,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a HEAD answer has the length of the body, not the body
+            self.wfile.write(data)
 
     # ---------------------------------------------------------------- methods
 
@@ -519,7 +530,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except CancelledError:
             raise
         except ImporterError as exc:
-            self._failed(exc)
+            self._failed(exc, clone=bool(clone))
             return
         except Exception as exc:  # a bug: the client still gets an answer, the server goes on
             log.exception("internal error while saving the upload")
@@ -589,12 +600,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                      preallocation_applied=applied)
         state.finished.set()
 
-    def _failed(self, exc: ImporterError) -> None:
-        """CDI's answers: 400 for what does not fit, 500 for the rest; the server stays up so
-        the client can try again."""
+    def _failed(self, exc: ImporterError, *, clone: bool = False) -> None:
+        """CDI's answers: 400 for what does not fit or is not a valid image, 500 for the rest
+        (a broken clone stream too: the cloner's transfer failed, not a user's image); the
+        server stays up so the client can try again."""
         log.error("Saving stream failed: %s", exc)
         if isinstance(exc, BadRequest):
             self._reply(exc.status, str(exc), close=True)
+            return
+        # CDI wraps every validation failure of the image as a capacity error (its
+        # data-processor), so an invalid image is a 400 there too (its message says what is
+        # wrong with the image): clients and CDI's tests tell "your data" (400) from "the
+        # server" (500) by it
+        if isinstance(exc, (FormatError, SourceContentError)) and not clone:
+            self._reply(400, f"Saving stream failed: {exc}", close=True)
             return
         capacity = isinstance(exc, TargetTooSmallError) or (
             isinstance(exc, TargetError) and ("no space left" in str(exc)))
@@ -626,7 +645,10 @@ def process(server: UploadServer, content: ContentType, stream: Any, size: int |
             raise TargetError(f"{CHECKSUM_HEADER}: {exc}") from exc
         config = dataclasses.replace(config, checksum=spec)
     source = BodySource(stream, size, "upload")
-    return run_import(config, cancel=server.cancel, source=source).preallocated
+    applied = run_import(config, cancel=server.cancel, source=source).preallocated
+    if content is ContentType.KUBEVIRT and not settings.block:
+        os.chmod(settings.destination, 0o660)  # CDI's upload server chmods disk.img so
+    return applied
 
 
 def _boundary(content_type: str) -> str:
@@ -651,6 +673,7 @@ def import_config(s: UploadSettings, content: ContentType) -> ImportConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    advice.use("pod")  # messages name the pod's settings, never CLI flags
     args = list(sys.argv[1:] if argv is None else argv)
     if "--version" in args:
         from .. import __version__

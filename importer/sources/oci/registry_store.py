@@ -34,7 +34,7 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
-from ... import __version__
+from ... import __version__, advice
 from ...config import HttpOptions
 from ...errors import (
     ImporterError,
@@ -176,8 +176,7 @@ class RegistryStore:
         if resp.status_code == 401 and scheme == "basic":
             if self._creds is None:
                 raise SourceAuthError(f"{self.where}: the registry requires a user name and "
-                                      "password, and none were given (--username/--password-file, "
-                                      "a credentials file, or the pod's secret)")
+                                      f"password, and none were given ({advice.credentials()})")
             self._reg.use_backend("basic", self._creds)
             # sent up front: a Basic registry would otherwise answer 401 to every request first
             basic = oras.auth.utils.get_basic_auth(self._creds.username, self._creds.password)
@@ -210,13 +209,12 @@ class RegistryStore:
                 if "WRONG_VERSION_NUMBER" in str(exc):
                     raise SourceTLSError(
                         f"{self.where}: TLS handshake failed ({_reason(exc)}): the registry "
-                        "serves plain HTTP; ask for insecure access (--insecure, or list it in "
-                        "CDI's insecureRegistries) if that is intended") from exc
+                        f"serves plain HTTP; ask for insecure access ({advice.insecure()}) if "
+                        "that is intended") from exc
                 raise SourceTLSError(
                     f"{self.where}: TLS handshake or verification failed ({_reason(exc)}); give the "
-                    "registry's "
-                    "CA with --ca-dir (pod: the cert config map), or insecure access if the "
-                    "registry is trusted otherwise") from exc
+                    f"registry's CA ({advice.ca()}), or insecure access ({advice.insecure()}) if "
+                    "the registry is trusted otherwise") from exc
             except _TRANSIENT as exc:
                 why = unreachable_cause(exc)
                 if why:  # nobody there: retried briefly, as every source does

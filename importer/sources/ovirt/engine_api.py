@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
+from ... import advice
 from ...config import HttpOptions
 from ...errors import (
     ImporterError,
@@ -122,8 +123,8 @@ class EngineClient:
 
     def _login(self) -> str:
         if not self._opts.username:
-            raise SourceAuthError("the engine needs a user name and password (the secret's "
-                                  "accessKeyId and secretKey, or --username/--password-file)")
+            raise SourceAuthError("the engine needs a user name and password "
+                                  f"({advice.credentials()})")
         form = urlencode({"grant_type": "password", "scope": "ovirt-app-api",
                           "username": self._opts.username,
                           "password": self._opts.password or ""})

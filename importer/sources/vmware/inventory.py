@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import Security, vim, vmodl
 
+from ... import advice
 from ...errors import (
     ImporterError,
     SourceAuthError,
@@ -127,8 +128,8 @@ class VSphere:
                                  "--thumbprint)") from exc
         except ssl.SSLError as exc:
             raise SourceTLSError(f"{where}: TLS verification failed ({exc.reason or exc}); give "
-                                 "the CA (--ca-dir, a cert config map) or --insecure with "
-                                 "the thumbprint") from exc
+                                 f"the CA ({advice.ca()}) or {advice.insecure()} with the "
+                                 f"thumbprint ({advice.thumbprint()})") from exc
         except ConnectionRefusedError as exc:
             raise SourceUnreachableError(f"{where}: connection refused; check the URL and "
                                          "that vCenter/ESXi runs") from exc
