@@ -85,6 +85,34 @@ def test_filesystem_clone_to_a_filesystem(target: UploadPod, tmp_path: Path,
     assert not (target.data / "lost+found" / "junk").exists()
 
 
+def test_filesystem_clone_keeps_links_modes_and_preallocates_when_asked(
+        target: UploadPod, tmp_path: Path) -> None:
+    """As GNU tar --preserve-permissions --no-same-owner does for CDI: symbolic links created
+    (never followed), hard links kept, directory modes kept; with preallocation the files are
+    allocated (the cloner drops -S) and "preallocationApplied" says so."""
+    src = tmp_path / "volume"
+    (src / "conf").mkdir(parents=True)
+    (src / "conf" / "app.ini").write_text("a=1\n")
+    (src / "conf").chmod(0o750)
+    (src / "current").symlink_to("conf/app.ini")
+    (src / "etc-link").symlink_to("/etc/hostname")
+    os.link(src / "conf" / "app.ini", src / "app.hard")
+    with open(src / "sparse.bin", "wb") as f:
+        f.truncate(8 << 20)
+        f.write(b"head")
+    target.start(CLIENT_NAME=CLONE_NAME, PREALLOCATION="true")
+    code, err, _ = _clone(target, tmp_path, "filesystem-clone", src, PREALLOCATION="true")
+    assert code == 0, err
+    assert target.wait()[0] == 0
+    assert target.message() == {"preallocationApplied": True, "message": "Clone Complete"}
+    d = target.data
+    assert os.readlink(d / "current") == "conf/app.ini" and (d / "current").read_text() == "a=1\n"
+    assert os.readlink(d / "etc-link") == "/etc/hostname"
+    assert os.stat(d / "app.hard").st_ino == os.stat(d / "conf" / "app.ini").st_ino
+    assert (d / "conf").stat().st_mode & 0o777 == 0o750
+    assert os.stat(d / "sparse.bin").st_blocks * 512 >= 8 << 20  # allocated, not a hole
+
+
 def test_filesystem_clone_into_a_block_device(target: UploadPod, tmp_path: Path,
                                               images: Images) -> None:
     src = tmp_path / "volume"

@@ -16,7 +16,8 @@ def run(st: RunState, plan: Plan) -> None:
     st.progress.plan([("TransferDataDir", 100, True)])
     st.progress.enter("TransferDataDir")
     extraction, stats = extract_tar(st.detected.stream, st.config.dest, st.progress,
-                                    st.config.capacity, replace=st.config.replace_existing)
+                                    st.config.capacity, replace=st.config.replace_existing,
+                                    preallocate=st.config.preallocation)
     try:
         result.checksum = st.verify_checksum()
         st.source.verify()
@@ -25,5 +26,6 @@ def run(st: RunState, plan: Plan) -> None:
         extraction.abort()
         raise
     result.bytes_written = stats.bytes_written
+    result.preallocated = st.config.preallocation
     result.details = {"files": stats.files, "directories": stats.directories,
-                      "skipped": stats.skipped}
+                      "links": stats.links, "skipped": stats.skipped}

@@ -1,8 +1,12 @@
 """Streaming, safe tar extraction into a directory.
 
-Only regular files and directories are created, member by member, under a root we resolved
-ourselves; absolute names, `..`, links, devices and FIFOs are refused or skipped with a message,
-and ownership is never applied. We do not rely on tarfile's extraction filters alone: they have
+Regular files, directories, symbolic links and hard links are created, member by member, under
+a root we resolved ourselves, as GNU tar `--preserve-permissions --no-same-owner` creates them
+for CDI: modes kept (setuid, setgid and sticky bits dropped), ownership never applied, a
+symbolic link created as it is (relative or absolute) and never followed, a hard link only to a
+file this archive extracted before. Absolute member names and `..` are refused, a member whose
+path passes through a symbolic link refuses the archive (nothing is written through a link),
+devices and FIFOs are skipped with a message. We do not rely on tarfile's extraction filters alone: they have
 had bypasses (CVE-2025-4517 and friends). Files are opened with O_NOFOLLOW | O_EXCL inside
 directories this code created, so nothing is ever written outside the directory.
 
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 class ArchiveResult:
     files: int = 0
     directories: int = 0
+    links: int = 0  # symbolic and hard links
     skipped: int = 0
     bytes_written: int = 0
 
@@ -79,9 +84,13 @@ class _Tally(io.RawIOBase):
 
 class Extraction:
     def __init__(self, dest: Path, progress: Progress, limit: int | None = None, *,
-                 replace: bool = True) -> None:
+                 replace: bool = True, preallocate: bool = False) -> None:
         self.dest = dest
         self.replace = replace  # False: an entry already in dest is never replaced
+        #: files fully allocated (CDI's cloner drops tar's -S when preallocation is asked for)
+        self.preallocate = preallocate
+        self._dir_modes: list[tuple[tuple[str, ...], int]] = []  # applied once committed
+        self._files: set[tuple[str, ...]] = set()  # regular files extracted: link targets
         self.progress = progress
         self.limit = limit  # bytes the archive may expand to (--image-size), besides free space
         self.created_dest = not dest.exists()
@@ -124,6 +133,7 @@ class Extraction:
                 where = self.staging.joinpath(*parts)
                 if member.isdir():
                     self._mkdirs(parts)
+                    self._dir_modes.append((parts, member.mode & 0o777))
                     result.directories += 1
                 elif member.isreg():
                     self._check_room(member)
@@ -132,12 +142,16 @@ class Extraction:
                     assert src is not None
                     result.bytes_written += self._write_file(where, src, member.mode)
                     self._written.append(parts)
+                    self._files.add(parts)
                     result.files += 1
+                elif member.issym() or member.islnk():
+                    self._mkdirs(parts[:-1])
+                    self._link(member, parts, where)
+                    self._written.append(parts)
+                    result.links += 1
                 else:
-                    kind = ("symbolic link" if member.issym() else "hard link" if member.islnk()
-                            else "device or FIFO")
-                    log.warning("archive member %r is a %s; skipped (only regular files and "
-                                "directories are extracted)", member.name, kind)
+                    log.warning("archive member %r is a device or FIFO; skipped (files, "
+                                "directories and links are extracted)", member.name)
                     result.skipped += 1
         except tarfile.TarError as exc:
             raise FormatError(f"the tar archive is damaged: {exc}") from exc
@@ -175,9 +189,37 @@ class Extraction:
                     cur.mkdir(mode=0o755, exist_ok=True)
             except OSError as exc:
                 raise _member_error(exc, "/".join(parts)) from exc
+            if clash and cur.is_symlink():
+                raise UnsafeImageError(f"archive member path {'/'.join(parts)!r} passes through "
+                                       f"the symbolic link {cur.name!r} of the same archive; "
+                                       "refusing (nothing is written through a link)")
             if clash:
                 raise UnsafeImageError(f"archive member path {'/'.join(parts)!r} clashes with a "
                                        "file of the same archive; refusing")
+
+    def _link(self, member: tarfile.TarInfo, parts: tuple[str, ...], where: Path) -> None:
+        """A symbolic link as it is (never followed: later members cannot pass through it, see
+        _mkdirs); a hard link to a regular file extracted before, never to anything else."""
+        name = "/".join(parts)
+        try:
+            if member.issym():
+                os.symlink(member.linkname, where)
+                return
+            try:
+                target = _safe_parts(member.linkname)
+            except UnsafeImageError:
+                target = ()
+            if not target or target not in self._files:
+                raise UnsafeImageError(f"archive member {name!r} is a hard link to "
+                                       f"{member.linkname!r}, which is not a file extracted "
+                                       "before it from this archive; refusing the archive")
+            os.link(self.staging.joinpath(*target), where, follow_symlinks=False)
+            self._files.add(parts)
+        except FileExistsError:
+            raise UnsafeImageError(f"archive member path {name!r} clashes with a file of the "
+                                   "same archive; refusing") from None
+        except OSError as exc:
+            raise _member_error(exc, name) from exc
 
     def _write_file(self, path: Path, src: IO[bytes], mode: int) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -189,7 +231,10 @@ class Extraction:
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := src.read(1 << 20):
-                    _write_sparse(out, chunk)
+                    if self.preallocate:
+                        out.write(chunk)
+                    else:
+                        _write_sparse(out, chunk)
                     written += len(chunk)
                 out.truncate(written)  # a trailing hole still counts for the length
                 os.fchmod(out.fileno(), mode & 0o777)  # no setuid/setgid/sticky, no ownership
@@ -221,11 +266,24 @@ class Extraction:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            self._apply_dir_modes()
         except OSError as exc:
             raise _oserror(exc, self.dest, "committing the extracted files into") from exc
         finally:
             self._unlock()
         log.info("Successfully completed fsync(%s) syscall, committed to disk", self.dest)
+
+    def _apply_dir_modes(self) -> None:
+        """The archive's directory modes, once everything is in place (a read-only directory
+        could not take its members, nor give them up to the merge), deepest first; through
+        O_NOFOLLOW descriptors, so a link never redirects a chmod."""
+        for parts, mode in sorted(self._dir_modes, key=lambda pm: -len(pm[0])):
+            fd = os.open(self.dest.joinpath(*parts),
+                         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
 
     def abort(self) -> None:
         try:
@@ -342,8 +400,9 @@ def remove_tree(path: Path) -> None:
 
 
 def extract_tar(stream: io.RawIOBase, dest: Path, progress: Progress, limit: int | None = None,
-                *, replace: bool = True) -> tuple[Extraction, ArchiveResult]:
-    ex = Extraction(dest, progress, limit, replace=replace)
+                *, replace: bool = True, preallocate: bool = False
+                ) -> tuple[Extraction, ArchiveResult]:
+    ex = Extraction(dest, progress, limit, replace=replace, preallocate=preallocate)
     try:
         return ex, ex.run(stream)
     except BaseException:

@@ -28,15 +28,17 @@ __all__ = ["receive_clone"]
 def receive_clone(body: io.RawIOBase, kind: str, settings: UploadSettings,
                   cancel: threading.Event) -> bool:
     """Apply the clone; whether preallocation was applied (CDI reports true for a filesystem
-    clone into a filesystem whatever happened, quirk Q16; we report what we did)."""
+    clone into a filesystem whatever happened, quirk Q16; we report what we did: the files are
+    written whole, without holes, when preallocation was asked for)."""
     from ..engine import run_import
 
     decoded = SnappyFramedReader(body)
     if kind == "filesystem-clone" and not settings.block:
         config = ImportConfig(source="clone", dest=settings.data_dir,
-                              content_type=ContentType.ARCHIVE, source_kind="upload")
-        run_import(config, cancel=cancel, source=BodySource(decoded, None, "clone"))
-        return False
+                              content_type=ContentType.ARCHIVE, source_kind="upload",
+                              preallocation=settings.preallocation)
+        return run_import(config, cancel=cancel,
+                          source=BodySource(decoded, None, "clone")).preallocated
     stream: io.RawIOBase = _NotEmpty(decoded)
     if kind == "filesystem-clone":  # a filesystem's tar into a block device: its disk.img
         stream = _disk_image_member(decoded)

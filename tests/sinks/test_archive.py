@@ -92,26 +92,84 @@ def test_paths_escaping_the_directory_are_refused(tmp_path: Path, name: str) -> 
     assert not (tmp_path / "evil").exists() and not (tmp_path / "sandbox" / "evil").exists()
 
 
-def test_links_and_devices_are_skipped(tmp_path: Path) -> None:
+def test_links_are_kept_as_gnu_tar_keeps_them_and_devices_skipped(tmp_path: Path) -> None:
+    """Symbolic links are created as they are (absolute or relative, never followed); a hard
+    link joins a file extracted before; devices and FIFOs are skipped (issue 21: an archive with
+    links came out incomplete, reported complete)."""
     members = [
-        (special("link", tarfile.SYMTYPE, "/etc/passwd"), None),
-        (special("hard", tarfile.LNKTYPE, "/etc/passwd"), None),
+        (reg("real.txt", 0o640), b"ok"),
+        (special("abs-link", tarfile.SYMTYPE, "/etc/passwd"), None),
+        (special("rel-link", tarfile.SYMTYPE, "real.txt"), None),
+        (special("dangling", tarfile.SYMTYPE, "../../nowhere"), None),
+        (special("hard", tarfile.LNKTYPE, "real.txt"), None),
         (special("dev", tarfile.CHRTYPE), None),
         (special("fifo", tarfile.FIFOTYPE), None),
-        # the classic two-step: a symlink, then a file written "through" it
-        (special("escape", tarfile.SYMTYPE, str(tmp_path)), None),
-        (reg("escape/pwned"), b"x"),
-        (reg("real.txt"), b"ok"),
     ]
     tar = make_tar(tmp_path / "a.tar", members)
     dest = tmp_path / "out"
     result = extract(tar, dest)
-    assert result.details["skipped"] == 5
-    assert (dest / "real.txt").read_bytes() == b"ok"
-    assert not (tmp_path / "pwned").exists()
-    assert (dest / "escape").is_dir() and not (dest / "escape").is_symlink()
-    assert not any(p.is_symlink() for p in dest.rglob("*"))
-    assert sorted(p.name for p in dest.iterdir()) == ["escape", "real.txt"]
+    assert result.details == {"files": 1, "directories": 0, "links": 4, "skipped": 2}
+    assert os.readlink(dest / "abs-link") == "/etc/passwd"
+    assert os.readlink(dest / "rel-link") == "real.txt" and (dest / "rel-link").read_text() == "ok"
+    assert os.readlink(dest / "dangling") == "../../nowhere"
+    assert os.stat(dest / "hard").st_ino == os.stat(dest / "real.txt").st_ino
+    assert (dest / "real.txt").stat().st_mode & 0o7777 == 0o640
+    assert sorted(p.name for p in dest.iterdir()) == ["abs-link", "dangling", "hard",
+                                                      "real.txt", "rel-link"]
+
+
+@pytest.mark.parametrize("members", [
+    # the classic two-step: a symlink, then a file written "through" it
+    [(special("escape", tarfile.SYMTYPE, "OUTSIDE"), None), (reg("escape/pwned"), b"x")],
+    # a directory through a symlink
+    [(special("escape", tarfile.SYMTYPE, "OUTSIDE"), None), (reg("escape/sub/pwned"), b"x")],
+])
+def test_nothing_is_written_through_a_link_of_the_archive(tmp_path: Path,
+                                                          members: list[tuple[tarfile.TarInfo,
+                                                                              bytes | None]]
+                                                          ) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    members[0][0].linkname = str(outside)
+    tar = make_tar(tmp_path / "a.tar", [(reg("first.txt"), b"1"), *members])
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(UnsafeImageError, match="passes through the symbolic link 'escape'"):
+        extract(tar, dest)
+    assert list(outside.iterdir()) == [] and list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize(("target", "words"), [
+    ("/etc/passwd", "is a hard link to '/etc/passwd'"),
+    ("later.txt", "not a file extracted before it"),
+    ("../x", "is a hard link to '../x'"),
+])
+def test_a_hard_link_only_joins_a_file_of_the_archive(tmp_path: Path, target: str,
+                                                      words: str) -> None:
+    tar = make_tar(tmp_path / "a.tar", [(special("hard", tarfile.LNKTYPE, target), None),
+                                        (reg("later.txt"), b"x")])
+    dest = tmp_path / "out"
+    with pytest.raises(UnsafeImageError, match=words):
+        extract(tar, dest)
+    assert not dest.exists()
+
+
+def test_directory_and_file_modes_are_kept_without_special_bits(tmp_path: Path) -> None:
+    d = reg("ro/")
+    d.type = tarfile.DIRTYPE
+    d.mode = 0o555  # read-only: its member must still be written, its mode set last
+    private = reg("private/")
+    private.type = tarfile.DIRTYPE
+    private.mode = 0o700
+    tar = make_tar(tmp_path / "a.tar", [(d, None), (reg("ro/f", 0o4755), b"x"),
+                                        (private, None), (reg("private/k", 0o600), b"k")])
+    dest = tmp_path / "out"
+    extract(tar, dest)
+    assert (dest / "ro").stat().st_mode & 0o7777 == 0o555
+    assert (dest / "ro" / "f").stat().st_mode & 0o7777 == 0o755  # setuid dropped
+    assert (dest / "private").stat().st_mode & 0o7777 == 0o700
+    assert (dest / "private" / "k").read_text() == "k"
+    (dest / "ro").chmod(0o755)  # let pytest clean up
 
 
 def test_not_a_tar_and_checksum_mismatch_leave_destination_unchanged(tmp_path: Path) -> None:
