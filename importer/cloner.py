@@ -141,12 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     advice.use("pod")  # messages name the pod's settings, never CLI flags
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     if args.version:
-        from . import __version__
+        from . import __version__ as version
 
-        print(f"cdi-cloner (importer {__version__})")
+        print(f"cdi-cloner (importer {version})")
         return 0
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import __version__ as version
+
+    log.info("importer %s as cdi-cloner", version)  # which image ran
     term = Path(os.environ.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log"
     try:
         settings = read_cloner_environment(os.environ)

@@ -90,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         log.error("unknown arguments %s: the pod is configured by CDI's environment", unknown)
         return 2
+    # the first line of every pod's log: which image ran (docs/deploy.md, "Which image ran")
+    log.info("importer %s as cdi-importer", __version__)
 
     stop = StopSignals()
     cancel = stop.cancel

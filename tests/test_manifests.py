@@ -51,8 +51,29 @@ def test_the_smoke_datavolume_has_cdi_s_shape() -> None:
 
 def test_deploy_doc_names_cdi_s_image_variables() -> None:
     text = (ROOT / "docs" / "deploy.md").read_text()
-    for var in ("IMPORTER_IMAGE", "UPLOAD_SERVER_IMAGE", "CLONER_IMAGE"):
+    for var in ("IMPORTER_IMAGE", "UPLOAD_SERVER_IMAGE", "CLONER_IMAGE", "OVIRT_POPULATOR_IMAGE"):
         assert var in text
     for target in ("--target uploadserver", "--target cloner"):
         assert target in text and target.split()[1] in (ROOT / "Containerfile").read_text()
     assert Path(MANIFESTS / "conversion-job.yaml").exists()
+
+
+def test_the_ci_job_runs_again_into_the_same_volume(tmp_path: Path) -> None:
+    """Its arguments, run twice into one destination (a served image instead of the URL): the
+    second run replaces the first's disk instead of failing on it."""
+    import subprocess
+    import sys
+
+    from .conftest import make_seed
+
+    job = next(d for d in _docs("conversion-job.yaml") if d["kind"] == "Job")
+    args = list(job["spec"]["template"]["spec"]["containers"][0]["args"])  # type: ignore[index]
+    seed = make_seed(tmp_path / "seed.raw", size=4 << 20)
+    dest = tmp_path / "data" / "disk.img"
+    dest.parent.mkdir()
+    args[1], args[2] = str(seed), str(dest)
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "importer", *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert dest.stat().st_size == 10 << 30  # --image-size, sparse

@@ -68,9 +68,13 @@ def _oserror(exc: OSError, path: Path, action: str) -> TargetError:
                            "remove it (someone may have planted it) and try again")
     if exc.errno == errno.EFBIG:
         return TargetError(f"the file system holding {path} cannot hold a file that large "
-                           f"({action}); choose a smaller --image-size or another file system")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TargetError(f"no space left on the device holding {path} while {action}")
+                           f"({action}); choose a smaller image size or another file system")
+    # CDI's controller reads "no space left on device" and "disk quota exceeded" in a
+    # termination message as "DataVolume too small to contain image": keep the phrases whole
+    if exc.errno == errno.ENOSPC:
+        return TargetError(f"no space left on device (the one holding {path}) while {action}")
+    if exc.errno == errno.EDQUOT:
+        return TargetError(f"disk quota exceeded on the device holding {path} while {action}")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return TargetError(f"permission denied {action} {path}; check its owner and mode")
     return TargetError(f"{action} {path} failed: {exc.strerror or exc}")

@@ -676,14 +676,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     advice.use("pod")  # messages name the pod's settings, never CLI flags
     args = list(sys.argv[1:] if argv is None else argv)
     if "--version" in args:
-        from .. import __version__
+        from .. import __version__ as version
 
-        print(f"cdi-uploadserver (importer {__version__})")
+        print(f"cdi-uploadserver (importer {version})")
         return 0
     verbose = next((int(a[3:]) for a in args if a.startswith("-v=") and is_decimal(a[3:])), 1)
     logging.basicConfig(level=logging.DEBUG if verbose >= 3 else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from os import environ
+
+    from .. import __version__
+
+    log.info("importer %s as cdi-uploadserver", __version__)  # which image ran
 
     term = Path(environ.get("IMPORTER_FS_ROOT", "/")) / "dev" / "termination-log"
     try:
