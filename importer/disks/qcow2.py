@@ -27,13 +27,13 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from isal import isal_zlib
 
-from ..errors import FormatError, UnsafeImageError
+from ..errors import FormatError
 from ..formats.pinned import PinnedBytes
+from ..formats.qcow2_header import Qcow2Header, parse_qcow2_header, sector_size
 from .base import Extent, NativeUnsupported, fill_at, fill_zeros
 
 __all__ = [
@@ -57,8 +57,6 @@ ReadInto = Callable[[int, bytearray | memoryview], int]
 OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00  # bits 9-55 of L1 and standard L2 entries
 COMPRESSED = 1 << 62
 ZERO_FLAG = 1
-INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE = 1, 2, 4
-INCOMPAT_COMPRESSION, INCOMPAT_EXTL2 = 8, 16
 #: L2 tables held in memory at once are bounded (a fully allocated 2 TiB image with 64 KiB
 #: clusters has 256 MiB of them); beyond this the image goes to qemu-img, which pages them
 MAX_L2_BYTES = 256 << 20
@@ -67,110 +65,9 @@ MERGE_GAP = 64 << 10
 L2_PREFETCH = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Qcow2Header:
-    version: int
-    cluster_bits: int
-    size: int
-    l1_size: int
-    l1_offset: int
-    compression: str  # zlib or zstd
-    extended_l2: bool
-
-    @property
-    def cluster_size(self) -> int:
-        return 1 << self.cluster_bits
-
-
-#: qemu's bounds (block/qcow2.h): refcount table bytes, snapshots, snapshot table bytes
-QCOW_MAX_REFTABLE_SIZE = 8 << 20
-QCOW_MAX_SNAPSHOTS = 65536
-QCOW_MAX_SNAPSHOTS_SIZE = 64 << 20
-SNAPSHOT_HEADER_MIN = 40  # a snapshot table entry's fixed part
-
-
-def sector_size(size: int) -> int:
-    """The virtual size qemu exposes: whole sectors, rounded *down* (bs->total_sectors =
-    size / 512), where a raw file's length is rounded up."""
-    return size - size % 512
-
-
 def parse_header(h: bytes, *, backing: bool = False) -> Qcow2Header:
-    """The header, checked as qemu's qcow2_do_open checks it (an image qemu refuses is refused
-    here too, with qemu's reason); `backing` (a delta stage) accepts a backing file, which is
-    never opened: its clusters are simply not part of the delta."""
-    if len(h) < 72 or not h.startswith(b"QFI\xfb"):
-        raise FormatError("not a qcow2 header")
-    (version, backing_off, _blen, cluster_bits, size, crypt, l1_size, l1_offset) = \
-        struct.unpack_from(">IQIIQIIQ", h, 4)
-    if version not in (2, 3):
-        raise FormatError(f"qcow2 version {version} is not supported (2 and 3 are)")
-    if not 9 <= cluster_bits <= 21:
-        raise FormatError(f"qcow2 cluster_bits {cluster_bits} is invalid")
-    _check_open(h, version, cluster_bits, l1_offset, l1_size)
-    size = sector_size(size)
-    if backing_off and not backing:
-        raise UnsafeImageError("qcow2 image has a backing file; refusing")
-    if crypt:
-        raise UnsafeImageError("qcow2 image is encrypted; import a decrypted image")
-    compression, ext_l2 = "zlib", False
-    if version == 3:
-        if len(h) < 104:
-            raise FormatError("truncated qcow2 v3 header")
-        incompat, _c, _a, _r, header_len = struct.unpack_from(">QQQII", h, 72)
-        if incompat & INCOMPAT_DATA_FILE:
-            raise UnsafeImageError("qcow2 image keeps its data in an external data file; refusing")
-        if incompat & INCOMPAT_CORRUPT:
-            raise FormatError("qcow2 image is marked corrupt; repair it with qemu-img check -r all")
-        if incompat & ~0b11111:
-            raise UnsafeImageError(f"qcow2 image uses unknown incompatible features (0x{incompat:x})")
-        ext_l2 = bool(incompat & INCOMPAT_EXTL2)
-        if incompat & INCOMPAT_COMPRESSION:
-            if header_len < 105 or len(h) < 105:
-                raise FormatError("qcow2 header announces a compression type but has no field for it")
-            ctype = h[104]
-            if ctype not in (0, 1):
-                raise FormatError(f"qcow2 compression type {ctype} is unknown (0 zlib, 1 zstd)")
-            compression = "zstd" if ctype == 1 else "zlib"
-    return Qcow2Header(version, cluster_bits, size, l1_size, l1_offset, compression, ext_l2)
-
-
-def _check_open(h: bytes, version: int, cluster_bits: int, l1_offset: int, l1_size: int
-                ) -> None:
-    """qcow2_do_open's refusals that do not depend on reading tables: each exits 0 in a
-    reader that skips them, where qemu-img fails."""
-    cs = 1 << cluster_bits
-    refcount_offset, refcount_clusters, nb_snapshots, snapshots_offset = \
-        struct.unpack_from(">QIIQ", h, 48)
-    if version == 3:
-        if len(h) < 104:
-            raise FormatError("truncated qcow2 v3 header")
-        refcount_order, header_length = struct.unpack_from(">II", h, 96)
-        if header_length < 104:
-            raise FormatError(f"qcow2 header_length {header_length} is too small (104 at least)")
-        if header_length > cs:
-            raise FormatError("qcow2 header exceeds cluster size")
-        if refcount_order > 6:
-            raise FormatError("qcow2 reference count entry width too large; may not exceed 64 "
-                              f"bits (refcount_order {refcount_order})")
-    if refcount_offset % cs:
-        raise FormatError(f"qcow2 invalid reference count table offset {refcount_offset} (not "
-                          "cluster-aligned)")
-    if refcount_clusters == 0:
-        raise FormatError("qcow2 image does not contain a reference count table")
-    if refcount_clusters > QCOW_MAX_REFTABLE_SIZE >> cluster_bits:
-        raise FormatError(f"qcow2 reference count table too large ({refcount_clusters} "
-                          "clusters)")
-    if nb_snapshots > QCOW_MAX_SNAPSHOTS or nb_snapshots * SNAPSHOT_HEADER_MIN > \
-            QCOW_MAX_SNAPSHOTS_SIZE:
-        raise FormatError(f"qcow2 snapshot table too large ({nb_snapshots} snapshots; qemu "
-                          f"allows {QCOW_MAX_SNAPSHOTS})")
-    if nb_snapshots and (snapshots_offset % cs or
-                         snapshots_offset + nb_snapshots * SNAPSHOT_HEADER_MIN > 1 << 63):
-        raise FormatError(f"qcow2 snapshot table offset invalid ({snapshots_offset}: not "
-                          "cluster-aligned)")
-    # tables overlapping each other are read by qemu as they are (qemu-img convert accepts
-    # them): only writers must care, and this reader does what qemu does
+    """The one qcow2 header parser (formats/qcow2_header.py), under the readers' name."""
+    return parse_qcow2_header(h, backing=backing)
 
 
 def layout(h: Qcow2Header) -> tuple[int, int, int]:

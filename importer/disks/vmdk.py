@@ -20,86 +20,33 @@ import struct
 import threading
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from isal import isal_zlib
 
 from ..errors import FormatError
 from ..formats.pinned import PinnedBytes
 from ..formats.tables import table_runs, u32le
+from ..formats.vmdk_header import (
+    GD_AT_END,
+    MAGIC,
+    MARKER_EOS,
+    MARKER_FOOTER,
+    VmdkHeader,
+    parse_vmdk_header,
+)
 from .base import Extent, NativeUnsupported, fill_at, fill_zeros
 
-__all__ = ["GD_AT_END", "MAX_TABLES", "VmdkDisk", "VmdkHeader", "check_footer",
-           "grain_extents", "inflate_grain", "parse_header", "read_footer"]
+__all__ = ["MAX_TABLES", "VmdkDisk", "check_footer", "grain_extents", "inflate_grain",
+           "read_footer"]
 
 ReadInto = Callable[[int, bytearray | memoryview], int]
 
-MAGIC = b"KDMV"
-GD_AT_END = 0xFFFF_FFFF_FFFF_FFFF
-FLAG_ZERO_GRAIN = 1 << 2
-FLAG_COMPRESSED = 1 << 16
-FLAG_MARKERS = 1 << 17
-DEFLATE = 1
-#: marker types (a metadata marker is a sector: numSectors, size 0, type)
-MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = 0, 1, 2, 3
 #: grain tables held at once: a fully allocated 1 TiB disk of 64 KiB grains has 64 MiB of them;
 #: beyond this the image goes to qemu-img, which pages them
 MAX_TABLES = 64 << 20
 #: compressed grains closer than this in the file are fetched with one range request
 MERGE_GAP = 64 << 10
 _span_local = threading.local()
-
-
-@dataclass(frozen=True, slots=True)
-class VmdkHeader:
-    version: int
-    flags: int
-    size: int  # guest bytes
-    grain: int  # bytes
-    gtes: int  # entries per grain table
-    gd_offset: int  # bytes, or GD_AT_END
-    overhead: int  # bytes: where the grains start
-    compressed: bool
-    markers: bool
-
-    @property
-    def zero_grain(self) -> bool:
-        return bool(self.flags & FLAG_ZERO_GRAIN)
-
-    @property
-    def gt_span(self) -> int:
-        """Guest bytes one grain table maps."""
-        return self.gtes * self.grain
-
-    @property
-    def gd_entries(self) -> int:
-        return -(-self.size // self.gt_span)
-
-
-def parse_header(h: bytes) -> VmdkHeader:
-    """A sparse extent header, with qemu's refusals (vmdk_open_vmdk4, vmdk_add_extent) and
-    qemu's words where CDI's tests look for them ("L1 size too big")."""
-    if len(h) < 79 or not h.startswith(MAGIC):
-        raise FormatError("not a vmdk sparse extent header")
-    version, flags, capacity, grain, _doff, _dsize, gtes, _rgd, gd, overhead = \
-        struct.unpack_from("<IIQQQQIQQQ", h, 4)
-    algorithm = struct.unpack_from("<H", h, 77)[0]
-    if not 1 <= version <= 3:
-        raise FormatError(f"vmdk sparse version {version} is not supported")
-    if gtes > 512:
-        raise FormatError(f"vmdk L2 table size too big ({gtes} grain table entries; 512 at most)")
-    if gtes * grain == 0:
-        raise FormatError("vmdk L1 entry size is invalid (a grain or grain table of size 0)")
-    if grain > 0x200000:
-        raise FormatError(f"vmdk invalid granularity ({grain} sectors), image may be corrupt")
-    if capacity > 1 << 53:
-        raise FormatError(f"vmdk capacity {capacity} sectors is invalid; the header is corrupt")
-    l1_size = -(-capacity // (gtes * grain))
-    if l1_size > 32 << 20:
-        raise FormatError(f"vmdk L1 size too big ({l1_size} grain directory entries)")
-    return VmdkHeader(version, flags, capacity * 512, grain * 512, gtes,
-                      gd if gd == GD_AT_END else gd * 512, overhead * 512,
-                      compressed=algorithm == DEFLATE, markers=bool(flags & FLAG_MARKERS))
 
 
 def read_footer(read_at: Callable[[int, int], bytes], file_size: int,
@@ -119,7 +66,7 @@ def read_footer(read_at: Callable[[int, int], bytes], file_size: int,
             or eos_size != 0 or eos_type != MARKER_EOS):
         raise FormatError("vmdk invalid footer: the stream-optimized image does not end with "
                           "its footer and end-of-stream marker; it is truncated or corrupt")
-    footer = parse_header(tail[512:1024])
+    footer = parse_vmdk_header(tail[512:1024])
     check_footer(header, footer)
     return footer
 

@@ -29,20 +29,17 @@ from collections.abc import Callable, Iterable, Iterator
 from .. import advice
 from ..errors import FormatError
 from ..formats.tables import u32le
-from ..streams import read_full
-from .vmdk import (
+from ..formats.vmdk_header import (
     GD_AT_END,
     MARKER_EOS,
     MARKER_FOOTER,
     MARKER_GD,
     MARKER_GT,
-    MAX_TABLES,
     VmdkHeader,
-    check_footer,
-    grain_extents,
-    inflate_grain,
-    parse_header,
+    parse_vmdk_header,
 )
+from ..streams import read_full
+from .vmdk import MAX_TABLES, check_footer, grain_extents, inflate_grain
 
 __all__ = ["StreamedVmdk"]
 
@@ -322,7 +319,7 @@ class _ByMarkers:
                 if value != 1 or footer is not None:
                     raise FormatError(f"the vmdk's footer at byte {at + 512} is not one sector, "
                                       "or is not the only one; the image is corrupt")
-                footer = parse_header(bytes(body))
+                footer = parse_vmdk_header(bytes(body))
                 footer_at = at
         if footer is None or footer_at + 1024 != cur.pos - 512:
             raise FormatError("the vmdk stream ends without the footer just before its "

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import FormatError, SourceContentError, UnsafeImageError
+from .qcow2_header import parse_qcow2_header
 from .tables import check_vdi_blocks, check_vmdk_grains
+from .vmdk_header import parse_vmdk_header
 
 __all__ = ["ImageInfo", "ReadAt", "inspect_image", "sniff_format", "vhd_fixed_footer_size"]
 
@@ -26,12 +28,9 @@ ReadAt = Callable[[int, int], bytes]
 
 #: formats that qemu-img converts, with qemu's driver name
 QEMU_DRIVER = {"qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi", "vhd": "vpc", "vhdx": "vhdx"}
-#: qemu refuses L1 tables over 32 MiB; a bound on what a hostile header can make it allocate
-QCOW2_MAX_L1_BYTES = 32 << 20
 #: the largest vmdk grain the native readers take (VMware and qemu write 64 KiB; a grain is one
 #: buffer, and a compressed one may take two)
 VMDK_NATIVE_GRAIN = 1 << 20
-QCOW2_KNOWN_INCOMPAT = 0b11111  # dirty, corrupt, external data file, compression type, ext. L2
 
 
 @dataclass(slots=True)
@@ -122,49 +121,21 @@ def _need(data: bytes, n: int, what: str) -> None:
 def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
     h = read_at(0, 112)
     _need(h, 72, "qcow2")
-    (version, backing_off, backing_len, cluster_bits, size, crypt, l1_size) = struct.unpack_from(
-        ">IQIIQII", h, 4)
-    if version not in (2, 3):
-        raise FormatError(f"qcow2 version {version} is not supported (2 and 3 are)")
-    if not 9 <= cluster_bits <= 21:
-        raise FormatError(f"qcow2 cluster_bits {cluster_bits} is invalid")
-    if size > 1 << 62:
-        raise FormatError(f"qcow2 virtual size {size} is implausible")
-    if l1_size * 8 > QCOW2_MAX_L1_BYTES:
-        raise FormatError(f"qcow2 L1 size too big ({l1_size} entries): the header is corrupt or hostile")
-    details: dict[str, object] = {"version": version, "cluster_size": 1 << cluster_bits}
-    if backing_off:
-        name = read_at(backing_off, min(backing_len, 1023)).decode("utf-8", "replace")
+    hdr = parse_qcow2_header(h, backing=True)  # the backing file is named below
+    details: dict[str, object] = {"version": hdr.version, "cluster_size": hdr.cluster_size,
+                                  "compression_type": hdr.compression}
+    if hdr.extended_l2:
+        details["extended_l2"] = True  # subclusters: the planner gives it to qemu-img
+    if hdr.backing_offset:
+        name = read_at(hdr.backing_offset, min(hdr.backing_length, 1023)).decode(
+            "utf-8", "replace")
         details["backing_file"] = name
-    if backing_off and not backing_allowed:
-        raise UnsafeImageError(
-            f"qcow2 image has a backing file ({name!r}); it would be read from this host. "
-            "Flatten it first: qemu-img convert -O qcow2 image.qcow2 flat.qcow2"
-        )
-    if crypt:
-        raise UnsafeImageError("qcow2 image is encrypted; import a decrypted image")
-    header_len = 72
-    if version == 3:
-        _need(h, 104, "qcow2 v3")
-        incompat, _compat, _autoclear, _refcount_order, header_len = struct.unpack_from(
-            ">QQQII", h, 72)
-        if incompat & 0b100:
+        if not backing_allowed:
             raise UnsafeImageError(
-                "qcow2 image keeps its data in an external data file, which would be read from "
-                "this host; convert it to a self-contained image first")
-        if incompat & 0b10:
-            raise FormatError("qcow2 image is marked corrupt; repair it with qemu-img check -r all")
-        if incompat & ~QCOW2_KNOWN_INCOMPAT:
-            raise UnsafeImageError(
-                f"qcow2 image uses unknown incompatible features (0x{incompat:x}); refusing to "
-                "let qemu-img guess")
-        details["compression_type"] = "zstd" if (incompat & 0b1000) else "zlib"
-        if incompat & 0b10000:
-            details["extended_l2"] = True  # subclusters: the planner gives it to qemu-img
-        if header_len < 104:
-            raise FormatError(f"qcow2 header_length {header_len} is invalid")
-        if header_len > 1 << cluster_bits:  # qemu's words
-            raise FormatError(f"qcow2 header exceeds cluster size (header_length {header_len})")
+                f"qcow2 image has a backing file ({name!r}); it would be read from this host. "
+                "Flatten it first: qemu-img convert -O qcow2 image.qcow2 flat.qcow2"
+            )
+    header_len, cluster_bits = hdr.header_length, hdr.cluster_bits
     # header extensions follow the header, within the first cluster
     off = header_len
     limit = 1 << cluster_bits
@@ -180,8 +151,7 @@ def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
         if etype == 0x0537BE77:
             raise UnsafeImageError("qcow2 image is encrypted (LUKS); import a decrypted image")
         off += 8 + ((elen + 7) & ~7)
-    # what qemu exposes (and the native readers write): whole sectors, rounded down
-    return ImageInfo("qcow2", size - size % 512, details)
+    return ImageInfo("qcow2", hdr.size, details)  # whole sectors, as qemu exposes it
 
 
 # --------------------------------------------------------------------------------- vmdk
@@ -194,21 +164,8 @@ def _vmdk(read_at: ReadAt, size: int | None = None) -> ImageInfo:
     is inspected again with it); every grain is then checked to lie inside it."""
     h = read_at(0, 80)
     _need(h, 79, "vmdk")
-    version, _flags, capacity, grain, desc_off, desc_size, gtes = struct.unpack_from(
-        "<IIQQQQI", h, 4)
-    if version not in (1, 2, 3):
-        raise FormatError(f"vmdk sparse version {version} is not supported")
-    if not 1 <= gtes <= 512 or not 1 <= grain <= 1 << 16:
-        raise FormatError(f"vmdk grain tables of {gtes} entries of {grain} sectors are invalid; "
-                          "the header is corrupt or hostile")
-    # The grain directory qemu must hold in memory, bounded like qcow2's L1 table: CDI's
-    # invalid-qcow-large-memory fixture (2^57 bytes in tiny grain tables) was reported to stall
-    # qemu-img info
-    directory = -(-capacity // (gtes * grain)) * 4
-    if directory > QCOW2_MAX_L1_BYTES or capacity > 1 << 53:
-        raise FormatError(
-            f"vmdk L1 size too big: a grain directory of {directory} bytes for a virtual size "
-            f"of {capacity * 512} bytes; the header is corrupt or hostile")
+    hdr = parse_vmdk_header(h)
+    desc_off, desc_size = struct.unpack_from("<QQ", h, 28)
     if not desc_off or not desc_size or desc_size > 2048:
         raise UnsafeImageError(
             "this vmdk sparse extent has no embedded descriptor; it belongs to a multi-file "
@@ -233,16 +190,15 @@ def _vmdk(read_at: ReadAt, size: int | None = None) -> ImageInfo:
         raise UnsafeImageError(
             f"vmdk descriptor must name exactly one embedded SPARSE extent, found: {listed}")
     if size is not None and create_type == "monolithicSparse":
-        check_vmdk_grains(read_at, size, h)
+        check_vmdk_grains(read_at, size, hdr)
     details: dict[str, object] = {"create_type": create_type}
-    compressed = struct.unpack_from("<H", h, 77)[0] == 1
-    if grain * 512 > VMDK_NATIVE_GRAIN:
-        details["native_refused"] = (f"the vmdk has grains of {grain * 512} bytes, more than the "
+    if hdr.grain > VMDK_NATIVE_GRAIN:
+        details["native_refused"] = (f"the vmdk has grains of {hdr.grain} bytes, more than the "
                                      f"native reader takes ({VMDK_NATIVE_GRAIN >> 20} MiB)")
-    elif compressed and not _flags & (1 << 17):
+    elif hdr.compressed and not hdr.markers:
         details["native_refused"] = ("the vmdk has compressed grains without grain markers, "
                                      "which the native reader does not read")
-    return ImageInfo("vmdk", capacity * 512, details)
+    return ImageInfo("vmdk", hdr.size, details)
 
 
 # --------------------------------------------------------------------------------- vdi

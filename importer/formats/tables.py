@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 
 from ..errors import FormatError
+from .vmdk_header import GD_AT_END, VmdkHeader
 
 __all__ = ["MAX_TABLE_BYTES", "READ_RUN", "check_vdi_blocks", "check_vmdk_grains", "table_runs",
            "u32le"]
@@ -74,16 +75,13 @@ def table_runs(offsets: list[int], length: int) -> list[tuple[int, int]]:
     return runs
 
 
-def check_vmdk_grains(read_at: ReadAt, size: int, header: bytes) -> None:
+def check_vmdk_grains(read_at: ReadAt, size: int, h: VmdkHeader) -> None:
     """monolithicSparse: the grain directory, every grain table it names, every grain."""
-    (capacity, grain, gtes, gd_sector, flags) = (
-        struct.unpack_from("<Q", header, 12)[0], struct.unpack_from("<Q", header, 20)[0],
-        struct.unpack_from("<I", header, 44)[0], struct.unpack_from("<Q", header, 56)[0],
-        struct.unpack_from("<I", header, 8)[0])
-    if flags & (1 << 16) or gd_sector == 0xFFFFFFFFFFFFFFFF:
-        return  # compressed grains (streamOptimized): qemu checks each grain's marker itself
-    grain_bytes, per_table = grain * 512, gtes * grain * 512
-    disk = capacity * 512
+    if h.compressed or h.gd_offset == GD_AT_END:
+        return  # compressed grains (streamOptimized): the native readers check each grain
+    gtes, gd_sector = h.gtes, h.gd_offset // 512
+    grain_bytes, per_table = h.grain, h.gt_span
+    disk = h.size
     n_tables = -(-disk // per_table)
     _need_budget(n_tables * 4, "vmdk grain directory")
     directory = u32le(_read(read_at, gd_sector * 512, n_tables * 4, size,

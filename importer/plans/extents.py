@@ -135,7 +135,7 @@ def open_disk(st: RunState, plan: Plan, reads: SourceReads, size: int) -> Random
         return open_qcow2(st, reads, size, delta=plan.name == "delta")
     if plan.disk == "vmdk":
         from ..disks.vmdk import VmdkDisk
-        from ..disks.vmdk import parse_header as vmdk_header
+        from ..formats.vmdk_header import parse_vmdk_header as vmdk_header
 
         head = det.pins.reader(reads.read_at)(0, min(512, size))  # what the inspector judged
         return VmdkDisk(vmdk_header(head), reads.readinto_at, size, det.pins)

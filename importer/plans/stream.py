@@ -71,8 +71,8 @@ def _qcow2(st: RunState, target: Target) -> None:
 
 def _vmdk(st: RunState, target: Target) -> None:
     """A vmdk converted natively in file order (disks/vmdk_stream.py)."""
-    from ..disks.vmdk import parse_header
     from ..disks.vmdk_stream import StreamedVmdk
+    from ..formats.vmdk_header import parse_vmdk_header as parse_header
 
     det = st.detected
     head = det.pins.covered(0, 512)

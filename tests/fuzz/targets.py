@@ -23,7 +23,6 @@ from importer.disks.base import NativeUnsupported
 from importer.disks.qcow2 import Qcow2Disk, parse_header
 from importer.disks.qcow2_stream import StreamedQcow2
 from importer.disks.vmdk import VmdkDisk
-from importer.disks.vmdk import parse_header as parse_vmdk_header
 from importer.disks.vmdk_stream import StreamedVmdk
 from importer.errors import (
     CancelledError,
@@ -37,6 +36,7 @@ from importer.formats.codecs import open_decoder, sniff_codec
 from importer.formats.detect import detect
 from importer.formats.headers import inspect_image, sniff_format
 from importer.formats.pinned import PinnedBytes
+from importer.formats.vmdk_header import parse_vmdk_header
 from importer.formats.xz_blocks import read_xz_index
 from importer.progress import Progress
 from importer.sinks.archive import Extraction
