@@ -59,9 +59,10 @@ ROWS = {
 BOOT = (b"\xeb\x63\x90" + bytes(i % 251 for i in range(3, 446)) + bytes(64) + b"\x55\xaa")  # MBR-like
 
 
-def images(work: Path, size: str) -> Path:
+def images(work: Path, size: str, wanted: set[str] | None = None) -> Path:
     """The set for `size` in work/pod-SIZE: a disk that starts with a binary boot sector, and
-    its forms made by the real tools (first run only)."""
+    the forms of it the rows need (`wanted`: file names; all when None), made by the real tools
+    (first run only)."""
     d = work / f"pod-{size}"
     d.mkdir(parents=True, exist_ok=True)
     raw = d / "disk.raw"
@@ -81,6 +82,8 @@ def images(work: Path, size: str) -> Path:
         "disk-so.vmdk": f"qemu-img convert -f raw -O vmdk -o subformat=streamOptimized {raw} {{out}}",
     }
     for name, cmd in steps.items():
+        if wanted is not None and name not in wanted:
+            continue
         if not (d / name).exists():
             tmp = d / f".{name}.tmp"
             sh(cmd.format(out=tmp))
@@ -303,7 +306,8 @@ def main() -> int:
     peer = args.peer.resolve() if args.peer else None
     if peer is not None and not (peer / "cdi-importer").is_file():
         ap.error(f"{peer}/cdi-importer is missing: run ../shared/tools/build-cdi-peer.sh")
-    sets = {size: images(args.work, size) for size in {ROWS[r][1] for r in rows}}
+    sets = {size: images(args.work, size, {ROWS[r][0] for r in rows if ROWS[r][1] == size})
+            for size in {ROWS[r][1] for r in rows}}
     group = PodGroup()
     servers = {}
     for size, d in sets.items():

@@ -337,7 +337,6 @@ def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # progress lines are asked for separately (--progress), whatever the verbosity
     logging.getLogger("importer.progress").setLevel(logging.INFO if not quiet else logging.ERROR)
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
     logging.getLogger("httpcore").setLevel(max(level, logging.WARNING))
 
 

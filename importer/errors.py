@@ -1,7 +1,7 @@
 """The importer's exception hierarchy.
 
 Every failure a user can cause or meet is one of these, raised with a message that says what
-went wrong, where, and what to do. Third-party exceptions (httpx, OSError, qemu-img exit codes,
+went wrong, where, and what to do. Third-party exceptions (http.client, SDKs, OSError, qemu-img exit codes,
 codec errors) are translated into them at the boundary of the module that calls the library, so
 front-ends only ever see this tree::
 

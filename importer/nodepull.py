@@ -20,6 +20,8 @@ from .sources.oci.manifest import kubevirt_labels
 __all__ = ["fetch_labels", "image_url", "signal_done", "wait_for_ready"]
 
 log = logging.getLogger(__name__)
+#: the sidecar's /info: an image's config (its environment and labels), never megabytes
+MAX_INFO = 4 << 20
 
 
 def wait_for_ready(path: Path, timeout: float, cancel: threading.Event) -> str | None:
@@ -47,17 +49,32 @@ def image_url(endpoint: str, name: str) -> str:
 
 def fetch_labels(endpoint: str) -> dict[str, str]:
     """The image's KUBEVIRT_IO_ environment entries as labels, from the sidecar's /info."""
-    import httpx  # only a node pull reads /info: not every pod start pays for httpx (43 ms)
+    import http.client
+    import json
+
+    from .config import HttpOptions
+    from .sources.http import HttpConnector
 
     p = urlsplit(endpoint)
     url = urlunsplit((p.scheme, p.netloc, "/info", "", ""))
+    connector = HttpConnector(HttpOptions(connect_timeout=30, read_timeout=30))
     try:
-        with httpx.Client(timeout=30, trust_env=False) as client:
-            resp = client.get(url)
-            resp.raise_for_status()
-            env = resp.json().get("env", [])
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        conn = connector.connection(url)
+        try:
+            conn.request("GET", "/info", headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read(MAX_INFO + 1)
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise ValueError(f"HTTP {resp.status} {resp.reason}")
+        if len(body) > MAX_INFO:
+            raise ValueError(f"an answer over {MAX_INFO} bytes")
+        env = json.loads(body).get("env", [])
+    except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
         raise SourceUnavailableError(f"cannot read the image's environment from {url}: {exc}") from exc
+    finally:
+        connector.close()
     return kubevirt_labels([e for e in env if isinstance(e, str)])
 
 

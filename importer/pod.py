@@ -85,8 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=logging.DEBUG if verbosity >= 3 else logging.INFO,
                         handlers=[handler], force=True)
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     if unknown:
         log.error("unknown arguments %s: the pod is configured by CDI's environment", unknown)
         return 2

@@ -112,7 +112,7 @@ def xml_api_source(url: str, opts: HttpOptions, *, credentials_file: Path | None
     """An http(s) GCS endpoint other than Google's, read with plain GETs as CDI does: our
     JSON API client fails against servers that only serve `/<bucket>/<object>`. The token is
     fetched once; an import outliving it (an hour) fails with the server's 401."""
-    from .http import HttpSource  # httpx only on this path, not for every gs:// import
+    from .http import HttpSource  # imported on this path only, not for every gs:// import
 
     creds, _ = load_credentials(credentials_file, url)
     if creds is not None:

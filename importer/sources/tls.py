@@ -1,5 +1,6 @@
-"""One TLS context per import, shared by every HTTP stack we use (httpx for probing,
-http.client for bulk data), so a CA directory or --insecure means the same thing everywhere."""
+"""One TLS context per import, shared by every HTTP stack we use (our http.client connector,
+and the SDKs that bring their own: boto3, google-cloud-storage, oras/requests), so a CA
+directory or --insecure means the same thing everywhere."""
 
 from __future__ import annotations
 
