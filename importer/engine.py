@@ -17,7 +17,7 @@ from .config import ImportConfig
 from .disks.base import NativeUnsupported
 from .errors import FormatError, SourceError, TargetError, UnsafeImageError
 from .formats.detect import detect
-from .plans import Plan, SourceFacts, choose_plan
+from .plans import Plan, SourceFacts, choose_plan, runner
 from .plans.context import RunState
 from .progress import Progress
 from .result import ImportResult
@@ -209,8 +209,7 @@ def _execute(st: RunState, plan: Plan) -> None:
                     "scratch" if cfg.output is not None else "create")
             target = Target(cfg.dest, cfg.capacity, mode=mode)
         st.result.target_kind = "block" if target.is_block else "file"
-        runner = _runner(plan.name)
-        runner(st, plan, target)
+        runner(plan.name)(st, plan, target)
     st.result.bytes_read = st.bytes_read
     st.result.bytes_received = st.bytes_received
     st.result.details.update(st.source.info().details)  # the VDDK version and host
@@ -230,27 +229,6 @@ def _stream_target(plan: Plan, path: Path | None) -> Any:
                           f"takes the {plan.name} plan ({plan.reason}); write to a file, or "
                           "for a raw image ask for one connection (--connections 1)")
     return StreamTarget() if path is None else StreamTarget.open_path(path)
-
-
-def _runner(name: str) -> Any:
-    """Each plan's module is imported only when it runs (fixed cost: qemu-img's helpers are not
-    needed to stream a raw image)."""
-    if name == "stream":
-        from .plans import stream
-
-        return stream.run
-    if name in ("ranges", "extents", "delta"):
-        from .plans import extents
-
-        return extents.run
-    if name == "convert":
-        from .plans import convert
-
-        return convert.run
-    from .plans import staged
-
-    assert name == "staged", name
-    return staged.run
 
 
 def _blank(config: ImportConfig) -> ImportResult:

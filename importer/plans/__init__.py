@@ -28,14 +28,61 @@ Plans, cheapest first:
 
 from __future__ import annotations
 
+import importlib
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from ..config import ContentType, ImportConfig
 from ..errors import FormatError
 from ..formats.headers import ImageInfo
 
-__all__ = ["NATIVE_FORMATS", "Plan", "SourceFacts", "choose_plan"]
+__all__ = ["NATIVE_FORMATS", "Converter", "DiskKind", "Plan", "PlanName", "SourceFacts",
+           "choose_plan", "runner"]
+
+
+class PlanName(StrEnum):
+    """The plans (module docstring). A StrEnum: the result's JSON and the logs show the value."""
+
+    STREAM = "stream"
+    RANGES = "ranges"
+    EXTENTS = "extents"
+    CONVERT = "convert"
+    STAGED = "staged"
+    ARCHIVE = "archive"
+    DELTA = "delta"
+    BLANK = "blank"
+
+
+class DiskKind(StrEnum):
+    """What the extent copier (or a native streaming reader) reads."""
+
+    RAW = "raw"
+    XZ = "xz"
+    QCOW2 = "qcow2"
+    VMDK = "vmdk"
+
+
+class Converter(StrEnum):
+    NATIVE = "native"
+    QEMU_IMG = "qemu-img"
+
+
+#: the module that carries out each plan, imported when the plan runs (a raw stream never pays
+#: for qemu-img's helpers); archive and blank are carried out by the engine itself
+_RUNNERS = {
+    PlanName.STREAM: "stream", PlanName.RANGES: "extents", PlanName.EXTENTS: "extents",
+    PlanName.DELTA: "extents", PlanName.CONVERT: "convert", PlanName.STAGED: "staged",
+}
+
+
+def runner(name: PlanName) -> Callable[..., Any]:
+    """The `run` function of the plan's module."""
+    module = importlib.import_module(f"{__name__}.{_RUNNERS[name]}")
+    run: Callable[..., Any] = module.run
+    return run
 
 #: formats with a native reader (disks/); the others need qemu-img
 NATIVE_FORMATS = ("qcow2", "vmdk")
@@ -61,12 +108,12 @@ class SourceFacts:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    name: str  # stream, ranges, extents, convert, staged, archive, delta, blank
+    name: PlanName
     reason: str
-    #: who turns the image into raw: "native", "qemu-img", or None when nothing converts
-    converter: str | None = None
-    #: what the extent copier reads: raw, xz or qcow2 (extents/ranges/staged plans)
-    disk: str | None = None
+    #: who turns the image into raw; None when nothing converts
+    converter: Converter | None = None
+    #: what the extent copier or a native streaming reader reads
+    disk: DiskKind | None = None
     details: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -77,13 +124,13 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
                 config: ImportConfig) -> Plan:
     """The plan for an import, with the reason; FormatError when no plan fits the data."""
     if src.blank:
-        return Plan("blank", "the source is blank: a new empty disk of the requested size")
+        return Plan(PlanName.BLANK, "the source is blank: a new empty disk of the requested size")
     assert image is not None
     fmt = image.format
     if config.content_type is ContentType.ARCHIVE:
         if fmt != "tar":
             raise FormatError(f"--content-type archive needs a tar archive, but the data is {fmt}")
-        return Plan("archive", "a tar archive is extracted member by member into the directory")
+        return Plan(PlanName.ARCHIVE, "a tar archive is extracted member by member into the directory")
     if config.delta_of is not None:
         return _delta(src, image, codecs, config.delta_of)
     if fmt == "tar" and not config.tar_as_raw:
@@ -95,23 +142,23 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
     if not image.needs_conversion or fixed_vhd:
         what = "a fixed VHD (raw data and a footer)" if fixed_vhd else f"{fmt} data"
         if checksum:
-            return Plan("stream", f"{what} is decoded in order because the checksum covers the "
+            return Plan(PlanName.STREAM, f"{what} is decoded in order because the checksum covers the "
                         "bytes in order")
         if src.xz_blocks > 1:
-            return Plan("extents", f"the xz file has {src.xz_blocks} blocks: they are decoded in "
-                        "parallel from ranged reads", converter=None, disk="xz")
+            return Plan(PlanName.EXTENTS, f"the xz file has {src.xz_blocks} blocks: they are decoded in "
+                        "parallel from ranged reads", disk=DiskKind.XZ)
         if not codecs and src.random_access and src.size and src.extent_map:
-            return Plan("ranges", f"{what} copied by the source's map of data and zero extents: "
+            return Plan(PlanName.RANGES, f"{what} copied by the source's map of data and zero extents: "
                         "zero runs become holes, data runs are fetched on up to "
-                        f"{config.connections} connections", disk="raw")
+                        f"{config.connections} connections", disk=DiskKind.RAW)
         if not codecs and src.random_access and src.size and config.connections > 1:
-            return Plan("ranges", f"{what} from a source with byte ranges: {config.connections} "
-                        "connections fetch chunks at their offsets", disk="raw")
+            return Plan(PlanName.RANGES, f"{what} from a source with byte ranges: {config.connections} "
+                        "connections fetch chunks at their offsets", disk=DiskKind.RAW)
         if codecs:
-            return Plan("stream", f"{compressed}-compressed {what} is decoded as it arrives")
+            return Plan(PlanName.STREAM, f"{compressed}-compressed {what} is decoded as it arrives")
         why = src.sequential_reason or ("one connection asked for" if src.random_access
                                         else "the source does not serve byte ranges")
-        return Plan("stream", f"{what} is written as it arrives ({why})")
+        return Plan(PlanName.STREAM, f"{what} is written as it arrives ({why})")
 
     native = fmt in NATIVE_FORMATS and config.converter != "qemu-img"
     if native and image.details.get("extended_l2"):
@@ -125,7 +172,8 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
         native_refused = "--converter qemu-img"
     else:
         native_refused = ""
-    converter = "native" if native else "qemu-img"
+    converter = Converter.NATIVE if native else Converter.QEMU_IMG
+    disk = DiskKind(fmt) if native else None
     suffix = f" ({native_refused})" if native_refused else ""
 
     why_stage = None
@@ -141,29 +189,29 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
                 "scratch beyond 64 MiB)" if fmt == "qcow2" else
                 "grains are placed by the tables that precede them, or by their markers and "
                 "checked against the tables at the end")
-        return Plan("stream", f"{why_stage}: the {fmt} is converted natively as it streams, in "
-                    f"file order; {held}", converter="native", disk=fmt)
+        return Plan(PlanName.STREAM, f"{why_stage}: the {fmt} is converted natively as it streams, in "
+                    f"file order; {held}", converter=Converter.NATIVE, disk=disk)
     if why_stage:
-        return Plan("staged", f"{why_stage}; the image is staged in scratch space, then "
+        return Plan(PlanName.STAGED, f"{why_stage}; the image is staged in scratch space, then "
                     f"converted by {'the native reader' if native else 'qemu-img'}{suffix}",
-                    converter=converter, disk=fmt if native else None)
+                    converter=converter, disk=disk)
     inner = " inside a multi-block xz file" if codecs else ""
     if native:
         unit = "clusters" if fmt == "qcow2" else "grains"
-        return Plan("extents", f"{fmt}{inner} is read natively at random: data {unit} by "
+        return Plan(PlanName.EXTENTS, f"{fmt}{inner} is read natively at random: data {unit} by "
                     f"parallel range reads, zero and unallocated {unit} become holes",
-                    converter="native", disk=fmt)
-    return Plan("convert", f"{fmt}{inner} is converted by qemu-img reading it through an NBD "
-                f"export of the source{suffix}", converter="qemu-img")
+                    converter=Converter.NATIVE, disk=disk)
+    return Plan(PlanName.CONVERT, f"{fmt}{inner} is converted by qemu-img reading it through an NBD "
+                f"export of the source{suffix}", converter=Converter.QEMU_IMG)
 
 
 def _delta(src: SourceFacts, image: ImageInfo, codecs: list[str], previous: str) -> Plan:
     """A delta stage: only a qcow2 whose backing file is the previous checkpoint can be applied
     onto what that stage wrote (CDI's check and words)."""
     if image.format == "raw" and src.changes_only:
-        return Plan("delta", f"the areas changed since checkpoint {previous}, read by the "
+        return Plan(PlanName.DELTA, f"the areas changed since checkpoint {previous}, read by the "
                     "source's block status, are applied in place onto the disk the previous "
-                    "stage wrote; nothing else is read or written", disk="raw")
+                    "stage wrote; nothing else is read or written", disk=DiskKind.RAW)
     if image.format != "qcow2":
         raise FormatError(f"a delta stage applies a qcow2 delta onto the disk of checkpoint "
                           f"{previous}, but the source holds {image.format}")
@@ -175,6 +223,6 @@ def _delta(src: SourceFacts, image: ImageInfo, codecs: list[str], previous: str)
         raise FormatError("a delta stage reads the qcow2 delta at random, but "
                           + (f"it is {'+'.join(codecs)}-compressed" if codecs else
                              src.sequential_reason or "the source does not serve byte ranges"))
-    return Plan("delta", f"a qcow2 delta on checkpoint {previous}: its allocated and zero "
+    return Plan(PlanName.DELTA, f"a qcow2 delta on checkpoint {previous}: its allocated and zero "
                 "clusters are applied in place onto the disk the previous stage wrote; nothing "
-                "else is read or written", converter="native", disk="qcow2")
+                "else is read or written", converter=Converter.NATIVE, disk=DiskKind.QCOW2)
