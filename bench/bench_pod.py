@@ -156,7 +156,7 @@ def volume(work: Path) -> Iterator[Path]:
 
 
 def pod_argv(vol: Path, url: str, image_size: int, entrypoint: list[str] | None,
-             peer: Path | None) -> list[str]:
+             peer: Path | None, extra_env: dict[str, str] | None = None) -> list[str]:
     a = ["podman", "run", "--rm", "--pull", "never", "--user", "107", "--cap-drop", "ALL",
          "--security-opt", "no-new-privileges", "--network", "host", "--read-only",
          "--tmpfs", "/tmp", "--cpus", CPU_LIMIT, "--memory", MEMORY_LIMIT,
@@ -171,7 +171,7 @@ def pod_argv(vol: Path, url: str, image_size: int, entrypoint: list[str] | None,
            "IMPORTER_ACCESS_KEY_ID": "", "IMPORTER_SECRET_KEY": "", "IMPORTER_UUID": "",
            "IMPORTER_BACKING_FILE": "", "IMPORTER_THUMBPRINT": "",
            "IMPORTER_CURRENT_CHECKPOINT": "", "IMPORTER_PREVIOUS_CHECKPOINT": "",
-           "IMPORTER_FINAL_CHECKPOINT": "", "IMPORTER_DISK_ID": ""}
+           "IMPORTER_FINAL_CHECKPOINT": "", "IMPORTER_DISK_ID": "", **(extra_env or {})}
     for k, v in env.items():
         a += ["-e", f"{k}={v}"]
     if entrypoint:
@@ -288,11 +288,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--no-limit-column", action="store_true")
+    ap.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a variable for our pod only (IMPORTER_CONVERTER=qemu-img: the path "
+                    "before the native readers)")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="also run ours once more per row under py-spy (from the host) and "
                     "print where its samples fall; the raw stacks are kept in DIR")
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
+    ours_env = dict(e.split("=", 1) for e in args.ours_env)
     if args.big:
         rows += [r for r in ROWS if r.startswith("4g") and r not in rows]
     unknown = [r for r in rows if r not in ROWS]
@@ -328,7 +332,7 @@ def main() -> int:
             results: dict[str, list[Run]] = {"ours": [], "cdi": [], "curl": []}
             for _ in range(args.repeat):
                 with volume(args.work) as vol:
-                    results["ours"].append(measure(pod_argv(vol, url, image_size, None, None),
+                    results["ours"].append(measure(pod_argv(vol, url, image_size, None, None, ours_env),
                                                    group, env))
                 if peer is not None:
                     with volume(args.work) as vol:
@@ -348,7 +352,7 @@ def main() -> int:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 raw = args.profile / f"{row}.txt"
                 with volume(args.work) as vol:
-                    measure(pod_argv(vol, url, image_size, None, None), group, env, raw)
+                    measure(pod_argv(vol, url, image_size, None, None, ours_env), group, env, raw)
                 if raw.exists():
                     profiles.append(f"{row}:\n{profile_summary(raw)}")
         for text in profiles:

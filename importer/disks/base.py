@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Extent", "NativeUnsupported", "RandomAccessDisk", "fill_at", "fill_zeros", "merge_extents"]
+__all__ = ["Extent", "NativeUnsupported", "RandomAccessDisk", "add_run", "fill_at", "fill_zeros",
+           "merge_extents"]
 
 
 class NativeUnsupported(Exception):
@@ -101,3 +102,14 @@ def fill_zeros(view: memoryview) -> None:
         n = min(len(_ZEROS), len(view) - pos)
         view[pos : pos + n] = _ZEROS[:n]
         pos += n
+
+
+def add_run(runs: list[list[int]], pos: int, host: int, n: int) -> None:
+    """Add the read of `n` bytes at file offset `host` into the buffer at `pos` to `runs`
+    ([buffer offset, file offset, length]), joined to the last one when both are contiguous:
+    neighbouring clusters or grains are fetched with one read."""
+    last = runs[-1] if runs else None
+    if last and last[0] + last[2] == pos and last[1] + last[2] == host:
+        last[2] += n
+    else:
+        runs.append([pos, host, n])

@@ -34,7 +34,7 @@ from isal import isal_zlib
 from ..errors import FormatError
 from ..formats.pinned import PinnedBytes
 from ..formats.qcow2_header import Qcow2Header, parse_qcow2_header, sector_size
-from .base import Extent, NativeUnsupported, fill_at, fill_zeros
+from .base import Extent, NativeUnsupported, add_run, fill_at, fill_zeros
 
 __all__ = [
     "NativeUnsupported",
@@ -230,11 +230,7 @@ class Qcow2Disk:
                 if host + n > self._file_size:
                     raise FormatError(f"qcow2 data for guest byte {g} lies past the end of the "
                                       f"file ({self._file_size} bytes): the image is truncated")
-                last = plain[-1] if plain else None
-                if last and last[0] + last[2] == pos and last[1] + last[2] == host:
-                    last[2] += n
-                else:
-                    plain.append([pos, host, n])
+                add_run(plain, pos, host, n)
             pos += n
         for bpos, host, n in plain:
             self._read_exact(host, out[bpos : bpos + n], "data cluster")

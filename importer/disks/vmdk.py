@@ -34,7 +34,7 @@ from ..formats.vmdk_header import (
     VmdkHeader,
     parse_vmdk_header,
 )
-from .base import Extent, NativeUnsupported, fill_at, fill_zeros
+from .base import Extent, NativeUnsupported, add_run, fill_at, fill_zeros
 
 __all__ = ["MAX_TABLES", "VmdkDisk", "check_footer", "grain_extents", "inflate_grain",
            "read_footer"]
@@ -202,11 +202,7 @@ class VmdkDisk:
                 packed.append((pos, inner, n, sector * 512))
             else:
                 host = sector * 512 + inner
-                last = plain[-1] if plain else None
-                if last and last[0] + last[2] == pos and last[1] + last[2] == host:
-                    last[2] += n
-                else:
-                    plain.append([pos, host, n])
+                add_run(plain, pos, host, n)
             pos += n
         for bpos, host, n in plain:
             self._read_exact(host, out[bpos : bpos + n], f"grain data for guest byte "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
-from ..sinks.raw import pump
+from ..sinks.raw import SparseWriter, pump
 from ..sinks.target import Target
 from ..streams import ThreadedReader
 from . import Plan
@@ -40,54 +42,50 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
 
 def _qcow2(st: RunState, target: Target) -> None:
     """A qcow2 converted natively in file order (disks/qcow2_stream.py)."""
-    from ..disks.qcow2 import parse_header
     from ..disks.qcow2_stream import StreamedQcow2
+    from ..formats.qcow2_header import parse_qcow2_header
 
-    det = st.detected
-    head = det.pins.covered(0, 512) or det.pins.covered(0, 112)
+    head = st.detected.pins.covered(0, 512) or st.detected.pins.covered(0, 112)
     assert head is not None  # the sniffed head is pinned whole
-    header = parse_header(head)
-    st.result.virtual_size = header.size
-    st.run_ahead()
-    st.progress.plan([("TransferDataFile", 100, True)])
-    st.progress.enter("TransferDataFile")
-    with raw_target(st, target, header.size) as writer:
+    header = parse_qcow2_header(head)
+    with _native(st, target, header.size) as (writer, decoded):
         reader = StreamedQcow2(header, write=writer.write, write_zeros=writer.write_zeros,
                                scratch_dir=scratch_location(st.config, target))
-        # decoding (gzip, zstd: they release the GIL) runs on its own thread while this one
-        # places clusters; the head was only peeked by detection: the stream starts at byte 0
-        decoded = ThreadedReader(det.stream, chunk=4 << 20, depth=3)
-        decoded.run_ahead()
-        st.stack.callback(decoded.close)
         reader.run(decoded, st.cancel.is_set)
-        writer.finish()
         st.result.staged_bytes = reader.stats.spilled
         if reader.stats.spilled:
             log.warning("%d MiB of the qcow2 arrived before the tables placing it and went "
                         "through scratch", reader.stats.spilled >> 20)
-        st.result.checksum = st.verify_checksum()
-        st.finish_size(target, header.size)
 
 
 def _vmdk(st: RunState, target: Target) -> None:
     """A vmdk converted natively in file order (disks/vmdk_stream.py)."""
     from ..disks.vmdk_stream import StreamedVmdk
-    from ..formats.vmdk_header import parse_vmdk_header as parse_header
+    from ..formats.vmdk_header import parse_vmdk_header
 
-    det = st.detected
-    head = det.pins.covered(0, 512)
+    head = st.detected.pins.covered(0, 512)
     assert head is not None  # the sniffed head is pinned whole
-    header = parse_header(head)
-    st.result.virtual_size = header.size
+    header = parse_vmdk_header(head)
+    with _native(st, target, header.size) as (writer, decoded):
+        StreamedVmdk(header, write=writer.write, write_zeros=writer.write_zeros).run(
+            decoded, st.cancel.is_set)
+
+
+@contextlib.contextmanager
+def _native(st: RunState, target: Target, size: int
+            ) -> Iterator[tuple[SparseWriter, ThreadedReader]]:
+    """What both native streaming readers need around them: the target, and the decoded
+    stream from byte 0 on its own thread (gzip and zstd release the GIL) while the reader
+    places data on this one; the checksum and the size settled after."""
+    st.result.virtual_size = size
     st.run_ahead()
     st.progress.plan([("TransferDataFile", 100, True)])
     st.progress.enter("TransferDataFile")
-    with raw_target(st, target, header.size) as writer:
-        reader = StreamedVmdk(header, write=writer.write, write_zeros=writer.write_zeros)
-        decoded = ThreadedReader(det.stream, chunk=4 << 20, depth=3)
+    with raw_target(st, target, size) as writer:
+        decoded = ThreadedReader(st.detected.stream, chunk=4 << 20, depth=3)
         decoded.run_ahead()
         st.stack.callback(decoded.close)
-        reader.run(decoded, st.cancel.is_set)
+        yield writer, decoded
         writer.finish()
         st.result.checksum = st.verify_checksum()
-        st.finish_size(target, header.size)
+        st.finish_size(target, size)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from importer.disks.base import NativeUnsupported
 from importer.disks.qcow2 import Qcow2Disk, parse_header
@@ -157,30 +158,37 @@ def _sink() -> tuple[Callable[[int, bytes | bytearray, int, int], int],
     return write, write_zeros
 
 
+def _reader(data: bytes) -> Callable[[int, bytearray | memoryview], int]:
+    def readinto(offset: int, out: bytearray | memoryview) -> int:
+        chunk = data[offset : offset + len(out)]
+        memoryview(out)[: len(chunk)] = chunk
+        return len(chunk)
+
+    return readinto
+
+
+def _read_whole(disk: Any) -> None:
+    """Every extent of a native disk, in order and without gaps, and every data byte read."""
+    pos = 0
+    for ext in disk.extents():
+        assert ext.start == pos and ext.length > 0
+        pos = ext.end
+        if not ext.zero:
+            for off in range(ext.start, ext.end, 1 << 20):
+                n = min(1 << 20, ext.end - off)
+                assert disk.readinto_at(off, bytearray(n)) == n
+    assert pos == disk.size
+
+
 def qcow2_random(data: bytes) -> None:
     """The native reader over hostile bytes: every extent read, or a documented refusal."""
     try:
         header = parse_header(data[:512])
         if header.size > QCOW2_VIRTUAL_LIMIT:
             return
-        buf = bytearray(data)
-
-        def readinto(offset: int, out: bytearray | memoryview) -> int:
-            chunk = buf[offset : offset + len(out)]
-            memoryview(out)[: len(chunk)] = chunk
-            return len(chunk)
-
-        disk = Qcow2Disk(header, readinto, len(data), PinnedBytes(), workers=1)
+        disk = Qcow2Disk(header, _reader(data), len(data), PinnedBytes(), workers=1)
         try:
-            pos = 0
-            for ext in disk.extents():
-                assert ext.start == pos and ext.length > 0
-                pos = ext.end
-                if not ext.zero:
-                    for off in range(ext.start, ext.end, 1 << 20):
-                        n = min(1 << 20, ext.end - off)
-                        assert disk.readinto_at(off, bytearray(n)) == n
-            assert pos == header.size
+            _read_whole(disk)
         finally:
             disk.close()
     except QCOW2_EXPECTED:
@@ -209,21 +217,7 @@ def vmdk_random(data: bytes) -> None:
         if header.size > QCOW2_VIRTUAL_LIMIT or header.grain > 1 << 20:
             return  # the planner sends larger grains to qemu-img
 
-        def readinto(offset: int, out: bytearray | memoryview) -> int:
-            chunk = data[offset : offset + len(out)]
-            memoryview(out)[: len(chunk)] = chunk
-            return len(chunk)
-
-        disk = VmdkDisk(header, readinto, len(data), PinnedBytes())
-        pos = 0
-        for ext in disk.extents():
-            assert ext.start == pos and ext.length > 0
-            pos = ext.end
-            if not ext.zero:
-                for off in range(ext.start, ext.end, 1 << 20):
-                    n = min(1 << 20, ext.end - off)
-                    assert disk.readinto_at(off, bytearray(n)) == n
-        assert pos == disk.size
+        _read_whole(VmdkDisk(header, _reader(data), len(data), PinnedBytes()))
     except QCOW2_EXPECTED:
         pass
 
