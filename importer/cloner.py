@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import advice
-from .children import guarded
+from .children import child_environment, guarded
 from .errors import ConfigError, ImporterError, SourceError, TargetError
 from .formats.snappy_framed import frames
 from .metrics import MetricsServer
@@ -78,21 +78,30 @@ def _device_blocks(path: Path, progress: Progress) -> Iterator[bytes]:
 def _tar_blocks(mount: Path, sparse: bool, progress: Progress) -> Iterator[bytes]:
     """GNU tar of the mount point's entries but lost+found, as the cloner script runs it."""
     entries = sorted(e for e in os.listdir(mount) if e != "lost+found")
-    with tempfile.TemporaryFile() as empty_list:
+    with tempfile.TemporaryFile() as empty_list, tempfile.TemporaryFile() as errors:
         argv = ["tar", "c", *(["-S"] if sparse else []), "-C", str(mount), "-f", "-"]
         if entries:
             argv += ["--", *entries]
         else:  # CDI: an empty volume clones as an empty archive
             argv += ["-T", f"/proc/self/fd/{empty_list.fileno()}"]
-        proc = subprocess.Popen(guarded(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(empty_list.fileno(),))
+        # the minimal environment of every child; stderr to a file, so a talkative tar never
+        # blocks on a full pipe while we read its output
+        proc = subprocess.Popen(guarded(argv), stdout=subprocess.PIPE, stderr=errors,
+                                pass_fds=(empty_list.fileno(),), env=child_environment())
         assert proc.stdout is not None
-        while chunk := proc.stdout.read(CHUNK):
-            progress.update(len(chunk))
-            yield chunk
-        err = proc.stderr.read() if proc.stderr else b""
-        if proc.wait() != 0:
-            raise SourceError(f"tar of {mount} failed: {err.decode(errors='replace').strip()}")
+        try:
+            while chunk := proc.stdout.read(CHUNK):
+                progress.update(len(chunk))
+                yield chunk
+            if proc.wait() != 0:
+                errors.seek(0)
+                err = errors.read(4096).decode(errors="replace").strip()
+                raise SourceError(f"tar of {mount} failed: {err}")
+        finally:
+            if proc.poll() is None:  # the reader stopped early (a failed upload, a signal)
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
 
 def _context(s: ClonerSettings, work: Path) -> ssl.SSLContext:

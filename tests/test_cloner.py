@@ -207,3 +207,48 @@ def test_clone_progress_is_scraped_as_cdi_does(target: UploadPod, tmp_path: Path
         proxy.close()
     assert len({round(v) for v in seen}) >= 3, seen  # it moved while the clone ran
     assert seen == sorted(seen) and 0 < seen[-1] <= 100
+
+
+def test_tar_stops_when_its_reader_stops_early(tmp_path: Path) -> None:
+    """A failed upload stops reading the tar: the child is killed, not left blocked on its pipe,
+    and it runs with the children's minimal environment (no secrets of ours)."""
+    from importer.cloner import _tar_blocks
+    from importer.progress import Progress
+
+    src = tmp_path / "volume"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(8 << 20))
+    os.environ["IMPORTER_TEST_SECRET"] = "must-not-reach-tar"
+    try:
+        blocks = _tar_blocks(src, False, Progress())
+        next(blocks)
+        tars = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _parent(p) == os.getpid() and b"tar" in _cmdline(p)]
+        assert tars, "tar should be running"
+        environ = (tars[0] / "environ").read_bytes()
+        assert b"IMPORTER_TEST_SECRET" not in environ
+        blocks.close()
+        assert not (tars[0] / "status").exists() or b"Z" in _state(tars[0])
+    finally:
+        del os.environ["IMPORTER_TEST_SECRET"]
+
+
+def _parent(p: Path) -> int:
+    try:
+        return int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _state(p: Path) -> bytes:
+    try:
+        return (p / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return b"Z"
