@@ -8,7 +8,7 @@ words it speaks (`use("pod")` in the pod, the upload server, the cloner and the 
 
 from __future__ import annotations
 
-__all__ = ["ca", "converter", "credentials", "insecure", "thumbprint", "use"]
+__all__ = ["ca", "cli_only", "converter", "credentials", "insecure", "thumbprint", "use"]
 
 _front = "cli"
 
@@ -66,3 +66,9 @@ def converter() -> str:
 
 def thumbprint() -> str:
     return _say("thumbprint")
+
+
+def cli_only(flag: str) -> str:
+    """` (FLAG)` after a value the CLI lets the user change and a pod does not; nothing in a
+    pod."""
+    return f" ({flag})" if _front == "cli" else ""

@@ -53,7 +53,7 @@ def fetch_labels(endpoint: str) -> dict[str, str]:
     import json
 
     from .config import HttpOptions
-    from .sources.http import HttpConnector
+    from .sources.transport import HttpConnector
 
     p = urlsplit(endpoint)
     url = urlunsplit((p.scheme, p.netloc, "/info", "", ""))

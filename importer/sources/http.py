@@ -1,13 +1,9 @@
-"""HTTP(S) source.
+"""HTTP(S) source, over the shared transport (sources/transport.py: connections, TLS,
+timeouts, the low-speed meter, error classification).
 
-One HTTP stack, http.client, written by hand around it on purpose:
-* the bulk bytes are read into reused buffers. Measured on this machine (design notes, 4 GiB raw
-  over loopback): httpx `iter_raw` 9.1 s, http.client `readinto` 3.9 s. The data path is the
-  product, so it gets the lean stack;
-* the probe (size, range support, redirects, auth and TLS errors) used httpx until importing it
-  (with h11, httpcore, click and urllib.request) cost ~35 ms of the ~0.2 s a small image takes:
-  it is a handful of requests, now made on the same connections the bulk path makes, with the
-  same TLS context, proxy decision and error classification (`_classify`).
+The probe (size, range support, redirects, auth and TLS errors) is a handful of requests made
+on the same connections the bulk path makes; the bulk bytes are read into reused buffers by
+ranged GETs on several connections, or one resumable stream.
 
 Size and range support are learned with a ranged GET (`Range: bytes=0-0`), never HEAD: presigned
 URLs and some servers refuse HEAD. Redirects are resolved once and the final URL pinned;
@@ -24,16 +20,12 @@ import http.client
 import io
 import logging
 import re
-import socket
-import ssl
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from .. import __version__, advice
+from .. import advice
 from ..config import HttpOptions
 from ..errors import (
     ImporterError,
@@ -41,19 +33,25 @@ from ..errors import (
     SourceContentError,
     SourceError,
     SourceNotFoundError,
-    SourceTLSError,
     SourceUnavailableError,
     SourceUnreachableError,
 )
 from .base import SourceInfo, read_via_readinto
 from .resumable import ResumableStream
 from .retry import backoff, retry_unreachable
-from .tls import make_ssl_context
+from .transport import (
+    USER_AGENT,
+    HttpConnector,
+    ShortBody,
+    classify_error,
+    close_connection,
+    redact,
+    timed_out_message,
+)
 
-__all__ = ["HttpConnector", "HttpSource", "classify_error"]
+__all__ = ["HttpSource"]
 
 log = logging.getLogger(__name__)
-USER_AGENT = f"importer/{__version__}"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -64,12 +62,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return p.scheme, (p.hostname or "").lower(), port
 
 
-def _redact(url: str) -> str:
-    """URLs are logged without their query string: presigned URLs carry signatures there."""
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc}{p.path}" + ("?…" if p.query else "")
-
-
 @dataclass(frozen=True, slots=True)
 class _Probe:
     url: str
@@ -77,90 +69,6 @@ class _Probe:
     ranges: bool
     etag: str | None
     content_type: str
-
-
-class HttpConnector:
-    """Connections to http(s) URLs as every HTTP client of the importer makes them: one TLS
-    context (CA directories, --insecure), the proxy decision, the low-speed meter, and an
-    abort that reaches reads blocked in other threads. The HTTP source and the oVirt engine
-    client (sources/ovirt/engine_api.py) share it, so TLS and proxies mean one thing."""
-
-    def __init__(self, opts: HttpOptions) -> None:
-        self.opts = opts
-        self._ctx_made: ssl.SSLContext | None = None
-        self._conns: list[http.client.HTTPConnection] = []
-        self._conns_lock = threading.Lock()
-        self.closed = threading.Event()
-
-    @property
-    def ctx(self) -> ssl.SSLContext:
-        """Made on first use: loading the CA store costs ~25 ms, which a plain-http import
-        (most of a 1 MiB image's time) never needs."""
-        if self._ctx_made is None:
-            self._ctx_made = make_ssl_context(self.opts.ca_dirs, self.opts.insecure)
-        return self._ctx_made
-
-    def connection(self, url: str, *, tracked: bool = False) -> http.client.HTTPConnection:
-        """A new (unconnected) connection for `url`; `tracked` ones are aborted by close()."""
-        if self.closed.is_set():
-            raise SourceError(f"{_redact(url)}: the import was stopped")
-        p = urlsplit(url)
-        if p.scheme not in ("http", "https"):
-            raise SourceError(f"{_redact(url)}: unsupported URL scheme {p.scheme!r}; use http "
-                              "or https")
-        try:
-            port = p.port
-        except ValueError as exc:
-            raise SourceError(f"{_redact(url)}: invalid URL: {exc}") from exc
-        proxy = self.opts.proxy_for(url)
-        opts = self.opts
-        conn: http.client.HTTPConnection
-        if proxy:
-            pp = urlsplit(proxy)
-            ptarget = (pp.hostname or "", pp.port or (443 if pp.scheme == "https" else 80))
-            if p.scheme == "https":  # CONNECT tunnel: the proxy sees only the host
-                conn = _MeteredHTTPSConnection(opts, *ptarget, context=self.ctx)
-                conn.set_tunnel(p.hostname or "", port or 443, headers=self._proxy_headers(proxy))
-            else:  # plain HTTP through a proxy: absolute URLs in the request line
-                conn = _MeteredHTTPConnection(opts, *ptarget)
-        elif p.scheme == "https":
-            conn = _MeteredHTTPSConnection(opts, p.hostname or "", port or 443, context=self.ctx)
-        else:
-            conn = _MeteredHTTPConnection(opts, p.hostname or "", port or 80)
-        if tracked:
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
-
-    def request_target(self, url: str, headers: dict[str, str]) -> str:
-        """What the request line names: the path, or through a plain-HTTP proxy the absolute
-        URL (and the proxy's credentials join `headers`)."""
-        p = urlsplit(url)
-        proxy = self.opts.proxy_for(url)
-        if proxy and p.scheme == "http":
-            headers.update(self._proxy_headers(proxy))
-            return url
-        return (p.path or "/") + (f"?{p.query}" if p.query else "")
-
-    @staticmethod
-    def _proxy_headers(proxy: str) -> dict[str, str]:
-        pp = urlsplit(proxy)
-        if not pp.username:
-            return {}
-        creds = f"{pp.username}:{pp.password or ''}".encode()
-        return {"Proxy-Authorization": "Basic " + base64.b64encode(creds).decode()}
-
-    def close(self) -> None:
-        """Abort every tracked connection, including reads blocked in other threads (shutdown
-        wakes a blocked recv; close alone does not), so an import stops at once."""
-        self.closed.set()
-        with self._conns_lock:
-            for c in self._conns:
-                if c.sock is not None:
-                    with contextlib.suppress(OSError):
-                        c.sock.shutdown(socket.SHUT_RDWR)
-                c.close()
-            self._conns.clear()
 
 
 class HttpSource:
@@ -190,7 +98,7 @@ class HttpSource:
         return self._net
 
     def _where(self, url: str) -> str:
-        return self._shown or _redact(url)
+        return self._shown or redact(url)
 
     # ----------------------------------------------------------------- probe
 
@@ -304,7 +212,7 @@ class HttpSource:
         except ImporterError:
             raise
         except TimeoutError as exc:
-            raise SourceUnavailableError(_timed_out(where, exc, self.opts)) from exc
+            raise SourceUnavailableError(timed_out_message(where, exc, self.opts)) from exc
         except http.client.InvalidURL as exc:
             raise SourceError(f"{where}: invalid URL: {exc}") from exc
         except (http.client.HTTPException, OSError) as exc:
@@ -369,7 +277,7 @@ class HttpSource:
         except ImporterError:
             raise
         except TimeoutError as exc:
-            raise SourceUnavailableError(_timed_out(where, exc, self.opts)) from exc
+            raise SourceUnavailableError(timed_out_message(where, exc, self.opts)) from exc
         except (http.client.HTTPException, OSError) as exc:  # resets, short bodies
             err = classify_error(exc, where)
             if isinstance(err, SourceUnreachableError):
@@ -392,7 +300,7 @@ class HttpSource:
                 try:
                     return conn, self._request(conn, pos, None)
                 except BaseException:
-                    _close_connection(conn, None)
+                    close_connection(conn, None)
                     raise
 
         def read(body: tuple[http.client.HTTPConnection, http.client.HTTPResponse],
@@ -409,8 +317,8 @@ class HttpSource:
         return ResumableStream(offset=offset, size=self._probe.size, where=where,
                                open_at=open_at, read=read, backoff=self._sleep_backoff,
                                on_failure=on_failure,
-                               close_body=lambda body: _close_connection(*body),
-                               short_error=_ShortBody)
+                               close_body=lambda body: close_connection(*body),
+                               short_error=ShortBody)
 
     def read_at(self, offset: int, size: int) -> bytes:
         return read_via_readinto(self, offset, size)
@@ -440,7 +348,7 @@ class HttpSource:
                             break
                         got += n
                     if got < size:
-                        raise _ShortBody(f"{self._where(self.url)}: short answer to a range request")
+                        raise ShortBody(f"{self._where(self.url)}: short answer to a range request")
             except SourceUnavailableError as exc:
                 if conn is not None:
                     conn.close()
@@ -458,106 +366,6 @@ class HttpSource:
 
     def close(self) -> None:
         self._net.close()
-
-
-class _LowSpeedSocket:
-    """A connected socket whose reads fail once fewer than `limit` bytes arrived in `window`
-    seconds. A server trickling a byte a second never trips a read timeout, and the buffered
-    reads above us block until their whole buffer is full, so the check sits where each recv
-    returns. Everything else is the wrapped socket's own."""
-
-    def __init__(self, sock: socket.socket, limit: int, window: float) -> None:
-        self._sock = sock
-        self._limit = limit
-        self._window = window
-        self._start = time.monotonic()
-        self._bytes = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._sock, name)
-
-    def makefile(self, mode: str = "r", *args: object, **kwargs: object) -> io.BufferedReader:
-        if mode != "rb":
-            raise ValueError("only binary reads are metered")
-        # as socket.makefile does: the real socket counts the file's reference, because
-        # http.client closes the connection while its response is still being read
-        self._sock._io_refs += 1  # type: ignore[attr-defined]
-        return io.BufferedReader(_MeteredIO(self._sock, self))
-
-    def count(self, n: int) -> None:
-        self._bytes += n
-        now = time.monotonic()
-        if now - self._start >= self._window:
-            if self._bytes < self._limit:
-                raise TimeoutError(f"transfer slower than {self._limit} bytes in "
-                                   f"{self._window:g} s (low-speed limit)")
-            self._start, self._bytes = now, 0
-
-
-class _MeteredIO(socket.SocketIO):
-    def __init__(self, sock: socket.socket, meter: _LowSpeedSocket) -> None:
-        super().__init__(sock, "rb")
-        self._meter = meter
-
-    def readinto(self, b: Any) -> int | None:
-        n = super().readinto(b)
-        self._meter.count(n or 0)
-        return n
-
-
-class _ConnectTimeout(TimeoutError):
-    """No connection (TCP or TLS) within connect_timeout: told apart from a server that
-    accepted and then said nothing, which read_timeout bounds."""
-
-
-def _timed_out(where: str, exc: TimeoutError, opts: HttpOptions) -> str:
-    if isinstance(exc, _ConnectTimeout):
-        return (f"{where}: no connection within {opts.connect_timeout:g} s (--connect-timeout); "
-                "the host may be down or a firewall may drop the packets")
-    if "slower than" in str(exc):  # the low-speed limit's own words
-        return f"{where}: {exc}"
-    return (f"{where}: the server accepted the connection but sent nothing for "
-            f"{opts.read_timeout:g} s (--read-timeout); it may be overloaded or hung")
-
-
-class _MeteredHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, opts: HttpOptions, host: str, port: int) -> None:
-        super().__init__(host, port, timeout=opts.connect_timeout)
-        self._opts = opts
-
-    def connect(self) -> None:
-        try:
-            super().connect()
-        except TimeoutError as exc:
-            raise _ConnectTimeout(str(exc)) from exc
-        _meter(self, self._opts)
-
-
-class _MeteredHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, opts: HttpOptions, host: str, port: int, *, context: ssl.SSLContext
-                 ) -> None:
-        super().__init__(host, port, timeout=opts.connect_timeout, context=context)
-        self._opts = opts
-
-    def connect(self) -> None:
-        try:
-            super().connect()
-        except TimeoutError as exc:
-            raise _ConnectTimeout(str(exc)) from exc
-        _meter(self, self._opts)
-
-
-def _meter(conn: http.client.HTTPConnection, opts: HttpOptions) -> None:
-    """Connected within connect_timeout; from now on reads wait read_timeout at most and
-    must keep above the low-speed limit."""
-    conn.sock.settimeout(opts.read_timeout)
-    if opts.low_speed_limit > 0:
-        conn.sock = _LowSpeedSocket(conn.sock, opts.low_speed_limit, opts.low_speed_time)
-
-
-class _ShortBody(SourceUnavailableError):
-    """The server closed a body before the length it announced. Once is a dropped
-    connection; again at the same byte, with nothing new, is a server that keeps doing it."""
 
 
 #: short bodies in a row without a new byte before the server is taken at its word
@@ -578,19 +386,9 @@ class _ShortBodyVerdict:
         self._shorts = _short_body_verdict(exc, self._shorts, self._where, pos)
 
 
-def _close_connection(conn: http.client.HTTPConnection,
-                      resp: http.client.HTTPResponse | None) -> None:
-    if conn.sock is not None:
-        with contextlib.suppress(OSError):  # wakes a read blocked in another thread
-            conn.sock.shutdown(socket.SHUT_RDWR)
-    if resp is not None:
-        resp.close()
-    conn.close()
-
-
 def _short_body_verdict(exc: SourceUnavailableError, shorts: int, where: str, at: int) -> int:
     """Count a failure; raise SourceContentError when short bodies keep coming."""
-    if not isinstance(exc, _ShortBody):
+    if not isinstance(exc, ShortBody):
         return 0
     shorts += 1
     if shorts >= SHORT_BODY_LIMIT:
@@ -599,45 +397,3 @@ def _short_body_verdict(exc: SourceUnavailableError, shorts: int, where: str, at
             "announced; the object is truncated or the server is broken, and retrying does "
             "not help") from exc
     return shorts
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        yield cur
-        cur = cur.__cause__ or cur.__context__
-
-
-def classify_error(exc: BaseException, where: str) -> SourceError:
-    """Which failures are outages (retried) and which are not: a name that does not resolve, a
-    refused connection, a TLS failure or a protocol violation does not heal by waiting."""
-    chain = list(_chain(exc))
-    for e in chain:
-        if isinstance(e, http.client.IncompleteRead):
-            return _ShortBody(f"{where}: the body ended early ({e!r})")
-        if isinstance(e, ssl.SSLCertVerificationError) or (
-                isinstance(e, ssl.SSLError) and "CERTIFICATE" in str(e).upper()):
-            detail = getattr(e, "verify_message", None) or e
-            return SourceTLSError(
-                f"{where}: TLS verification failed ({detail}); give the CA ({advice.ca()}) or "
-                f"skip verification ({advice.insecure()})")
-        if isinstance(e, ssl.SSLError) and not isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-            return SourceTLSError(
-                f"{where}: TLS handshake failed ({e.reason or e}); the server may not speak TLS "
-                "on this port: check http:// versus https:// and the port")
-        if isinstance(e, socket.gaierror):
-            return SourceUnreachableError(
-                f"{where}: the host name does not resolve ({e.strerror or e}); check the URL's "
-                "host name and the DNS of this machine or pod")
-        if isinstance(e, ConnectionRefusedError):
-            return SourceUnreachableError(
-                f"{where}: connection refused: nothing listens on that host and port; check the "
-                "URL's port and that the server is running")
-        if isinstance(e, http.client.LineTooLong) or (
-                isinstance(e, http.client.HTTPException) and re.search(
-                    r"too long|too large|too many|more than \d+ headers", str(e), re.IGNORECASE)):
-            return SourceContentError(f"{where}: the server's answer is malformed ({e}); this "
-                                      "does not heal by retrying")
-    return SourceUnavailableError(f"{where}: connection failed: {exc!r}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from ...disks.base import Extent, merge_extents
 from ...errors import ImporterError, SourceContentError
-from ..http import USER_AGENT, HttpConnector, classify_error
+from ..transport import USER_AGENT, HttpConnector, classify_error
 
 __all__ = ["DaemonOptions", "read_extents", "read_options"]
 

@@ -40,7 +40,7 @@ from ...errors import (
     SourceNotFoundError,
     SourceUnavailableError,
 )
-from ..http import USER_AGENT, HttpConnector, classify_error
+from ..transport import USER_AGENT, HttpConnector, classify_error
 
 __all__ = ["DiskInfo", "DiskLockedError", "EngineClient", "SnapshotInfo", "TransferInfo"]
 
