@@ -1,4 +1,6 @@
-"""The validated configuration every front-end builds and the core consumes.
+"""The validation every front-end runs to build the settings the core consumes (their types
+are in settings.py; the HTTP options and header parsing in sources/options.py, re-exported
+here for the front-ends).
 
 This is the only module that reads the process environment (proxy variables, credentials given
 by variable); everything below takes an ImportConfig. Validation collects every problem and
@@ -12,8 +14,6 @@ import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -21,13 +21,29 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .checksum import ChecksumSpec, parse_checksum
 from .errors import ConfigError
 from .quantity import parse_quantity
+from .settings import (
+    CONVERTERS,
+    HELPER_ENV,
+    INPUT_FORMATS,
+    MAX_FILE_SIZE,
+    ContentType,
+    Front,
+    ImportConfig,
+    OutputSpec,
+    Problem,
+)
 from .sources.options import (
     GcsOptions,
+    Header,
+    HttpOptions,
     ImageioOptions,
     RegistryOptions,
     S3Options,
     SourceOptions,
     VddkOptions,
+    parse_header,
+    proxies_from_environment,
+    read_header_files,
 )
 
 __all__ = [
@@ -42,229 +58,13 @@ __all__ = [
     "build_config",
     "parse_header",
     "parse_image_size",
+    "proxies_from_environment",
     "read_header_files",
     "split_userinfo",
     "validate_config",
 ]
 
 
-#: "auto": the native reader where one exists (qcow2), qemu-img otherwise
-CONVERTERS = ("auto", "qemu-img")
-#: what --format may name (qemu-img's -f names; vhd is qemu's vpc)
-INPUT_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso")
-#: what a docker credential helper needs of the user's environment to reach its keychain
-HELPER_ENV = ("HOME", "USER", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "GNUPGHOME",
-              "PASSWORD_STORE_DIR", "PATH")
-#: off_t is signed 64-bit: nothing larger can be a file size or a device offset
-MAX_FILE_SIZE = (1 << 63) - 1
-
-
-class ContentType(StrEnum):
-    KUBEVIRT = "kubevirt"  # a disk image
-    ARCHIVE = "archive"  # a tar to extract into a directory
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    name: str
-    value: str
-    secret: bool = False  # read from a file: never logged
-
-    def __repr__(self) -> str:
-        return f"Header({self.name!r}, {'<redacted>' if self.secret else repr(self.value)})"
-
-
-@dataclass(frozen=True, slots=True)
-class HttpOptions:
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    headers: tuple[Header, ...] = ()
-    ca_dir: Path | None = None
-    #: more CA directories (the pod's /proxycerts) or files (--ca-file), trusted like ca_dir
-    extra_ca_dirs: tuple[Path, ...] = ()
-    insecure: bool = False
-    #: scheme -> proxy URL and "no" -> bypass list, captured from the environment at start
-    proxies: Mapping[str, str] = field(default_factory=dict)
-    connect_timeout: float = 30.0
-    #: seconds without a single byte before a connection is abandoned and resumed
-    read_timeout: float = 120.0
-    max_retries: int = 8
-    retry_backoff: float = 1.0
-    #: seconds a streak of failures may last before the import gives up (CDI gives up at once
-    #: and lets the pod restart; hours of retries hide a dead server)
-    retry_time: float = 30.0
-    max_redirects: int = 10
-    #: a transfer slower than low_speed_limit bytes in low_speed_time seconds is abandoned and
-    #: resumed (curl's --speed-limit/--speed-time): a trickle never trips read_timeout
-    low_speed_limit: int = 1024
-    low_speed_time: float = 60.0
-    #: quick retries for a name that does not resolve or a refused connection
-    unreachable_retries: int = 2
-
-    @property
-    def ca_dirs(self) -> list[Path]:
-        """Every CA directory to trust beside the system store."""
-        return [d for d in (self.ca_dir, *self.extra_ca_dirs) if d is not None]
-
-    def proxy_for(self, url: str) -> str | None:
-        """The proxy for `url`, honouring no_proxy; loopback is never proxied (CDI quirk Q10)."""
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if host in ("localhost", "::1") or host.startswith("127."):
-            return None
-        proxies = dict(self.proxies)
-        if proxies.get("no"):
-            import urllib.request  # only with a bypass list: the module costs ~25 ms to import
-
-            if urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
-                return None
-        return proxies.get(parts.scheme)
-
-
-@dataclass(frozen=True, slots=True)
-class OutputSpec:
-    """The CLI's -O: a format other than raw, written by qemu-img at `path` (a private working
-    directory's file, renamed onto DEST by output_format.py). The pod always writes raw."""
-
-    format: str
-    compress: bool
-    path: Path
-
-    @property
-    def qemu_options(self) -> tuple[str, ...]:
-        """qemu-img convert's output options: qcow2's compressed clusters, vmdk's compressed
-        form (streamOptimized)."""
-        if not self.compress:
-            return ("-O", self.format)
-        if self.format == "vmdk":
-            return ("-O", "vmdk", "-o", "subformat=streamOptimized")
-        return ("-O", self.format, "-c")
-
-
-@dataclass(frozen=True, slots=True)
-class ImportConfig:
-    source: str
-    dest: Path
-    content_type: ContentType = ContentType.KUBEVIRT
-    image_size: int | None = None  # the resulting disk's size: grown to, never shrunk
-    #: the most the image may need (virtual size); defaults to image_size. The pod sets it to the
-    #: space CDI reports available, which may exceed the overhead-reduced image_size
-    size_limit: int | None = None
-    preallocation: bool = False
-    checksum: ChecksumSpec | None = None
-    scratch_dir: Path | None = None
-    #: staging without scratch_dir is an error (the pod's scratch-space-required protocol)
-    scratch_required: bool = False
-    http: HttpOptions = field(default_factory=HttpOptions)
-    #: qemu-img cache mode: None = choose (O_DIRECT when the target accepts it)
-    cache_mode: str | None = None
-    #: parallel ranged reads for random-access sources
-    connections: int = 4
-    #: what SOURCE is when its scheme cannot tell (a path-style S3 endpoint is plain https);
-    #: a name of sources/kinds.py, "auto", or "blank" (a new empty disk)
-    source_kind: str = "auto"
-    #: the options of the source's kind (sources/options.py)
-    options: SourceOptions = None
-    #: a tar given as a disk image is written as raw bytes (CDI does, and its tests check the
-    #: md5), instead of refused with advice to use the archive content type
-    tar_as_raw: bool = False
-    #: who converts formats other than raw: "auto" (the native reader where there is one,
-    #: qemu-img otherwise) or "qemu-img" (always; for comparison and as a fallback)
-    converter: str = "auto"
-    #: --format: the image format the data must have (after decompression); raw is taken as
-    #: it is, without looking at its bytes
-    input_format: str | None = None
-    #: -O: the plans that convert with qemu-img write this format at once (no raw copy)
-    output: OutputSpec | None = None
-    #: an archive may replace what its directory already holds (the pod's and the upload
-    #: server's volumes; the CLI only with --force, as it replaces a file DEST)
-    replace_existing: bool = True
-
-    @property
-    def delta_of(self) -> str | None:
-        """The checkpoint a warm import's delta stage applies onto (the previous stage's); None
-        for a full import. The target must exist: it is written in place."""
-        return getattr(self.options, "previous_checkpoint", None) or None
-
-    @property
-    def capacity(self) -> int | None:
-        """The most the target may take: the pod's available space, else --image-size."""
-        return self.size_limit if self.size_limit is not None else self.image_size
-
-
-def read_header_files(path: Path) -> list[Header]:
-    """Headers from a file or a directory tree of files (the layout of CDI's /extraheaders).
-
-    Each file holds one `Name: value` line. Dot files and dot directories (`..data` of a
-    Kubernetes secret volume) are skipped; trailing newlines are stripped (CDI quirk Q9).
-    """
-    files: list[Path] = []
-    if path.is_dir():
-        for root, dirs, names in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files += [Path(root) / n for n in sorted(names) if not n.startswith(".")]
-    else:
-        files = [path]
-    headers = []
-    for f in files:
-        try:
-            text = f.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read header file {f}: {exc.strerror}") from exc
-        headers.append(parse_header(text, where=str(f), secret=True))
-    return headers
-
-
-def parse_header(text: str, *, where: str, secret: bool) -> Header:
-    """One `Name: value` line, the one validator of both front-ends: CR or LF anywhere would
-    let a value smuggle a second header (or a request) into what we send."""
-    name, sep, value = text.partition(":")
-    name, value = name.strip(), value.strip()
-    bad_value = any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in value)
-    bad_name = any(ord(c) <= 0x20 or c == "\x7f" for c in name)
-    if not sep or not name or bad_name or bad_value:
-        shown = "<redacted>" if secret else repr(text)
-        raise ConfigError(f"invalid header in {where}: {shown}; expected one line 'Name: value'")
-    return Header(name, value, secret)
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One invalid setting: which field, the message naming it as the front-end does, and the
-    bare reason (the pod words some reasons into CDI's exact termination messages)."""
-
-    field: str
-    text: str
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return self.text
-
-
-@dataclass(frozen=True, slots=True)
-class Front:
-    """How a front-end names the settings in its messages (`--image-size` or
-    `IMPORTER_IMAGE_SIZE`), and the few rules in which the CLI and the CDI pod differ."""
-
-    names: Mapping[str, str]
-    #: credentials in an http(s) URL: the pod uses them as basic auth (CDI's Go client does,
-    #: and the controller passes such URLs); the CLI refuses them (process lists, shell history)
-    url_credentials: bool = False
-    #: the variable that may hold the password when no other was given
-    password_variable: str | None = "IMPORTER_PASSWORD"
-    #: the pod finds its destination from its volumes and checks it itself
-    check_dest: bool = True
-    #: IMPORTER_SOURCE names any kind of the table; `--source` only those it may force
-    any_kind: bool = False
-
-    #: how a message shows a setting's value: `--converter 'x'` or `IMPORTER_CONVERTER='x'`
-    separator: str = " "
-
-    def name(self, field: str) -> str:
-        return self.names.get(field, field)
-
-    def setting(self, field: str, value: object) -> str:
-        return f"{self.name(field)}{self.separator}{value!r}"
 
 
 CLI = Front({
@@ -650,25 +450,6 @@ def _source_options(kind: str, *, s3_endpoint: str | None, s3_region: str | None
         return RegistryOptions(registry_arch, registry_auth_file, tuple(
             (k, os.environ[k]) for k in HELPER_ENV if os.environ.get(k)))
     return None
-
-
-def proxies_from_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """scheme -> proxy from *_proxy variables, as urllib.request.getproxies_environment reads
-    them (lower-case names win; HTTP_PROXY is ignored in a CGI request, httpoxy), without
-    importing urllib.request (~25 ms of a small import's fixed cost)."""
-    proxies: dict[str, str] = {}
-    for name, value in env.items():
-        if value and name.lower().endswith("_proxy"):
-            proxies[name[:-6].lower()] = value
-    if "REQUEST_METHOD" in env:
-        proxies.pop("http", None)
-    for name, value in env.items():
-        if name.endswith("_proxy"):
-            if value:
-                proxies[name[:-6].lower()] = value
-            else:
-                proxies.pop(name[:-6].lower(), None)
-    return proxies
 
 
 def default_registry_auth_file(env: Mapping[str, str]) -> Path | None:

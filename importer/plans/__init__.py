@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ..config import ContentType, ImportConfig
 from ..errors import FormatError
 from ..formats.headers import ImageInfo
+from ..settings import ContentType, ImportConfig
 
 __all__ = ["NATIVE_FORMATS", "Converter", "DiskKind", "Plan", "PlanName", "SourceFacts",
            "choose_plan", "runner"]

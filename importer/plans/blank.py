@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..config import ImportConfig
 from ..errors import ConfigError
 from ..result import ImportResult
+from ..settings import ImportConfig
 from ..sinks.blank import create_blank
 from ..sinks.target import Target
 from . import Plan

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..checksum import ChecksumSpec
-from ..config import ImportConfig
 from ..disks.base import RandomAccessDisk
 from ..errors import ChecksumMismatchError
 from ..formats.detect import Detected
 from ..progress import Progress
 from ..result import ImportResult
+from ..settings import ImportConfig
 from ..sinks.target import Target
 from ..sources.base import Source
 from ..streams import CountingStream

@@ -38,7 +38,6 @@ from google.cloud import storage
 
 from .. import advice
 from ..checksum import ChecksumSpec
-from ..config import Header, HttpOptions
 from ..errors import (
     ConfigError,
     ImporterError,
@@ -50,6 +49,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo, read_via_readinto
+from .options import Header, HttpOptions
 from .retry import connection_error, retrying
 from .tls import verify_setting
 

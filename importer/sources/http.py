@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from .. import advice
-from ..config import HttpOptions
 from ..errors import (
     ImporterError,
     SourceAuthError,
@@ -37,6 +36,7 @@ from ..errors import (
     SourceUnreachableError,
 )
 from .base import SourceInfo, read_via_readinto
+from .options import HttpOptions
 from .resumable import ResumableStream
 from .retry import backoff, retry_unreachable
 from .transport import (

@@ -23,9 +23,9 @@ import io
 import logging
 from collections.abc import Callable
 
-from ..config import ImportConfig
 from ..disks.base import Extent
 from ..errors import SourceError, SourceNotFoundError
+from ..settings import ImportConfig
 from .base import SourceInfo
 from .http import HttpSource
 from .options import ImageioOptions

@@ -26,7 +26,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from ..config import ImportConfig
+    from ..settings import ImportConfig
     from .base import Source
 
 __all__ = ["KINDS", "SourceKind", "kind_for", "open_source", "pod_kind"]

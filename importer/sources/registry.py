@@ -27,7 +27,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import HttpOptions
 from ..errors import FormatError, SourceContentError, SourceNotFoundError
 from ..quantity import format_bytes
 from ..streams import PositionedReader
@@ -51,6 +50,7 @@ from .oci.manifest import (
 )
 from .oci.reference import parse_reference
 from .oci.registry_store import RegistryStore
+from .options import HttpOptions
 
 __all__ = ["RegistrySource"]
 

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..config import HttpOptions
 from ..errors import ImporterError, SourceUnavailableError, SourceUnreachableError
+from .options import HttpOptions
 
 __all__ = ["backoff", "connection_error", "retry_unreachable", "retrying", "unreachable_cause"]
 

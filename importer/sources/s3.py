@@ -29,7 +29,6 @@ from botocore.config import Config
 
 from .. import advice
 from ..checksum import ChecksumSpec
-from ..config import HttpOptions
 from ..errors import (
     ConfigError,
     ImporterError,
@@ -41,6 +40,7 @@ from ..errors import (
     SourceUnavailableError,
 )
 from .base import SourceInfo, read_via_readinto
+from .options import HttpOptions
 from .resumable import ResumableStream
 from .retry import backoff, connection_error, retrying
 from .tls import verify_setting

@@ -13,8 +13,8 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from ..config import HttpOptions
 from ..errors import ConfigError
+from .options import HttpOptions
 
 __all__ = ["ca_bundle_file", "make_ssl_context", "verify_setting"]
 

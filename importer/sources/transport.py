@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import __version__, advice
-from ..config import HttpOptions
 from ..errors import (
     SourceContentError,
     SourceError,
@@ -34,6 +33,7 @@ from ..errors import (
     SourceUnavailableError,
     SourceUnreachableError,
 )
+from .options import HttpOptions
 from .tls import make_ssl_context
 
 __all__ = ["USER_AGENT", "ConnectTimeout", "HttpConnector", "ShortBody", "classify_error",

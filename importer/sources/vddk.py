@@ -17,10 +17,10 @@ import platform
 import re
 from typing import TYPE_CHECKING
 
-from ..config import ImportConfig
 from ..disks.base import Extent
 from ..disks.nbd import NbdDisk
 from ..errors import SourceError
+from ..settings import ImportConfig
 from .base import SourceInfo, read_via_readinto
 from .options import VddkOptions
 

@@ -35,7 +35,6 @@ import requests.adapters
 import urllib3.exceptions
 
 from ... import __version__, advice
-from ...config import HttpOptions
 from ...errors import (
     ImporterError,
     SourceAuthError,
@@ -46,6 +45,7 @@ from ...errors import (
     SourceUnavailableError,
     SourceUnreachableError,
 )
+from ..options import HttpOptions
 from ..resumable import ResumableStream
 from ..retry import backoff, retry_unreachable, unreachable_cause
 from ..tls import verify_setting

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from ... import advice
-from ...config import HttpOptions
 from ...errors import (
     ImporterError,
     SourceAuthError,
@@ -40,6 +39,7 @@ from ...errors import (
     SourceNotFoundError,
     SourceUnavailableError,
 )
+from ..options import HttpOptions
 from ..transport import USER_AGENT, HttpConnector, classify_error
 
 __all__ = ["DiskInfo", "DiskLockedError", "EngineClient", "SnapshotInfo", "TransferInfo"]
