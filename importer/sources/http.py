@@ -37,6 +37,7 @@ from ..errors import (
 )
 from .base import SourceInfo, read_via_readinto
 from .options import HttpOptions
+from .ranged import read_range
 from .resumable import ResumableStream
 from .retry import backoff, retry_unreachable
 from .transport import (
@@ -331,35 +332,35 @@ class HttpSource:
         size = len(buf)
         if self._probe.size is not None:
             size = max(0, min(size, self._probe.size - offset))
-        view = memoryview(buf)
-        got = 0
-        failures = shorts = 0
-        while got < size:
-            before = got
+        where = self._where(self.url)
+        verdict = _ShortBodyVerdict(where)
+
+        def open_range(first: int, last: int) -> http.client.HTTPResponse:
             conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-            try:
-                with self._bulk_errors():
-                    if conn is None:
-                        conn = self._local.conn = self._new_connection()
-                    resp = self._request(conn, offset + got, offset + size - 1)
-                    while got < size:
-                        n = resp.readinto(view[got:size])
-                        if n == 0:
-                            break
-                        got += n
-                    if got < size:
-                        raise ShortBody(f"{self._where(self.url)}: short answer to a range request")
-            except SourceUnavailableError as exc:
-                if conn is not None:
-                    conn.close()
-                self._local.conn = None
-                shorts = _short_body_verdict(exc, 0 if got > before else shorts,
-                                             self._where(self.url), offset + got)
-                failures += 1
-                if failures > self.opts.max_retries:
-                    raise
-                self._sleep_backoff(failures, exc)
-        return got
+            with self._bulk_errors():
+                if conn is None:
+                    conn = self._local.conn = self._new_connection()
+                return self._request(conn, first, last)
+
+        def read_into(resp: http.client.HTTPResponse, view: memoryview) -> int:
+            with self._bulk_errors():
+                return resp.readinto(view)
+
+        def discard(_resp: http.client.HTTPResponse) -> None:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+            self._local.conn = None
+
+        def backoff(attempt: int, exc: SourceUnavailableError, at: int) -> None:
+            verdict.judge(exc, at)  # the same byte cut short again: the server's doing
+            if attempt > self.opts.max_retries:
+                raise exc
+            self._sleep_backoff(attempt, exc)
+
+        return read_range(offset, memoryview(buf)[:size], open_range=open_range,
+                          read_into=read_into, discard=discard, backoff=backoff,
+                          short=lambda at: ShortBody(f"{where}: short answer to a range request"))
 
     def verify(self) -> None:
         pass  # nothing is checked out of band: checksums are verified in the stream

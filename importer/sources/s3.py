@@ -41,6 +41,7 @@ from ..errors import (
 )
 from .base import SourceInfo, read_via_readinto
 from .options import HttpOptions
+from .ranged import read_range
 from .resumable import ResumableStream
 from .retry import backoff, connection_error, retrying
 from .tls import verify_setting
@@ -234,23 +235,17 @@ class S3Source:
 
     def readinto_at(self, offset: int, buf: bytearray) -> int:
         size = max(0, min(len(buf), self._size - offset))
-        view = memoryview(buf)
-        got = 0
-        attempt = 0
-        while got < size:
-            try:
-                body = self._get(offset + got, offset + size - 1)
-                with self._errors("reading"):
-                    while got < size:
-                        chunk = body.read(min(size - got, 1 << 20))
-                        if not chunk:
-                            raise SourceUnavailableError(f"{self.loc}: short answer to a range")
-                        view[got : got + len(chunk)] = chunk
-                        got += len(chunk)
-            except SourceUnavailableError as exc:
-                attempt += 1
-                self._backoff(attempt, exc)
-        return got
+
+        def read_into(body: Any, view: memoryview) -> int:
+            with self._errors("reading"):
+                chunk = body.read(min(len(view), 1 << 20))
+            view[: len(chunk)] = chunk
+            return len(chunk)
+
+        return read_range(offset, memoryview(buf)[:size], open_range=self._get,
+                          read_into=read_into, backoff=lambda n, exc, _at: self._backoff(n, exc),
+                          short=lambda at: SourceUnavailableError(
+                              f"{self.loc}: short answer to a range (at byte {at})"))
 
     def read_at(self, offset: int, size: int) -> bytes:
         return read_via_readinto(self, offset, size)

@@ -46,6 +46,7 @@ from ...errors import (
     SourceUnreachableError,
 )
 from ..options import HttpOptions
+from ..ranged import read_range
 from ..resumable import ResumableStream
 from ..retry import backoff, retry_unreachable, unreachable_cause
 from ..tls import verify_setting
@@ -369,24 +370,21 @@ class RegistryStore:
 
     def readinto_blob(self, desc: Descriptor, offset: int, buf: bytearray | memoryview) -> int:
         size = max(0, min(len(buf), desc.size - offset))
-        view = memoryview(buf)
-        got = 0
-        attempt = 0
-        while got < size:
-            try:
-                with self._open_at(desc, offset + got, offset + size - 1) as resp, \
-                        self._transient(f"reading blob {desc.digest.short()}"):
-                    while got < size:
-                        # urllib3 reads into a new bytes object of the size asked and copies:
-                        # pieces of at most 1 MiB keep that transient memory small
-                        n = resp.raw.readinto(view[got:min(size, got + READ_PIECE)])
-                        if not n:
-                            raise SourceUnavailableError(f"{self.where}: short answer to a range")
-                        got += n
-            except SourceUnavailableError as exc:
-                attempt += 1
-                backoff(self._opts, self._closed, attempt, exc)
-        return got
+        action = f"reading blob {desc.digest.short()}"
+
+        def read_into(resp: requests.Response, view: memoryview) -> int:
+            with self._transient(action):
+                # urllib3 reads into a new bytes object of the size asked and copies: pieces
+                # of at most 1 MiB keep that transient memory small
+                return int(resp.raw.readinto(view[:READ_PIECE]) or 0)
+
+        return read_range(offset, memoryview(buf)[:size],
+                          open_range=lambda first, last: self._open_at(desc, first, last),
+                          read_into=read_into, discard=lambda resp: resp.close(),
+                          release=lambda resp: resp.close(),
+                          backoff=lambda n, exc, _at: self.backoff(n, exc),
+                          short=lambda at: SourceUnavailableError(
+                              f"{self.where}: short answer to a range (at byte {at})"))
 
     @contextlib.contextmanager
     def _transient(self, action: str) -> Iterator[None]:
