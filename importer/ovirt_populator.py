@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code, message = _populate(settings, progress, stop)
     finally:
-        stop.answered.set()
+        stop.settle()
         reporter.close()
         metrics.close()
     if settings.termination_log.is_file():  # where the kubelet mounted it, never elsewhere

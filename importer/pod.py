@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                f"{type(exc).__name__}: {exc}")
         log.exception("internal error; please report it with this log")
     finally:
-        stop.answered.set()
+        stop.settle()
         reporter.close()
     write_termination_message(early.termination_log, message)
     # no lingering for a last scrape: CDI's controller sets the DataVolume to 100.0% itself

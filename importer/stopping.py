@@ -31,6 +31,15 @@ class StopSignals:
         if not self.answered.is_set():
             raise CancelledError(signum)
 
+    def settle(self) -> None:
+        """The outcome is decided and the process is about to exit: a signal from now on is
+        ignored. Python's finalization puts a Python handler back to SIG_DFL (but leaves an
+        ignored signal ignored), so a SIGTERM from the kubelet in the last milliseconds would
+        otherwise kill a pod that wrote "Import Complete" (exit 143 after success)."""
+        self.answered.set()
+        for s in self._old:
+            signal.signal(s, signal.SIG_IGN)
+
     def restore(self) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
