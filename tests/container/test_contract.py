@@ -129,6 +129,22 @@ def test_http_qcow2_to_file(pod: PodRun, nginx: Nginx, images: Images) -> None:
     assert same_disk(images.raw, disk)
 
 
+def test_vmdk_without_ranges_streams_natively_in_the_pod(tmp_path: Path, nginx: Nginx,
+                                                         images: Images) -> None:
+    """A streamOptimized vmdk from a server without ranges, and a monolithicSparse one with
+    ranges: converted by the native readers in the pod (no scratch volume is mounted, and a
+    staged or qemu-img conversion would need one or show in the log)."""
+    for name, path, plan in (("disk-so.vmdk", "norange/disk-so.vmdk", "stream"),
+                             ("disk-ms.vmdk", "disk-ms.vmdk", "extents")):
+        (tmp_path / name).mkdir()
+        pod = PodRun(tmp_path / name)
+        code, err = pod.run(IMPORTER_ENDPOINT=nginx.url(path))
+        assert code == 0, err
+        assert json.loads(pod.message)["message"] == "Import Complete"
+        assert same_disk(images.raw, pod.data / "disk.img")
+        assert '"converter": "native"' in err and f'"plan": "{plan}"' in err, err
+
+
 def test_http_raw_xz_to_block(tmp_path: Path, nginx: Nginx, images: Images, loop: Path) -> None:
     (tmp_path / "p").mkdir()
     pod = PodRun(tmp_path / "p", device=loop)
