@@ -25,7 +25,7 @@ from .progress import Progress
 from .quantity import is_decimal
 from .reporting import JsonLines, ProgressReporter
 from .result import ImportResult
-from .sources.kinds import selectable_names
+from .sources.kinds import kind_for, registered, selectable_names
 from .stopping import StopSignals
 
 __all__ = ["main"]
@@ -92,19 +92,6 @@ def _parser() -> argparse.ArgumentParser:
                        default="auto",
                        help="what SOURCE is when its scheme cannot tell (an https URL of a "
                             "path-style S3 endpoint, an oVirt engine)")
-        g.add_argument("--s3-endpoint", metavar="URL",
-                       help="S3 endpoint for s3:// URLs (default AWS); credentials from "
-                            "--username/--password-file or the standard AWS chain, else anonymous")
-        g.add_argument("--s3-region", metavar="REGION", help="S3 region (default from the URL)")
-        g.add_argument("--gcs-credentials", metavar="FILE",
-                       help="GCS service-account key (default: Google's default credentials, "
-                            "else anonymous)")
-        g.add_argument("--arch", dest="registry_arch", metavar="ARCH",
-                       help="architecture to pick from a multi-arch container image (default: "
-                            "this host's)")
-        g.add_argument("--registry-auth-file", "--authfile", metavar="FILE",
-                       help="docker/podman credentials file (default: $REGISTRY_AUTH_FILE, "
-                            "containers/auth.json, ~/.docker/config.json)")
         w = sp.add_argument_group("warm imports (--source imageio or vddk)")
         w.add_argument("--checkpoint", metavar="SNAPSHOT",
                        help="a stage: the snapshot to copy (oVirt: its volume id; VMware: its "
@@ -113,21 +100,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="the snapshot the previous stage copied (VMware: or a change ID): "
                             "only the changes since it are applied onto DEST, which must hold "
                             "that stage's result")
-        o = sp.add_argument_group("oVirt (--source imageio; SOURCE is the engine's API URL, "
-                                  "https://ENGINE/ovirt-engine/api)")
-        o.add_argument("--disk-id", metavar="ID", help="the disk to import")
-        v = sp.add_argument_group("VMware (--source vddk; SOURCE is vCenter's or ESXi's URL, "
-                                  "https://HOST/sdk)")
-        v.add_argument("--vm-uuid", metavar="UUID", help="the VM's instance or BIOS UUID")
-        v.add_argument("--backing-file", metavar="'[DS] VM/DISK.vmdk'",
-                       help="the disk, by its file")
-        v.add_argument("--thumbprint", metavar="SHA1",
-                       help="the SHA-1 thumbprint of vCenter's or ESXi's certificate")
-        v.add_argument("--vddk-libdir", metavar="DIR",
-                       help="where VDDK is (default /opt/vmware-vix-disklib-distrib)")
-        v.add_argument("--vddk-plugin", metavar="NAME_OR_PATH",
-                       help="nbdkit's plugin (default vddk; a path runs another build)")
-        v.add_argument("--vddk-config", metavar="FILE", help="VDDK's extra configuration file")
         g.add_argument("--read-timeout", type=float, default=120.0,
                        help="seconds without data before a connection is resumed")
         g.add_argument("--connect-timeout", type=float, default=30.0,
@@ -136,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a transfer slower than BYTES per --low-speed-time is resumed")
         g.add_argument("--low-speed-time", type=float, default=60.0, metavar="SECONDS",
                        help="the window of --low-speed-limit (default 60)")
+        for kind in registered():  # each kind's own flags (sources/kinds.py)
+            if kind.cli is not None:
+                kind.cli.add_flags(sp.add_argument_group(kind.cli.title))
 
     def planning(sp: argparse.ArgumentParser) -> None:
         """Options that change the plan: inspect takes them too, so it shows the same plan."""
@@ -390,20 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             low_speed_limit=args.low_speed_limit,
             low_speed_time=args.low_speed_time,
             source_kind=args.source_kind,
-            s3_endpoint=args.s3_endpoint,
-            s3_region=args.s3_region,
-            gcs_credentials=args.gcs_credentials,
+            # the registry's options need the environment (its credentials file): the
+            # validator builds them; every other kind builds its own from its flags
             registry_arch=args.registry_arch,
             registry_auth_file=args.registry_auth_file,
-            disk_id=args.disk_id,
-            checkpoint=args.checkpoint,
-            previous_checkpoint=args.previous_checkpoint,
-            vm_uuid=args.vm_uuid,
-            backing_file=args.backing_file,
-            thumbprint=args.thumbprint,
-            vddk_libdir=args.vddk_libdir,
-            vddk_plugin=args.vddk_plugin,
-            vddk_config=args.vddk_config,
+            options=_kind_options(args),
             converter=args.converter,
             input_format=args.input_format,
         )
@@ -452,6 +418,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         stop.restore()
+
+
+def _kind_options(args: argparse.Namespace) -> Any:
+    """The chosen kind's options from its own flags (sources/kinds.py), or None (the kind has
+    none, or the source names no kind yet: the validator reports that)."""
+    try:
+        kind = kind_for(args.source, args.source_kind)
+    except (KeyError, StopIteration, ValueError):
+        return None
+    if kind.cli is None or kind.cli.options is None:
+        return None
+    return kind.cli.options(args)
 
 
 def _human(key: str, value: Any) -> str:

@@ -185,8 +185,6 @@ def validate_config(
     if registry_arch is not None and not re.fullmatch(r"[a-z0-9_]{1,32}", registry_arch):
         problem("registry_arch", f"{front.setting('registry_arch', registry_arch)}: use an OCI "
                 "architecture such as amd64, arm64, s390x or ppc64le")
-    if gcs_credentials and not Path(gcs_credentials).is_file():
-        problem("gcs_credentials", f"{name('gcs_credentials')} {gcs_credentials}: no such file")
     if not source:
         pass
     elif parts.scheme not in supported_schemes():
@@ -347,10 +345,10 @@ def validate_config(
                 libdir=Path(vddk_libdir or "/opt/vmware-vix-disklib-distrib"),
                 plugin=vddk_plugin or "vddk",
                 config=Path(vddk_config) if vddk_config else None)
-    if kind_name == "imageio":
-        problems += _imageio_problems(options, username, front)
-    elif kind_name == "vddk":
-        problems += _vddk_problems(options, username, front)
+    with contextlib.suppress(KeyError, StopIteration):  # an unknown kind is reported above
+        kind = kind_for(source, source_kind)
+        if kind.problems is not None:
+            problems += kind.problems(options, username, front)
     if problems:
         return None, problems
     return ImportConfig(
@@ -396,47 +394,6 @@ def split_userinfo(endpoint: str) -> tuple[str, str | None, str | None]:
     user, _, password = userinfo.partition(":")
     return (urlunsplit(parts._replace(netloc=hostport)), unquote(user),
             unquote(password) if ":" in userinfo else None)
-
-
-def _imageio_problems(options: SourceOptions, username: str | None, front: Front
-                      ) -> list[Problem]:
-    found = []
-    if not isinstance(options, ImageioOptions) or not options.disk_id:
-        found.append(Problem("disk_id", f"{front.name('disk_id')} is needed: the id of the oVirt "
-                             "disk to import"))
-    return found + _stage_problems(options, username, front, "the engine (e.g. admin@internal)")
-
-
-def _vddk_problems(options: SourceOptions, username: str | None, front: Front
-                   ) -> list[Problem]:
-    if not isinstance(options, VddkOptions):
-        return [Problem("vm_uuid", "a VDDK import needs the VM's UUID and the disk's backing file")]
-    found = []
-    if not options.vm_uuid:
-        found.append(Problem("vm_uuid", f"{front.name('vm_uuid')} is needed: the VM's instance "
-                             "or BIOS UUID"))
-    if not options.backing_file:
-        found.append(Problem("backing_file", f"{front.name('backing_file')} is needed: the "
-                             "disk's file, such as '[datastore] vm/vm.vmdk'"))
-    if options.config is not None and not options.config.is_file():
-        found.append(Problem("vddk_config", f"{front.setting('vddk_config', str(options.config))}"
-                             ": no such file"))
-    return found + _stage_problems(options, username, front, "vCenter or ESXi")
-
-
-def _stage_problems(options: SourceOptions, username: str | None, front: Front, server: str
-                    ) -> list[Problem]:
-    """What the two VM sources ask alike: a user, and no previous checkpoint without a
-    current one (CDI's words)."""
-    found = []
-    if getattr(options, "previous_checkpoint", None) and not getattr(options, "checkpoint", None):
-        found.append(Problem("checkpoint", f"previous checkpoint set without current "
-                             f"({front.name('previous_checkpoint')} needs "
-                             f"{front.name('checkpoint')})"))
-    if not username:
-        found.append(Problem("username", f"{server} needs a user: {front.name('username')} and "
-                             "a password"))
-    return found
 
 
 def _source_options(kind: str, *, s3_endpoint: str | None, s3_region: str | None,

@@ -36,11 +36,11 @@ from .errors import (
 from .metrics import MetricsServer
 from .nodepull import fetch_labels, image_url, signal_done, wait_for_ready
 from .podconfig import (
-    NOT_YET,
     PodSettings,
     available_space,
     early_settings,
     get_usable_space,
+    not_yet,
     read_pod_environment,
 )
 from .progress import Progress
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def pod_help() -> str:
     """`importer pod --help`: the environment the pod reads, from the source table."""
-    from .sources.kinds import KINDS
+    from .sources.kinds import registered
 
     common = ["IMPORTER_SOURCE", "IMPORTER_ENDPOINT", "IMPORTER_CONTENTTYPE",
               "IMPORTER_IMAGE_SIZE", "FILESYSTEM_OVERHEAD", "PREALLOCATION", "CACHE_MODE",
@@ -137,7 +137,7 @@ def pod_help() -> str:
              "(/data, /dev/cdi-block-volume, /scratch, /certs, /extraheaders, /proxycerts,",
              "/dev/termination-log), progress on https://:8443/metrics.", "",
              "common variables:", *(f"  {v}" for v in common), "", "per source:"]
-    for k in KINDS:
+    for k in registered():
         if k.pod_name:
             lines.append(f"  {k.pod_name}: {', '.join(v for v in k.pod_variables)}")
     lines.append("  none: a blank disk of IMPORTER_IMAGE_SIZE")
@@ -170,7 +170,7 @@ def _run(settings: PodSettings, config: ImportConfig | None, progress: Progress,
     src = settings.source
     if src == "none":
         return _blank(settings)
-    if src in NOT_YET:
+    if src in not_yet():
         msg = (f"Unable to connect to {src} data source: the {src} source is not available in "
                "this version of importer")
         log.error(msg)

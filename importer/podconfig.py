@@ -29,7 +29,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .quantity import is_decimal
-from .sources.kinds import KINDS, SourceKind, pod_kind
+from .sources.kinds import SourceKind, pod_kind, registered
 
 __all__ = [
     "EarlySettings",
@@ -44,9 +44,13 @@ __all__ = [
 
 MiB = 1 << 20
 #: IMPORTER_SOURCE values: every pod kind of sources/kinds.py, and `none` (a blank disk)
-SOURCES = (*(k.pod_name for k in KINDS if k.pod_name), "none")
+def pod_sources() -> tuple[str, ...]:
+    """IMPORTER_SOURCE's values: every kind's pod name (registered ones too), and none."""
+    return (*(k.pod_name for k in registered() if k.pod_name), "none")
 #: sources whose transports later issues add; until then they fail with a clear message
-NOT_YET = {k.pod_name for k in KINDS if k.pod_name and k.opener is None}
+def not_yet() -> set[str]:
+    """Kinds announced but not built in this version."""
+    return {k.pod_name for k in registered() if k.pod_name and k.opener is None}
 
 
 def get_usable_space(overhead: Decimal, available: int) -> int:
@@ -163,9 +167,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         problems.append(Problem(field, text))
 
     source = env.get("IMPORTER_SOURCE", "")
-    if source not in SOURCES:
+    if source not in pod_sources():
         problem("source_kind", f"Unknown data source: {source} (IMPORTER_SOURCE: use one of "
-                f"{', '.join(SOURCES)})")
+                f"{', '.join(pod_sources())})")
     image_size, size_problem = parse_image_size(env.get("IMPORTER_IMAGE_SIZE"),
                                                 "IMPORTER_IMAGE_SIZE")
     overhead = Decimal(0)
@@ -296,7 +300,7 @@ def _pod_config_error(problems: list[Problem], source: str) -> ConfigError:
     """CDI exits 1 on configuration errors; only an unparsable image size panics (exit 2).
     Where CDI has an exact message for a lone problem, the controller and users see it."""
     termination = None
-    if len(problems) == 1 and source not in SOURCES:
+    if len(problems) == 1 and source not in pod_sources():
         termination = f"Unknown data source: {source}"
     elif len(problems) == 1 and problems[0].field == "checksum":
         termination = f"Unable to connect to {source} data source: {problems[0].detail}"

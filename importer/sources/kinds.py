@@ -1,7 +1,10 @@
 """Every kind of source in one table: its URL schemes, its pod name and variables, its typed
-options and how it is opened. The CLI's `--source` choices, the configuration's scheme check,
-the pod's IMPORTER_SOURCE check and `open_source` all read this table, so a new kind of source
-is its own module plus one entry here.
+options and how it is opened, its own CLI flags (an argument group and how the parsed flags
+become its options), the problems of its options, and the pip extra it needs. The CLI's
+`--source` choices and flags, the configuration's scheme check and validation, the pod's
+IMPORTER_SOURCE check and `open_source` all read this table, so a new kind of source is its own
+module plus one entry here, or one `register()` call from its module (tests/sources/test_kinds.py
+adds a kind that way, with no other file changed).
 
 Nothing here imports a source module at load time: each opener imports its module when called
 (boto3, google-cloud-storage and oras cost tens of milliseconds that other imports never pay).
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import SourceError
@@ -26,10 +29,27 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from ..settings import ImportConfig
+    from ..settings import Front, ImportConfig, Problem
     from .base import Source
 
-__all__ = ["KINDS", "SourceKind", "kind_for", "open_source", "pod_kind"]
+__all__ = ["KINDS", "CliSpec", "SourceKind", "kind_for", "open_source", "pod_kind", "register",
+           "registered"]
+
+
+@dataclass(frozen=True, slots=True)
+class CliSpec:
+    """A kind's own command-line flags: added as one argument group to `import` and `inspect`
+    (`add_flags(group)`), and turned into the kind's options from the parsed arguments
+    (`options(namespace)`; None: the validator builds them from the shared keyword
+    arguments, as for the registry, whose credentials file comes from the environment)."""
+
+    title: str
+    add_flags: Callable[[Any], None]
+    options: Callable[[Any], SourceOptions] | None = None
+
+
+#: (options, user name, front) -> the problems of a kind's options, named as the front names them
+Problems = Callable[[SourceOptions, "str | None", "Front"], "list[Problem]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +67,14 @@ class SourceKind:
     selectable: bool = True
     #: the kind's options from the pod's environment (and its filesystem root, for paths)
     pod_options: Callable[[Mapping[str, str], Path], SourceOptions] | None = None
+    #: its own CLI flags
+    cli: CliSpec | None = None
+    #: the problems of its options (both fronts)
+    problems: Problems | None = None
+    #: the pip extra that brings its libraries (`importer[EXTRA]`)
+    extra: str | None = None
+    #: one line for --help and the README's table
+    help: str = ""
 
 
 def _gcs_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
@@ -185,62 +213,204 @@ def _file(config: ImportConfig) -> Source:
     return FileSource(path)
 
 
+def _stage_problems(options: SourceOptions, username: str | None, front: Front, server: str
+                    ) -> list[Problem]:
+    """What the two VM sources ask alike: a user, and no previous checkpoint without a
+    current one (CDI's words)."""
+    from ..settings import Problem
+
+    found = []
+    if getattr(options, "previous_checkpoint", None) and not getattr(options, "checkpoint", None):
+        found.append(Problem("checkpoint", f"previous checkpoint set without current "
+                             f"({front.name('previous_checkpoint')} needs "
+                             f"{front.name('checkpoint')})"))
+    if not username:
+        found.append(Problem("username", f"{server} needs a user: {front.name('username')} and "
+                             "a password"))
+    return found
+
+
+def _imageio_problems(options: SourceOptions, username: str | None, front: Front
+                      ) -> list[Problem]:
+    from ..settings import Problem
+
+    found = []
+    if not isinstance(options, ImageioOptions) or not options.disk_id:
+        found.append(Problem("disk_id", f"{front.name('disk_id')} is needed: the id of the oVirt "
+                             "disk to import"))
+    return found + _stage_problems(options, username, front, "the engine (e.g. admin@internal)")
+
+
+def _vddk_problems(options: SourceOptions, username: str | None, front: Front
+                   ) -> list[Problem]:
+    from ..settings import Problem
+
+    if not isinstance(options, VddkOptions):
+        return [Problem("vm_uuid", "a VDDK import needs the VM's UUID and the disk's backing file")]
+    found = []
+    if not options.vm_uuid:
+        found.append(Problem("vm_uuid", f"{front.name('vm_uuid')} is needed: the VM's instance "
+                             "or BIOS UUID"))
+    if not options.backing_file:
+        found.append(Problem("backing_file", f"{front.name('backing_file')} is needed: the "
+                             "disk's file, such as '[datastore] vm/vm.vmdk'"))
+    if options.config is not None and not options.config.is_file():
+        found.append(Problem("vddk_config", f"{front.setting('vddk_config', str(options.config))}"
+                             ": no such file"))
+    return found + _stage_problems(options, username, front, "vCenter or ESXi")
+
+
+def _gcs_problems(options: SourceOptions, username: str | None, front: Front
+                  ) -> list[Problem]:
+    from ..settings import Problem
+
+    key = getattr(options, "credentials", None)
+    if key is not None and not Path(key).is_file():
+        return [Problem("gcs_credentials", f"{front.name('gcs_credentials')} {key}: no such file")]
+    return []
+
+
+# ---------------------------------------------------------------- the kinds' own CLI flags
+
+def _s3_flags(g: Any) -> None:
+    g.add_argument("--s3-endpoint", metavar="URL",
+                   help="S3 endpoint for s3:// URLs (default AWS); credentials from "
+                        "--username/--password-file or the standard AWS chain, else anonymous")
+    g.add_argument("--s3-region", metavar="REGION", help="S3 region (default from the URL)")
+
+
+def _gcs_flags(g: Any) -> None:
+    g.add_argument("--gcs-credentials", metavar="FILE",
+                   help="GCS service-account key (default: Google's default credentials, "
+                        "else anonymous)")
+
+
+def _registry_flags(g: Any) -> None:
+    g.add_argument("--arch", dest="registry_arch", metavar="ARCH",
+                   help="architecture to pick from a multi-arch container image (default: "
+                        "this host's)")
+    g.add_argument("--registry-auth-file", "--authfile", metavar="FILE",
+                   help="docker/podman credentials file (default: $REGISTRY_AUTH_FILE, "
+                        "containers/auth.json, ~/.docker/config.json)")
+
+
+def _imageio_flags(g: Any) -> None:
+    g.add_argument("--disk-id", metavar="ID", help="the disk to import")
+
+
+def _imageio_cli(a: Any) -> SourceOptions:
+    return ImageioOptions(a.disk_id or "", a.checkpoint or None, a.previous_checkpoint or None)
+
+
+def _vddk_flags(g: Any) -> None:
+    g.add_argument("--vm-uuid", metavar="UUID", help="the VM's instance or BIOS UUID")
+    g.add_argument("--backing-file", metavar="'[DS] VM/DISK.vmdk'", help="the disk, by its file")
+    g.add_argument("--thumbprint", metavar="SHA1",
+                   help="the SHA-1 thumbprint of vCenter's or ESXi's certificate")
+    g.add_argument("--vddk-libdir", metavar="DIR",
+                   help="where VDDK is (default /opt/vmware-vix-disklib-distrib)")
+    g.add_argument("--vddk-plugin", metavar="NAME_OR_PATH",
+                   help="nbdkit's plugin (default vddk; a path runs another build)")
+    g.add_argument("--vddk-config", metavar="FILE", help="VDDK's extra configuration file")
+
+
+def _vddk_cli(a: Any) -> SourceOptions:
+    return VddkOptions(
+        a.vm_uuid or "", a.backing_file or "", a.thumbprint or None, a.checkpoint or None,
+        a.previous_checkpoint or None,
+        libdir=Path(a.vddk_libdir or "/opt/vmware-vix-disklib-distrib"),
+        plugin=a.vddk_plugin or "vddk",
+        config=Path(a.vddk_config) if a.vddk_config else None)
+
+
 _COMMON_HTTP = ("IMPORTER_ENDPOINT", "IMPORTER_ACCESS_KEY_ID", "IMPORTER_SECRET_KEY",
                 "IMPORTER_CERT_DIR", "INSECURE_TLS")
 
 KINDS: tuple[SourceKind, ...] = (
     SourceKind("http", ("http", "https"), "http",
                (*_COMMON_HTTP, "IMPORTER_EXTRA_HEADER_*", "IMPORTER_PULL_METHOD",
-                "IMPORTER_READY_FILE", "IMPORTER_DONE_FILE"), _http),
+                "IMPORTER_READY_FILE", "IMPORTER_DONE_FILE"), _http,
+               help="a URL: byte ranges used when offered"),
     SourceKind("s3", ("s3",), "s3", _COMMON_HTTP, _s3,
-               pod_options=lambda env, root: S3Options()),
+               pod_options=lambda env, root: S3Options(),
+               cli=CliSpec("S3 (s3://BUCKET/KEY, or an https endpoint with --source s3)",
+                           _s3_flags, lambda a: S3Options(a.s3_endpoint, a.s3_region)),
+               extra="s3", help="an S3 object"),
     SourceKind("gcs", ("gs",), "gcs", ("IMPORTER_ENDPOINT", "GOOGLE_APPLICATION_CREDENTIALS",
                                        "IMPORTER_CERT_DIR", "INSECURE_TLS"), _gcs,
-               pod_options=_gcs_pod),
+               pod_options=_gcs_pod,
+               cli=CliSpec("Google Cloud Storage (gs://BUCKET/OBJECT)", _gcs_flags,
+                           lambda a: GcsOptions(Path(a.gcs_credentials) if a.gcs_credentials
+                                                else None)),
+               problems=_gcs_problems, extra="gcs", help="a GCS object"),
     SourceKind("registry", ("docker", "oci-archive", "oci", "docker-archive"), "registry",
                (*_COMMON_HTTP, "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE"), _registry,
-               pod_options=_registry_pod),
-    SourceKind("file", ("file", ""), None, (), _file, selectable=False),
+               pod_options=_registry_pod,
+               cli=CliSpec("container disks (docker://, oci-archive:, oci:, docker-archive:)",
+                           _registry_flags),
+               extra="registry", help="a container disk"),
+    SourceKind("file", ("file", ""), None, (), _file, selectable=False,
+               help="a local file, block device, named pipe or standard input"),
     # the engine's https URL names it only with --source imageio
     SourceKind("imageio", (), "imageio", (*_COMMON_HTTP, "IMPORTER_DISK_ID",
                                           "IMPORTER_CURRENT_CHECKPOINT",
                                           "IMPORTER_PREVIOUS_CHECKPOINT",
                                           "IMPORTER_FINAL_CHECKPOINT"), _imageio,
-               pod_options=_imageio_pod),
+               pod_options=_imageio_pod,
+               cli=CliSpec("oVirt (--source imageio; SOURCE is the engine's API URL, "
+                           "https://ENGINE/ovirt-engine/api)", _imageio_flags, _imageio_cli),
+               problems=_imageio_problems, help="an oVirt disk"),
     # vCenter's or ESXi's https URL names it only with --source vddk
     SourceKind("vddk", (), "vddk", (*_COMMON_HTTP, "IMPORTER_UUID", "IMPORTER_BACKING_FILE",
                                     "IMPORTER_THUMBPRINT", "IMPORTER_CURRENT_CHECKPOINT",
                                     "IMPORTER_PREVIOUS_CHECKPOINT", "IMPORTER_FINAL_CHECKPOINT"),
-               _vddk, pod_options=_vddk_pod),
+               _vddk, pod_options=_vddk_pod,
+               cli=CliSpec("VMware (--source vddk; SOURCE is vCenter's or ESXi's URL, "
+                           "https://HOST/sdk)", _vddk_flags, _vddk_cli),
+               problems=_vddk_problems, extra="vmware", help="a VMware disk"),
 )
-_BY_NAME = {k.name: k for k in KINDS}
+#: kinds added at run time by register() (a plug-in, a test's toy kind), after the built-in ones
+_EXTRA: list[SourceKind] = []
+
+
+def register(kind: SourceKind) -> None:
+    """Add a kind of source; its name and schemes must be new."""
+    taken = {k.name for k in registered()}
+    schemes = {s for k in registered() for s in k.schemes}
+    if kind.name in taken or schemes & set(kind.schemes):
+        raise ValueError(f"source kind {kind.name!r} or one of its schemes is taken")
+    _EXTRA.append(kind)
+
+
+def registered() -> tuple[SourceKind, ...]:
+    return (*KINDS, *_EXTRA)
 
 
 def all_names() -> tuple[str, ...]:
-    return tuple(k.name for k in KINDS)
+    return tuple(k.name for k in registered())
 
 
 def selectable_names() -> tuple[str, ...]:
-    return tuple(k.name for k in KINDS if k.selectable and k.opener is not None)
+    return tuple(k.name for k in registered() if k.selectable and k.opener is not None)
 
 
 def supported_schemes() -> tuple[str, ...]:
-    return tuple(s for k in KINDS if k.opener is not None for s in k.schemes)
+    return tuple(s for k in registered() if k.opener is not None for s in k.schemes)
 
 
 def kind_for(source: str, declared: str = "auto") -> SourceKind:
     """The kind `--source` declares, else the one the URL scheme names (KeyError: none)."""
     if declared not in ("auto", ""):
-        return _BY_NAME[declared]
+        return next(k for k in registered() if k.name == declared)
     scheme = urlsplit(source).scheme
-    for k in KINDS:
+    for k in registered():
         if scheme in k.schemes:
             return k
     raise KeyError(scheme)
 
 
 def pod_kind(pod_name: str) -> SourceKind | None:
-    return next((k for k in KINDS if k.pod_name == pod_name), None)
+    return next((k for k in registered() if k.pod_name == pod_name), None)
 
 
 def open_source(config: ImportConfig) -> Source:
