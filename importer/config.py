@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -93,6 +94,14 @@ def build_config(**values: Any) -> ImportConfig:
     return config
 
 
+#: the per-kind keyword arguments validate_config still takes (tests and the registry, whose
+#: credentials file comes from the environment); the CLI gives the other kinds' options built
+#: by the kinds themselves (sources/kinds.py)
+KIND_FLAGS = ("s3_endpoint", "s3_region", "gcs_credentials", "registry_arch",
+              "registry_auth_file", "disk_id", "checkpoint", "previous_checkpoint", "vm_uuid",
+              "backing_file", "thumbprint", "vddk_libdir", "vddk_plugin", "vddk_config")
+
+
 def validate_config(
     *,
     source: str,
@@ -122,253 +131,309 @@ def validate_config(
     low_speed_limit: int = 1024,
     low_speed_time: float = 60.0,
     source_kind: str = "auto",
-    s3_endpoint: str | None = None,
-    s3_region: str | None = None,
-    gcs_credentials: str | None = None,
-    registry_arch: str | None = None,
-    registry_auth_file: str | None = None,
-    disk_id: str | None = None,
-    checkpoint: str | None = None,
-    previous_checkpoint: str | None = None,
-    vm_uuid: str | None = None,
-    backing_file: str | None = None,
-    thumbprint: str | None = None,
-    vddk_libdir: str | None = None,
-    vddk_plugin: str | None = None,
-    vddk_config: str | None = None,
     options: SourceOptions = None,
     converter: str = "auto",
     input_format: str | None = None,
     tar_as_raw: bool = False,
     environ: Mapping[str, str] | None = None,
     front: Front = CLI,
+    **kind_flags: str | None,
 ) -> tuple[ImportConfig | None, list[Problem]]:
     """The one validator of both front-ends: raw setting values into an ImportConfig, or None
-    and every problem found (each named as `front` names it). `environ` defaults to the process
-    environment (proxies, the password variable); `options` replaces the per-kind flags (the
-    pod reads its kind's variables through sources/kinds.py)."""
+    and every problem found (each named as `front` names it), section by section. `environ`
+    defaults to the process environment (proxies, the password variable); `options` replaces
+    the per-kind flags (KIND_FLAGS), which each kind otherwise builds and checks itself."""
+    unknown = set(kind_flags) - set(KIND_FLAGS)
+    if unknown:
+        raise TypeError(f"validate_config got unknown settings {sorted(unknown)}")
     env = os.environ if environ is None else environ
-    problems: list[Problem] = []
-    name = front.name
+    src = _source_section(source, source_kind, kind_flags.get("registry_arch"), front)
+    problems = list(src.problems)
+    ctype = _content_type(content_type, src.kind, front, problems)
+    size, size_problem = parse_image_size(image_size, front.name("image_size"))
+    problems += [size_problem] if size_problem else []
+    spec = _checksum(checksum, front, problems)
+    problems += _scalar_problems(front, cache_mode=cache_mode, input_format=input_format,
+                                 converter=converter, connections=connections,
+                                 max_retries=max_retries, retry_time=retry_time,
+                                 read_timeout=read_timeout, connect_timeout=connect_timeout,
+                                 low_speed_limit=low_speed_limit, low_speed_time=low_speed_time)
+    username, password = _credentials(src, username, password, password_file, env, front,
+                                       problems)
+    all_headers = _headers(parsed_headers, headers, header_files, front, problems)
+    ca_path, extra_cas = _trust(ca_dir, ca_file, extra_ca_dirs, front, problems)
+    scratch = Path(scratch_dir) if scratch_dir else None
+    if scratch is not None and not scratch.is_dir():
+        problems.append(Problem("scratch_dir", f"{front.name('scratch_dir')} {scratch_dir}: "
+                                "not a directory"))
+    problems += _dest_problems(dest, ctype, front)
+    auth_file = _auth_file(kind_flags.get("registry_auth_file"), src.kind == "registry"
+                           and options is None, env, front, problems)
+    if problems:
+        return None, problems
+    http = HttpOptions(
+        username=username, password=password, headers=tuple(all_headers), ca_dir=ca_path,
+        extra_ca_dirs=tuple(extra_cas), insecure=insecure, proxies=_proxies(environ, env),
+        max_retries=max_retries, retry_time=retry_time, read_timeout=read_timeout,
+        connect_timeout=connect_timeout, low_speed_limit=low_speed_limit,
+        low_speed_time=low_speed_time)
+    if options is None:
+        options = _kind_options(src.kind, kind_flags, auth_file)
+    problems += _kind_problems(src.source, source_kind, options, username, front)
+    if problems:
+        return None, problems
+    return ImportConfig(
+        source=src.source, dest=Path(dest), content_type=ctype, image_size=size,
+        preallocation=preallocation, checksum=spec, scratch_dir=scratch,
+        scratch_required=scratch_required, http=http, cache_mode=cache_mode,
+        connections=connections,
+        source_kind=src.kind if src.kind in ("registry", "s3", "gcs") else source_kind,
+        options=options, tar_as_raw=tar_as_raw, converter=converter,
+        input_format=input_format,
+    ), []
 
-    def problem(field: str, text: str, detail: str = "") -> None:
-        problems.append(Problem(field, text, detail or text))
 
+@dataclass(frozen=True, slots=True)
+class _Source:
+    source: str  # without the credentials a pod's URL may carry
+    kind: str  # the kind's name, or "auto" when it is unknown
+    user: str | None
+    password: str | None
+    url_user: str | None  # a user named in the URL the CLI refuses
+    problems: tuple[Problem, ...]
+
+
+def _source_section(source: str, source_kind: str, registry_arch: str | None, front: Front
+                    ) -> _Source:
+    """SOURCE and --source: the URL parses, its scheme names a kind that is built, a registry
+    reference is one; the pod's URL credentials taken out."""
     from .sources.kinds import all_names, kind_for, selectable_names, supported_schemes
 
+    problems: list[Problem] = []
     url_user = url_password = None
     if front.url_credentials:
         source, url_user, url_password = split_userinfo(source)
     try:
         parts = urlsplit(source)
     except ValueError as exc:  # the source itself is not shown: it may hold a password
-        raise ConfigError(f"{name('source')} is not a valid URL ({exc}); check its brackets "
-                          "and characters (an IPv6 host is written http://[::1]:8080/...)"
-                          ) from None
+        raise ConfigError(f"{front.name('source')} is not a valid URL ({exc}); check its "
+                          "brackets and characters (an IPv6 host is written "
+                          "http://[::1]:8080/...)") from None
     kind_name = "auto"
     if not source:
-        problem("source", f"{name('source')} is empty: it must name the image to import")
+        problems.append(Problem("source", f"{front.name('source')} is empty: it must name the "
+                                "image to import"))
     kinds = all_names() if front.any_kind else selectable_names()
     if source_kind != "auto" and source_kind not in kinds:
-        problem("source_kind", f"{front.setting('source_kind', source_kind)}: use {', '.join(kinds)}")
+        problems.append(Problem("source_kind", f"{front.setting('source_kind', source_kind)}: "
+                                f"use {', '.join(kinds)}"))
     else:
         with contextlib.suppress(KeyError):  # an unknown scheme is reported below
             kind_name = kind_for(source, source_kind).name
-    registry = kind_name == "registry"
-    if registry and source:
+    if kind_name == "registry" and source:
         from .sources.oci.reference import parse_reference
 
         try:
             parse_reference(source)
         except ConfigError as exc:
-            problem("source", str(exc))
+            problems.append(Problem("source", str(exc)))
     if registry_arch is not None and not re.fullmatch(r"[a-z0-9_]{1,32}", registry_arch):
-        problem("registry_arch", f"{front.setting('registry_arch', registry_arch)}: use an OCI "
-                "architecture such as amd64, arm64, s390x or ppc64le")
-    if not source:
-        pass
-    elif parts.scheme not in supported_schemes():
+        problems.append(Problem("registry_arch", f"{front.setting('registry_arch', registry_arch)}"
+                                ": use an OCI architecture such as amd64, arm64, s390x or ppc64le"))
+    if source and parts.scheme not in supported_schemes():
         from .sources.oci.reference import ARCHIVE_TRANSPORTS
 
         shown = ", ".join(f"{s}://" if s not in ("", *ARCHIVE_TRANSPORTS)
                           else (s + ":" if s else "a local path")
                           for s in supported_schemes())
-        problem("source", f"{front.setting('source', source)}: unsupported scheme {parts.scheme!r}; "
-                f"use {shown}")
-    elif parts.scheme in ("http", "https") and not parts.hostname:
-        problem("source", f"{front.setting('source', source)}: the URL has no host")
+        problems.append(Problem("source", f"{front.setting('source', source)}: unsupported "
+                                f"scheme {parts.scheme!r}; use {shown}"))
+    elif source and parts.scheme in ("http", "https") and not parts.hostname:
+        problems.append(Problem("source", f"{front.setting('source', source)}: the URL has no "
+                                "host"))
+    return _Source(source, kind_name, url_user, url_password, parts.username,
+                   tuple(problems))
 
+
+def _content_type(content_type: str, kind: str, front: Front, problems: list[Problem]
+                  ) -> ContentType:
     try:
         ctype = ContentType(content_type)
     except ValueError:
-        problem("content_type", f"{front.setting('content_type', content_type)}: use 'kubevirt' "
-                "(a disk image) or 'archive'")
-        ctype = ContentType.KUBEVIRT
+        problems.append(Problem("content_type", f"{front.setting('content_type', content_type)}"
+                                ": use 'kubevirt' (a disk image) or 'archive'"))
+        return ContentType.KUBEVIRT
     whole_disk = {"registry": "a container image", "imageio": "an oVirt disk",
                   "vddk": "a VMware disk"}
-    if ctype is ContentType.ARCHIVE and kind_name in whole_disk:
-        problem("content_type", f"{front.setting('content_type', 'archive')} is not possible "
-                f"with {whole_disk[kind_name]}: its disk is imported as a disk image")
+    if ctype is ContentType.ARCHIVE and kind in whole_disk:
+        problems.append(Problem("content_type", f"{front.setting('content_type', 'archive')} is "
+                                f"not possible with {whole_disk[kind]}: its disk is imported as "
+                                "a disk image"))
+    return ctype
 
-    size, size_problem = parse_image_size(image_size, name("image_size"))
-    if size_problem:
-        problems.append(size_problem)
 
-    spec: ChecksumSpec | None = None
-    if checksum:
-        try:
-            spec = parse_checksum(checksum)
-        except ValueError as exc:
-            problem("checksum", f"{name('checksum')}: {exc}", f"invalid checksum: {exc}")
+def _checksum(checksum: str | None, front: Front, problems: list[Problem]
+              ) -> ChecksumSpec | None:
+    if not checksum:
+        return None
+    try:
+        return parse_checksum(checksum)
+    except ValueError as exc:
+        problems.append(Problem("checksum", f"{front.name('checksum')}: {exc}",
+                                f"invalid checksum: {exc}"))
+        return None
 
-    if cache_mode not in (None, "none", "writeback", "writethrough", "directsync", "unsafe"):
-        problem("cache_mode", f"{front.setting('cache_mode', cache_mode)}: use none, writeback, "
-                "writethrough or directsync")
-    if input_format is not None and input_format not in INPUT_FORMATS:
-        problem("input_format", f"{front.setting('input_format', input_format)}: use "
-                f"{', '.join(INPUT_FORMATS)}")
-    if converter not in CONVERTERS:
-        problem("converter", f"{front.setting('converter', converter)}: use {' or '.join(CONVERTERS)}")
-    if not 1 <= connections <= 32:
-        problem("connections", f"{name('connections')} {connections}: use a number from 1 to 32")
-    if max_retries < 0:
-        problem("max_retries", f"{name('max_retries')} {max_retries}: use 0 or more")
-    if not 0 <= retry_time < float("inf"):
-        problem("retry_time", f"{name('retry_time')} {retry_time}: use 0 or more seconds")
-    if read_timeout <= 0:
-        problem("read_timeout", f"{name('read_timeout')} {read_timeout}: use a positive number "
-                "of seconds")
-    if connect_timeout <= 0:
-        problem("connect_timeout", f"{name('connect_timeout')} {connect_timeout}: use a "
-                "positive number of seconds")
-    if low_speed_limit < 0 or low_speed_time <= 0:
-        problem("low_speed", f"--low-speed-limit {low_speed_limit} / --low-speed-time "
-                f"{low_speed_time}: use 0 or more bytes and a positive number of seconds")
 
+def _scalar_problems(front: Front, *, cache_mode: str | None, input_format: str | None,
+                     converter: str, connections: int, max_retries: int, retry_time: float,
+                     read_timeout: float, connect_timeout: float, low_speed_limit: int,
+                     low_speed_time: float) -> list[Problem]:
+    name, setting = front.name, front.setting
+    checks = [
+        ("cache_mode", cache_mode not in (None, "none", "writeback", "writethrough",
+                                          "directsync", "unsafe"),
+         f"{setting('cache_mode', cache_mode)}: use none, writeback, writethrough or "
+         "directsync"),
+        ("input_format", input_format is not None and input_format not in INPUT_FORMATS,
+         f"{setting('input_format', input_format)}: use {', '.join(INPUT_FORMATS)}"),
+        ("converter", converter not in CONVERTERS,
+         f"{setting('converter', converter)}: use {' or '.join(CONVERTERS)}"),
+        ("connections", not 1 <= connections <= 32,
+         f"{name('connections')} {connections}: use a number from 1 to 32"),
+        ("max_retries", max_retries < 0, f"{name('max_retries')} {max_retries}: use 0 or more"),
+        ("retry_time", not 0 <= retry_time < float("inf"),
+         f"{name('retry_time')} {retry_time}: use 0 or more seconds"),
+        ("read_timeout", read_timeout <= 0,
+         f"{name('read_timeout')} {read_timeout}: use a positive number of seconds"),
+        ("connect_timeout", connect_timeout <= 0,
+         f"{name('connect_timeout')} {connect_timeout}: use a positive number of seconds"),
+        ("low_speed", low_speed_limit < 0 or low_speed_time <= 0,
+         f"--low-speed-limit {low_speed_limit} / --low-speed-time {low_speed_time}: use 0 or "
+         "more bytes and a positive number of seconds"),
+    ]
+    return [Problem(field, text) for field, bad, text in checks if bad]
+
+
+def _credentials(src: _Source, username: str | None, password: str | None,
+                 password_file: str | None, env: Mapping[str, str], front: Front,
+                 problems: list[Problem]) -> tuple[str | None, str | None]:
+    """The user and password: a file, the front's password variable, or the pod's URL."""
+    name = front.name
     if password_file:
         try:
             password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            problem("password_file", f"{name('password_file')} {password_file}: {exc.strerror}")
+            problems.append(Problem("password_file", f"{name('password_file')} {password_file}: "
+                                    f"{exc.strerror}"))
     if password is None and front.password_variable and env.get(front.password_variable):
         password = env[front.password_variable]
-    if url_user is not None and username is None:
-        username, password = url_user, url_password
+    if src.user is not None and username is None:
+        username, password = src.user, src.password
     if password is not None and not username:
-        problem("username", f"a password was given without {name('username')}")
-    if parts.username and not username:
-        problem("source", "credentials in the URL are not accepted (they would appear in logs "
-                "and process lists): use --username and --password-file or IMPORTER_PASSWORD")
+        problems.append(Problem("username", f"a password was given without {name('username')}"))
+    if src.url_user and not username:
+        problems.append(Problem("source", "credentials in the URL are not accepted (they would "
+                                "appear in logs and process lists): use --username and "
+                                "--password-file or IMPORTER_PASSWORD"))
+    return username, password
 
-    all_headers: list[Header] = list(parsed_headers)
+
+def _headers(parsed: Sequence[Header], headers: Sequence[str], files: Sequence[str | Path],
+             front: Front, problems: list[Problem]) -> list[Header]:
+    out: list[Header] = list(parsed)
     for h in headers:
         try:
-            all_headers.append(parse_header(h, where=name("headers"), secret=False))
+            out.append(parse_header(h, where=front.name("headers"), secret=False))
         except ConfigError as exc:
-            problem("headers", str(exc))
-    for hf in header_files:
+            problems.append(Problem("headers", str(exc)))
+    for hf in files:
         try:
-            all_headers += read_header_files(Path(hf))
+            out += read_header_files(Path(hf))
         except ConfigError as exc:
-            problem("headers", str(exc))
+            problems.append(Problem("headers", str(exc)))
+    return out
 
+
+def _trust(ca_dir: str | Path | None, ca_file: str | None, extra_ca_dirs: Sequence[Path],
+           front: Front, problems: list[Problem]) -> tuple[Path | None, list[Path]]:
     ca_path = Path(ca_dir) if ca_dir else None
     if ca_path is not None and not ca_path.is_dir():
-        problem("ca_dir", f"{front.setting('ca_dir', str(ca_dir))}: not a directory (give the directory "
-                "holding the CA files)")
-
-    extra_cas = list(extra_ca_dirs)
+        problems.append(Problem("ca_dir", f"{front.setting('ca_dir', str(ca_dir))}: not a "
+                                "directory (give the directory holding the CA files)"))
+    extra = list(extra_ca_dirs)
     if ca_file:
         if Path(ca_file).is_file():
-            extra_cas.append(Path(ca_file))
+            extra.append(Path(ca_file))
         else:
-            problem("ca_file", f"{front.setting('ca_file', ca_file)}: no such file")
+            problems.append(Problem("ca_file", f"{front.setting('ca_file', ca_file)}: no such "
+                                    "file"))
+    return ca_path, extra
 
-    scratch = Path(scratch_dir) if scratch_dir else None
-    if scratch is not None and not scratch.is_dir():
-        problem("scratch_dir", f"{name('scratch_dir')} {scratch_dir}: not a directory")
 
-    dest_path = Path(dest)
+def _dest_problems(dest: str | Path, ctype: ContentType, front: Front) -> list[Problem]:
+    path = Path(dest)
     if not front.check_dest or not dest:
-        pass  # the pod checks its volumes; inspect has no destination
-    elif ctype is ContentType.ARCHIVE:
-        if dest_path.exists() and not dest_path.is_dir():
-            problem("dest", f"destination {dest}: --content-type archive extracts into a directory")
-    elif dest_path.is_dir():
-        problem("dest", f"destination {dest} is a directory; give a file path or a block device")
-    elif not dest_path.exists() and not dest_path.parent.is_dir():
-        problem("dest", f"destination {dest}: the directory {dest_path.parent} does not exist")
+        return []  # the pod checks its volumes; inspect has no destination
+    if ctype is ContentType.ARCHIVE:
+        if path.exists() and not path.is_dir():
+            return [Problem("dest", f"destination {dest}: --content-type archive extracts into "
+                            "a directory")]
+        return []
+    if path.is_dir():
+        return [Problem("dest", f"destination {dest} is a directory; give a file path or a "
+                        "block device")]
+    if not path.exists() and not path.parent.is_dir():
+        return [Problem("dest", f"destination {dest}: the directory {path.parent} does not "
+                        "exist")]
+    return []
 
-    auth_file: Path | None = None
-    if registry_auth_file:
-        auth_file = Path(registry_auth_file)
-        if not auth_file.is_file():
-            problem("registry_auth_file", f"{name('registry_auth_file')} {registry_auth_file}: "
-                    "no such file")
-    elif registry and options is None:
-        auth_file = default_registry_auth_file(env)
 
-    if problems:
-        return None, problems
+def _auth_file(given: str | None, default_wanted: bool, env: Mapping[str, str], front: Front,
+               problems: list[Problem]) -> Path | None:
+    if given:
+        if not Path(given).is_file():
+            problems.append(Problem("registry_auth_file", f"{front.name('registry_auth_file')} "
+                                    f"{given}: no such file"))
+        return Path(given)
+    return default_registry_auth_file(env) if default_wanted else None
 
-    proxies = proxies_from_environment(os.environ)
-    if environ is not None:  # an explicit environment replaces the process one entirely
-        proxies = {
-            k[:-6].lower(): v for k, v in env.items() if k.lower().endswith("_proxy") and v
-        }
-    http = HttpOptions(
-        username=username,
-        password=password,
-        headers=tuple(all_headers),
-        ca_dir=ca_path,
-        extra_ca_dirs=tuple(extra_cas),
-        insecure=insecure,
-        proxies=proxies,
-        max_retries=max_retries,
-        retry_time=retry_time,
-        read_timeout=read_timeout,
-        connect_timeout=connect_timeout,
-        low_speed_limit=low_speed_limit,
-        low_speed_time=low_speed_time,
-    )
-    if options is None:
-        options = _source_options(kind_name, s3_endpoint=s3_endpoint, s3_region=s3_region,
-                                  gcs_credentials=gcs_credentials, registry_arch=registry_arch,
-                                  registry_auth_file=auth_file)
-        if kind_name == "imageio":
-            options = ImageioOptions(disk_id or "", checkpoint or None,
-                                     previous_checkpoint or None)
-        elif kind_name == "vddk":
-            options = VddkOptions(
-                vm_uuid or "", backing_file or "", thumbprint or None, checkpoint or None,
-                previous_checkpoint or None,
-                libdir=Path(vddk_libdir or "/opt/vmware-vix-disklib-distrib"),
-                plugin=vddk_plugin or "vddk",
-                config=Path(vddk_config) if vddk_config else None)
-    with contextlib.suppress(KeyError, StopIteration):  # an unknown kind is reported above
+
+def _proxies(environ: Mapping[str, str] | None, env: Mapping[str, str]) -> dict[str, str]:
+    if environ is None:
+        return proxies_from_environment(os.environ)
+    # an explicit environment replaces the process one entirely
+    return {k[:-6].lower(): v for k, v in env.items() if k.lower().endswith("_proxy") and v}
+
+
+def _kind_options(kind: str, flags: Mapping[str, str | None], auth_file: Path | None
+                  ) -> SourceOptions:
+    """A kind's options from the shared keyword arguments (KIND_FLAGS)."""
+    if kind == "imageio":
+        return ImageioOptions(flags.get("disk_id") or "", flags.get("checkpoint") or None,
+                              flags.get("previous_checkpoint") or None)
+    if kind == "vddk":
+        config = flags.get("vddk_config")
+        return VddkOptions(
+            flags.get("vm_uuid") or "", flags.get("backing_file") or "",
+            flags.get("thumbprint") or None, flags.get("checkpoint") or None,
+            flags.get("previous_checkpoint") or None,
+            libdir=Path(flags.get("vddk_libdir") or "/opt/vmware-vix-disklib-distrib"),
+            plugin=flags.get("vddk_plugin") or "vddk", config=Path(config) if config else None)
+    return _source_options(kind, s3_endpoint=flags.get("s3_endpoint"),
+                           s3_region=flags.get("s3_region"),
+                           gcs_credentials=flags.get("gcs_credentials"),
+                           registry_arch=flags.get("registry_arch"), registry_auth_file=auth_file)
+
+
+def _kind_problems(source: str, source_kind: str, options: SourceOptions,
+                   username: str | None, front: Front) -> list[Problem]:
+    from .sources.kinds import kind_for
+
+    try:
         kind = kind_for(source, source_kind)
-        if kind.problems is not None:
-            problems += kind.problems(options, username, front)
-    if problems:
-        return None, problems
-    return ImportConfig(
-        source=source,
-        dest=dest_path,
-        content_type=ctype,
-        image_size=size,
-        preallocation=preallocation,
-        checksum=spec,
-        scratch_dir=scratch,
-        scratch_required=scratch_required,
-        http=http,
-        cache_mode=cache_mode,
-        connections=connections,
-        source_kind=kind_name if kind_name in ("registry", "s3", "gcs") else source_kind,
-        options=options,
-        tar_as_raw=tar_as_raw,
-        converter=converter,
-        input_format=input_format,
-    ), []
+    except (KeyError, StopIteration):  # an unknown kind is reported with the source
+        return []
+    return kind.problems(options, username, front) if kind.problems is not None else []
 
 
 def parse_image_size(value: str | None, name: str) -> tuple[int | None, Problem | None]:
