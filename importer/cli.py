@@ -338,51 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = ProgressReporter(progress, mode, interval=args.progress_interval,
                            json_lines=args.log_format == "json")
     try:
-        if args.command == "import" and not args.dest:
-            raise ConfigError("DEST is empty: name a file, a block device, or - for standard "
-                              "output")
-        config = build_config(
-            source=args.source,
-            dest=getattr(args, "dest", ""),
-            content_type=getattr(args, "content_type", "kubevirt"),
-            image_size=getattr(args, "image_size", None),
-            preallocation=getattr(args, "preallocation", False),
-            checksum=getattr(args, "checksum", None),
-            scratch_dir=getattr(args, "scratch_dir", None),
-            username=args.username,
-            password_file=args.password_file,
-            headers=args.header,
-            header_files=args.header_file,
-            ca_dir=args.ca_dir,
-            ca_file=args.ca_file,
-            insecure=args.insecure,
-            cache_mode=getattr(args, "cache_mode", None),
-            connections=getattr(args, "connections", 4),
-            max_retries=args.retries,
-            retry_time=args.retry_time,
-            read_timeout=args.read_timeout,
-            connect_timeout=args.connect_timeout,
-            low_speed_limit=args.low_speed_limit,
-            low_speed_time=args.low_speed_time,
-            source_kind=args.source_kind,
-            # the registry's options need the environment (its credentials file): the
-            # validator builds them; every other kind builds its own from its flags
-            registry_arch=args.registry_arch,
-            registry_auth_file=args.registry_auth_file,
-            options=_kind_options(args),
-            converter=args.converter,
-            input_format=args.input_format,
-        )
-        _size_warnings(getattr(args, "image_size", None), config)
-        if args.command == "import":
-            _output_warnings(args, config)
-        if args.command == "import" and not args.force and str(config.dest) != "-":
-            _refuse_to_clobber(config)
-            # an archive's files replace what the directory holds only with --force, as a
-            # file DEST is (checked when the members are known, before anything is moved)
-            config = dataclasses.replace(config, replace_existing=False)
-        if config.image_size and config.image_size % 512:  # whole sectors, as qemu-img does
-            config = dataclasses.replace(config, image_size=-(-config.image_size // 512) * 512)
+        config = _config_from_args(args)
         result: dict[str, Any]
         if args.command == "inspect":
             result = inspect_source(config)
@@ -418,6 +374,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         stop.restore()
+
+
+def _config_from_args(args: argparse.Namespace) -> ImportConfig:
+    """The import's settings from the command line, through the one validator, with the CLI's
+    own rules: a DEST is never clobbered without --force, sizes are whole sectors."""
+    if args.command == "import" and not args.dest:
+        raise ConfigError("DEST is empty: name a file, a block device, or - for standard "
+                          "output")
+    config = build_config(
+        source=args.source,
+        dest=getattr(args, "dest", ""),
+        content_type=getattr(args, "content_type", "kubevirt"),
+        image_size=getattr(args, "image_size", None),
+        preallocation=getattr(args, "preallocation", False),
+        checksum=getattr(args, "checksum", None),
+        scratch_dir=getattr(args, "scratch_dir", None),
+        username=args.username,
+        password_file=args.password_file,
+        headers=args.header,
+        header_files=args.header_file,
+        ca_dir=args.ca_dir,
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+        cache_mode=getattr(args, "cache_mode", None),
+        connections=getattr(args, "connections", 4),
+        max_retries=args.retries,
+        retry_time=args.retry_time,
+        read_timeout=args.read_timeout,
+        connect_timeout=args.connect_timeout,
+        low_speed_limit=args.low_speed_limit,
+        low_speed_time=args.low_speed_time,
+        source_kind=args.source_kind,
+        # the registry's options need the environment (its credentials file): the
+        # validator builds them; every other kind builds its own from its flags
+        registry_arch=args.registry_arch,
+        registry_auth_file=args.registry_auth_file,
+        options=_kind_options(args),
+        converter=args.converter,
+        input_format=args.input_format,
+    )
+    _size_warnings(getattr(args, "image_size", None), config)
+    if args.command == "import":
+        _output_warnings(args, config)
+    if args.command == "import" and not args.force and str(config.dest) != "-":
+        _refuse_to_clobber(config)
+        # an archive's files replace what the directory holds only with --force, as a
+        # file DEST is (checked when the members are known, before anything is moved)
+        config = dataclasses.replace(config, replace_existing=False)
+    if config.image_size and config.image_size % 512:  # whole sectors, as qemu-img does
+        config = dataclasses.replace(config, image_size=-(-config.image_size // 512) * 512)
+    return config
 
 
 def _kind_options(args: argparse.Namespace) -> Any:

@@ -195,42 +195,9 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
     ctype_value = env.get("IMPORTER_CONTENTTYPE") or "kubevirt"
     ctype = ContentType.ARCHIVE if ctype_value == "archive" else ContentType.KUBEVIRT
 
-    block_dev = root / "dev" / "cdi-block-volume"
-    data_dir = root / "data"
-    try:
-        block = stat.S_ISBLK(os.stat(block_dev).st_mode)
-    except FileNotFoundError:
-        block = False
-    if block and ctype is ContentType.ARCHIVE and source != "none":
-        problem("content_type", "IMPORTER_CONTENTTYPE=archive needs a filesystem volume: the "
-                "target is a block volume (/dev/cdi-block-volume), which holds one disk image, "
-                "not the files of an archive; use volumeMode Filesystem or contentType kubevirt")
-    if block:
-        dest = block_dev
-    elif ctype is ContentType.ARCHIVE:
-        dest = data_dir
-    else:
-        dest = data_dir / "disk.img"
-    if not block and not data_dir.is_dir():
-        problem("dest", f"neither {block_dev} (block volume) nor the directory {data_dir} "
-                "(filesystem volume) exists: mount the target volume")
+    block, dest, data_dir = _volume(root, ctype, source, problems)
 
-    # CDI: "node" pulls through the image server sidecar; anything else ("pod", the
-    # controller's other value, or unset) is a pull by the pod itself
-    pull_method = env.get("IMPORTER_PULL_METHOD", "")
-    node_pull = pull_method == "node"
-    if node_pull and source != "http":
-        problem("node_pull", f"IMPORTER_PULL_METHOD=node goes with IMPORTER_SOURCE=http, not "
-                f"{source!r}")
-    if node_pull and not (env.get("IMPORTER_READY_FILE") and env.get("IMPORTER_DONE_FILE")):
-        problem("node_pull", "IMPORTER_PULL_METHOD=node needs IMPORTER_READY_FILE and "
-                "IMPORTER_DONE_FILE")
-    ready_timeout = 60.0
-    if env.get("IMPORTER_READY_TIMEOUT"):
-        try:
-            ready_timeout = float(env["IMPORTER_READY_TIMEOUT"])
-        except ValueError:
-            problem("node_pull", "IMPORTER_READY_TIMEOUT: use a number of seconds")
+    node_pull, ready_timeout = _node_pull(env, source, problems)
 
     config = None
     kind = pod_kind(source)
@@ -255,6 +222,54 @@ def read_pod_environment(env: Mapping[str, str], verbosity: int = 1
         done_path=root / env.get("IMPORTER_DONE_FILE", "").lstrip("/"),
         ready_timeout=ready_timeout, delta_stage=bool(env.get("IMPORTER_PREVIOUS_CHECKPOINT")))
     return settings, config
+
+
+def _volume(root: Path, ctype: ContentType, source: str, problems: list[Problem]
+            ) -> tuple[bool, Path, Path]:
+    """Block or filesystem volume (CDI's fixed paths): (block, the destination, /data)."""
+    block_dev = root / "dev" / "cdi-block-volume"
+    data_dir = root / "data"
+    try:
+        block = stat.S_ISBLK(os.stat(block_dev).st_mode)
+    except FileNotFoundError:
+        block = False
+    if block and ctype is ContentType.ARCHIVE and source != "none":
+        problems.append(Problem("content_type", "IMPORTER_CONTENTTYPE=archive needs a "
+                                "filesystem volume: the target is a block volume "
+                                "(/dev/cdi-block-volume), which holds one disk image, not the "
+                                "files of an archive; use volumeMode Filesystem or contentType "
+                                "kubevirt"))
+    if block:
+        dest = block_dev
+    elif ctype is ContentType.ARCHIVE:
+        dest = data_dir
+    else:
+        dest = data_dir / "disk.img"
+    if not block and not data_dir.is_dir():
+        problems.append(Problem("dest", f"neither {block_dev} (block volume) nor the directory "
+                                f"{data_dir} (filesystem volume) exists: mount the target volume"))
+    return block, dest, data_dir
+
+
+def _node_pull(env: Mapping[str, str], source: str, problems: list[Problem]
+               ) -> tuple[bool, float]:
+    """CDI: "node" pulls through the image server sidecar; anything else ("pod", the
+    controller's other value, or unset) is a pull by the pod itself."""
+    node_pull = env.get("IMPORTER_PULL_METHOD", "") == "node"
+    if node_pull and source != "http":
+        problems.append(Problem("node_pull", "IMPORTER_PULL_METHOD=node goes with "
+                                f"IMPORTER_SOURCE=http, not {source!r}"))
+    if node_pull and not (env.get("IMPORTER_READY_FILE") and env.get("IMPORTER_DONE_FILE")):
+        problems.append(Problem("node_pull", "IMPORTER_PULL_METHOD=node needs "
+                                "IMPORTER_READY_FILE and IMPORTER_DONE_FILE"))
+    ready_timeout = 60.0
+    if env.get("IMPORTER_READY_TIMEOUT"):
+        try:
+            ready_timeout = float(env["IMPORTER_READY_TIMEOUT"])
+        except ValueError:
+            problems.append(Problem("node_pull", "IMPORTER_READY_TIMEOUT: use a number of "
+                                    "seconds"))
+    return node_pull, ready_timeout
 
 
 def _validate_shared(env: Mapping[str, str], root: Path, kind: SourceKind | None, dest: Path,

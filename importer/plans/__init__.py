@@ -141,24 +141,7 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
     fixed_vhd = fmt == "vhd" and image.details.get("type") == "fixed"
     if not image.needs_conversion or fixed_vhd:
         what = "a fixed VHD (raw data and a footer)" if fixed_vhd else f"{fmt} data"
-        if checksum:
-            return Plan(PlanName.STREAM, f"{what} is decoded in order because the checksum covers the "
-                        "bytes in order")
-        if src.xz_blocks > 1:
-            return Plan(PlanName.EXTENTS, f"the xz file has {src.xz_blocks} blocks: they are decoded in "
-                        "parallel from ranged reads", disk=DiskKind.XZ)
-        if not codecs and src.random_access and src.size and src.extent_map:
-            return Plan(PlanName.RANGES, f"{what} copied by the source's map of data and zero extents: "
-                        "zero runs become holes, data runs are fetched on up to "
-                        f"{config.connections} connections", disk=DiskKind.RAW)
-        if not codecs and src.random_access and src.size and config.connections > 1:
-            return Plan(PlanName.RANGES, f"{what} from a source with byte ranges: {config.connections} "
-                        "connections fetch chunks at their offsets", disk=DiskKind.RAW)
-        if codecs:
-            return Plan(PlanName.STREAM, f"{compressed}-compressed {what} is decoded as it arrives")
-        why = src.sequential_reason or ("one connection asked for" if src.random_access
-                                        else "the source does not serve byte ranges")
-        return Plan(PlanName.STREAM, f"{what} is written as it arrives ({why})")
+        return _raw_plan(src, what, codecs, config)
 
     native = fmt in NATIVE_FORMATS and config.converter != "qemu-img"
     if native and image.details.get("extended_l2"):
@@ -203,6 +186,31 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
                     converter=Converter.NATIVE, disk=disk)
     return Plan(PlanName.CONVERT, f"{fmt}{inner} is converted by qemu-img reading it through an NBD "
                 f"export of the source{suffix}", converter=Converter.QEMU_IMG)
+
+
+def _raw_plan(src: SourceFacts, what: str, codecs: list[str], config: ImportConfig) -> Plan:
+    """Raw data (raw, iso, a fixed VHD's data), maybe compressed: nothing converts it."""
+    if config.checksum is not None:
+        return Plan(PlanName.STREAM, f"{what} is decoded in order because the checksum covers "
+                    "the bytes in order")
+    if src.xz_blocks > 1:
+        return Plan(PlanName.EXTENTS, f"the xz file has {src.xz_blocks} blocks: they are "
+                    "decoded in parallel from ranged reads", disk=DiskKind.XZ)
+    ranged = not codecs and src.random_access and src.size
+    if ranged and src.extent_map:
+        return Plan(PlanName.RANGES, f"{what} copied by the source's map of data and zero "
+                    "extents: zero runs become holes, data runs are fetched on up to "
+                    f"{config.connections} connections", disk=DiskKind.RAW)
+    if ranged and config.connections > 1:
+        return Plan(PlanName.RANGES, f"{what} from a source with byte ranges: "
+                    f"{config.connections} connections fetch chunks at their offsets",
+                    disk=DiskKind.RAW)
+    if codecs:
+        return Plan(PlanName.STREAM, f"{'+'.join(codecs)}-compressed {what} is decoded as it "
+                    "arrives")
+    why = src.sequential_reason or ("one connection asked for" if src.random_access
+                                    else "the source does not serve byte ranges")
+    return Plan(PlanName.STREAM, f"{what} is written as it arrives ({why})")
 
 
 def _delta(src: SourceFacts, image: ImageInfo, codecs: list[str], previous: str) -> Plan:
