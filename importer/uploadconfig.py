@@ -70,6 +70,40 @@ def _bool(name: str, value: str, problems: list[str]) -> bool:
     return False
 
 
+def _sizes(env: Mapping[str, str], problems: list[str]) -> tuple[Decimal, int | None]:
+    """FILESYSTEM_OVERHEAD and UPLOAD_IMAGE_SIZE."""
+    overhead = Decimal(0)
+    try:
+        overhead = Decimal(env.get("FILESYSTEM_OVERHEAD") or "0")
+        if not 0 <= overhead < 1:
+            raise InvalidOperation
+    except InvalidOperation:
+        problems.append(f"FILESYSTEM_OVERHEAD={env.get('FILESYSTEM_OVERHEAD')!r}: use a decimal "
+                        "fraction from 0 to below 1")
+        overhead = Decimal(0)
+    image_size = None
+    if env.get("UPLOAD_IMAGE_SIZE"):
+        try:
+            image_size = parse_quantity(env["UPLOAD_IMAGE_SIZE"])
+        except ValueError as exc:
+            problems.append(f"UPLOAD_IMAGE_SIZE: {exc}")
+    return overhead, image_size
+
+
+def _deadline(env: Mapping[str, str], problems: list[str]) -> datetime | None:
+    """DEADLINE: an RFC 3339 time with its zone (CDI's upload deadline), or None."""
+    if not env.get("DEADLINE"):
+        return None
+    try:
+        deadline = datetime.fromisoformat(env["DEADLINE"].replace("Z", "+00:00"))
+    except ValueError:
+        problems.append(f"DEADLINE={env['DEADLINE']!r}: not an RFC 3339 time")
+        return None
+    if deadline.tzinfo is None:
+        problems.append(f"DEADLINE={env['DEADLINE']!r}: give a time zone (RFC 3339)")
+    return deadline
+
+
 def read_upload_environment(env: Mapping[str, str]) -> UploadSettings:
     root = Path(env.get("IMPORTER_FS_ROOT", "/"))
     problems: list[str] = []
@@ -85,20 +119,7 @@ def read_upload_environment(env: Mapping[str, str]) -> UploadSettings:
     client_ca = path("CLIENT_CERT_FILE")
     if client_ca is not None and not client_ca.is_file():
         problems.append(f"CLIENT_CERT_FILE={env['CLIENT_CERT_FILE']}: no such file")
-    overhead = Decimal(0)
-    try:
-        overhead = Decimal(env.get("FILESYSTEM_OVERHEAD") or "0")
-        if not 0 <= overhead < 1:
-            raise InvalidOperation
-    except InvalidOperation:
-        problems.append(f"FILESYSTEM_OVERHEAD={env.get('FILESYSTEM_OVERHEAD')!r}: use a decimal "
-                        "fraction from 0 to below 1")
-    image_size = None
-    if env.get("UPLOAD_IMAGE_SIZE"):
-        try:
-            image_size = parse_quantity(env["UPLOAD_IMAGE_SIZE"])
-        except ValueError as exc:
-            problems.append(f"UPLOAD_IMAGE_SIZE: {exc}")
+    overhead, image_size = _sizes(env, problems)
     preallocation = _bool("PREALLOCATION", env.get("PREALLOCATION", ""), problems)
     min_version = None
     if env.get("TLS_MIN_VERSION"):
@@ -107,15 +128,7 @@ def read_upload_environment(env: Mapping[str, str]) -> UploadSettings:
             problems.append(f"TLS_MIN_VERSION={env['TLS_MIN_VERSION']!r}: use one of "
                             f"{', '.join(TLS_VERSIONS)}")
     ciphers = [c.strip() for c in env.get("TLS_CIPHERS", "").split(",") if c.strip()]
-    deadline = None
-    if env.get("DEADLINE"):
-        try:
-            deadline = datetime.fromisoformat(env["DEADLINE"].replace("Z", "+00:00"))
-        except ValueError:
-            problems.append(f"DEADLINE={env['DEADLINE']!r}: not an RFC 3339 time")
-        else:
-            if deadline.tzinfo is None:
-                problems.append(f"DEADLINE={env['DEADLINE']!r}: give a time zone (RFC 3339)")
+    deadline = _deadline(env, problems)
     block_dev = root / "dev" / "cdi-block-volume"
     destination = path("DESTINATION") or root / "data" / "disk.img"
     try:

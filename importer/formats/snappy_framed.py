@@ -94,23 +94,8 @@ class SnappyFramedReader(io.RawIOBase):
             if not self._started:
                 raise FormatError("not a Snappy framed stream (no stream identifier first)")
             if kind in (COMPRESSED, UNCOMPRESSED):
-                if length < 4:
-                    raise FormatError("a Snappy chunk too short for its checksum")
-                want = int.from_bytes(payload[:4], "little")
-                if kind == COMPRESSED:
-                    try:
-                        data = bytes(cramjam.snappy.decompress_raw(payload[4:]))
-                    except Exception as exc:  # cramjam raises its own DecompressionError
-                        raise FormatError(f"a Snappy chunk does not decompress: {exc}") from exc
-                else:
-                    data = payload[4:]
-                if len(data) > MAX_DATA:
-                    raise FormatError("a Snappy chunk holds more than 64 KiB")
-                if masked_crc(data) != want:
-                    raise FormatError("a Snappy chunk fails its CRC-32C: the clone stream is "
-                                      "corrupt")
-                self._buf, self._pos = data, 0
-                if data:
+                self._buf, self._pos = _chunk_data(kind, payload), 0
+                if self._buf:
                     return True
                 continue
             if kind == PADDING or 0x80 <= kind <= 0xFD:
@@ -125,3 +110,23 @@ class SnappyFramedReader(io.RawIOBase):
         memoryview(b)[:n] = self._buf[self._pos: self._pos + n]
         self._pos += n
         return n
+
+
+def _chunk_data(kind: int, payload: bytes) -> bytes:
+    """A data chunk's bytes: decompressed (a compressed chunk), at most 64 KiB, its masked
+    CRC-32C checked."""
+    if len(payload) < 4:
+        raise FormatError("a Snappy chunk too short for its checksum")
+    want = int.from_bytes(payload[:4], "little")
+    if kind == COMPRESSED:
+        try:
+            data = bytes(cramjam.snappy.decompress_raw(payload[4:]))
+        except Exception as exc:  # cramjam raises its own DecompressionError
+            raise FormatError(f"a Snappy chunk does not decompress: {exc}") from exc
+    else:
+        data = payload[4:]
+    if len(data) > MAX_DATA:
+        raise FormatError("a Snappy chunk holds more than 64 KiB")
+    if masked_crc(data) != want:
+        raise FormatError("a Snappy chunk fails its CRC-32C: the clone stream is corrupt")
+    return data

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .. import advice
 from ..errors import FormatError
 from ..formats.headers import ImageInfo
 from ..settings import ContentType, ImportConfig
@@ -143,18 +144,8 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
         what = "a fixed VHD (raw data and a footer)" if fixed_vhd else f"{fmt} data"
         return _raw_plan(src, what, codecs, config)
 
-    native = fmt in NATIVE_FORMATS and config.converter != "qemu-img"
-    if native and image.details.get("extended_l2"):
-        native = False
-        native_refused = ("the native reader does not read extended L2 entries (subclusters); "
-                          "qemu-img converts this image")
-    elif native and image.details.get("native_refused"):
-        native = False
-        native_refused = f"{image.details['native_refused']}; qemu-img converts this image"
-    elif fmt in NATIVE_FORMATS and not native:
-        native_refused = "--converter qemu-img"
-    else:
-        native_refused = ""
+    native_refused = _why_not_native(image, config)
+    native = fmt in NATIVE_FORMATS and not native_refused
     converter = Converter.NATIVE if native else Converter.QEMU_IMG
     disk = DiskKind(fmt) if native else None
     suffix = f" ({native_refused})" if native_refused else ""
@@ -186,6 +177,21 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
                     converter=Converter.NATIVE, disk=disk)
     return Plan(PlanName.CONVERT, f"{fmt}{inner} is converted by qemu-img reading it through an NBD "
                 f"export of the source{suffix}", converter=Converter.QEMU_IMG)
+
+
+def _why_not_native(image: ImageInfo, config: ImportConfig) -> str:
+    """Why a format with a native reader goes to qemu-img ("" when it does not, or when the
+    format has no native reader at all)."""
+    if image.format not in NATIVE_FORMATS:
+        return ""
+    if config.converter == "qemu-img":
+        return advice.converter()
+    if image.details.get("extended_l2"):
+        return ("the native reader does not read extended L2 entries (subclusters); qemu-img "
+                "converts this image")
+    if image.details.get("native_refused"):
+        return f"{image.details['native_refused']}; qemu-img converts this image"
+    return ""
 
 
 def _raw_plan(src: SourceFacts, what: str, codecs: list[str], config: ImportConfig) -> Plan:
