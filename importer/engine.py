@@ -21,7 +21,7 @@ from .plans import Plan, SourceFacts, choose_plan, runner
 from .plans.context import RunState
 from .progress import Progress
 from .result import ImportResult
-from .sinks.target import Target, dest_kind
+from .sinks.target import Sink, Target, dest_kind
 from .sources import Source, open_source
 from .sources.base import ExtentSource, Transactional
 from .streams import CountingStream, HeadThenStream, ThreadedReader
@@ -197,7 +197,7 @@ def _execute(st: RunState, plan: Plan) -> None:
         if st.detected.info.format == "tar":
             log.warning("the data is a tar archive, written as a raw disk image as CDI does; "
                         "use contentType: archive to extract it into the volume instead")
-        target: Any
+        target: Sink
         if str(cfg.dest) == "-":
             target = _stream_target(plan, None)
         elif cfg.output is None and plan.name != "delta" and dest_kind(cfg.dest) == "stream":
@@ -218,7 +218,7 @@ def _execute(st: RunState, plan: Plan) -> None:
                  "random (give --checksum to verify in order)", st.spec.algorithm, plan.name)
 
 
-def _stream_target(plan: Plan, path: Path | None) -> Any:
+def _stream_target(plan: Plan, path: Path | None) -> Sink:
     """DEST `-`, a character device or a FIFO: only a plan that writes the disk in order can
     write to a pipe."""
     from .sinks.target import StreamTarget

@@ -18,7 +18,7 @@ from ..formats.detect import Detected
 from ..progress import Progress
 from ..result import ImportResult
 from ..settings import ImportConfig
-from ..sinks.target import Target
+from ..sinks.target import Sink
 from ..sources.base import Source
 from ..streams import CountingStream
 
@@ -150,7 +150,7 @@ class RunState:
         log.info("Checksum verification passed: %s:%s", spec.algorithm, got)
         return f"{spec.algorithm}:{got}"
 
-    def finish_size(self, target: Target, data_size: int) -> int:
+    def finish_size(self, target: Sink, data_size: int) -> int:
         """The file gets the image's full length, grown to --image-size (never shrunk); the
         disk's size without that growth is returned."""
         if data_size % 512 and not target.is_block:
@@ -167,7 +167,7 @@ class RunState:
         target.set_size(max(data_size, image_size or 0))
         return data_size
 
-    def finish_target(self, target: Target) -> None:
+    def finish_target(self, target: Sink) -> None:
         """What every plan that writes a disk does last: the size, preallocation of what the
         resize added, the source's own integrity check. The commit follows (Target.writing)."""
         if self.config.preallocation and not target.is_block:
@@ -176,7 +176,7 @@ class RunState:
         self.source.verify()
 
 
-def scratch_location(cfg: ImportConfig, target: Target) -> Path | None:
+def scratch_location(cfg: ImportConfig, target: Sink) -> Path | None:
     """Where an import keeps what it must set aside (a staged image, spilled qcow2 clusters):
     the scratch directory given (--scratch-dir, the pod's /scratch), else beside a file
     destination, else (a device) the temporary directory; None when scratch space is required

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 
 from ..sinks.raw import SparseWriter, pump
-from ..sinks.target import Target
+from ..sinks.target import Sink
 from ..streams import ThreadedReader
 from . import Plan
 from .context import RunState, scratch_location
@@ -18,7 +18,7 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 
-def run(st: RunState, plan: Plan, target: Target) -> None:
+def run(st: RunState, plan: Plan, target: Sink) -> None:
     if plan.disk == "qcow2":
         _qcow2(st, target)
         return
@@ -40,7 +40,7 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
         settle_raw(st, target, writer, total, limit)
 
 
-def _qcow2(st: RunState, target: Target) -> None:
+def _qcow2(st: RunState, target: Sink) -> None:
     """A qcow2 converted natively in file order (disks/qcow2_stream.py)."""
     from ..disks.qcow2_stream import StreamedQcow2
     from ..formats.qcow2_header import parse_qcow2_header
@@ -58,7 +58,7 @@ def _qcow2(st: RunState, target: Target) -> None:
                         "through scratch", reader.stats.spilled >> 20)
 
 
-def _vmdk(st: RunState, target: Target) -> None:
+def _vmdk(st: RunState, target: Sink) -> None:
     """A vmdk converted natively in file order (disks/vmdk_stream.py)."""
     from ..disks.vmdk_stream import StreamedVmdk
     from ..formats.vmdk_header import parse_vmdk_header
@@ -72,7 +72,7 @@ def _vmdk(st: RunState, target: Target) -> None:
 
 
 @contextlib.contextmanager
-def _native(st: RunState, target: Target, size: int
+def _native(st: RunState, target: Sink, size: int
             ) -> Iterator[tuple[SparseWriter, ThreadedReader]]:
     """What both native streaming readers need around them: the target, and the decoded
     stream from byte 0 on its own thread (gzip and zstd release the GIL) while the reader

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from ..formats.headers import vhd_fixed_footer_size
 from ..sinks.raw import SparseWriter
-from ..sinks.target import Target
+from ..sinks.target import Sink
 from .context import RunState
 
 __all__ = ["raw_target", "settle_raw"]
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def raw_target(st: RunState, target: Target, virtual_size: int | None
+def raw_target(st: RunState, target: Sink, virtual_size: int | None
                ) -> Iterator[SparseWriter]:
     """The target, checked against the virtual size (when known) before anything is read,
     opened and preallocated as asked; committed when the block ends, aborted when it raises
@@ -36,7 +36,7 @@ def raw_target(st: RunState, target: Target, virtual_size: int | None
     st.result.zero_bytes_skipped = st.progress.zero_bytes
 
 
-def settle_raw(st: RunState, target: Target, writer: SparseWriter, total: int,
+def settle_raw(st: RunState, target: Sink, writer: SparseWriter, total: int,
                limit: int | None) -> None:
     """The disk's final size: the data (up to a fixed VHD's footer), padded to sectors and
     grown to --image-size."""

@@ -10,7 +10,6 @@ allocated up front and a block device gets every zero written. Writes may come i
 from __future__ import annotations
 
 import io
-import os
 import queue
 import threading
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from ..errors import TargetError, TargetTooSmallError
 from ..progress import Progress
 from ..streams import read_full
-from .target import Target, _oserror, start_writeback
+from .target import Sink, start_writeback
 
 __all__ = ["SparseWriter", "pump"]
 
@@ -31,7 +30,7 @@ FLUSH_EVERY = 64 << 20
 
 
 class SparseWriter:
-    def __init__(self, target: Target, progress: Progress, *, preallocate: bool) -> None:
+    def __init__(self, target: Sink, progress: Progress, *, preallocate: bool) -> None:
         self.target = target
         self.progress = progress
         self.skip_zeros = not (preallocate and target.is_block)
@@ -101,19 +100,10 @@ class SparseWriter:
         return buf.startswith(_ZEROS[:n], pos)
 
     def _pwrite(self, fd: int, data: memoryview, offset: int) -> None:
-        if getattr(self.target, "sequential", False):  # standard output: in order
-            self.target.write_at(offset, data)  # type: ignore[attr-defined]
-            return
-        try:
-            while data:
-                n = os.pwrite(fd, data, offset)
-                data = data[n:]
-                offset += n
-        except OSError as exc:
-            raise _oserror(exc, self.target.path, "writing") from exc
+        self.target.write_at(offset, data)  # in order on a stream, anywhere on a file
 
     def _zero(self, start: int, end: int) -> None:
-        if getattr(self.target, "sequential", False):
+        if self.target.sequential:
             self.target.zero_range(start, end - start)  # a pipe has no holes
             return
         if not self.target.is_block and self.target.mode != "apply":

@@ -44,6 +44,7 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 from ..errors import TargetError, TargetTooSmallError
 from ..quantity import format_bytes
@@ -78,6 +79,27 @@ def _oserror(exc: OSError, path: Path, action: str) -> TargetError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return TargetError(f"permission denied {action} {path}; check its owner and mode")
     return TargetError(f"{action} {path} failed: {exc.strerror or exc}")
+
+
+class Sink(Protocol):
+    """What the plans write a raw disk to (issue 22): a file or block device (Target), or a
+    stream taken in order (StreamTarget: standard output, a character device, a FIFO)."""
+
+    path: Path
+    fd: int
+    is_block: bool
+    mode: str
+    capacity: int | None
+    #: True: data must come in order (no holes, nothing rewritten)
+    sequential: bool
+
+    def check_fits(self, virtual_size: int | None) -> None: ...
+    def writing(self, written: Callable[[], int | None] = ...) -> contextlib.AbstractContextManager[Any]: ...
+    def write_at(self, offset: int, data: memoryview) -> None: ...
+    def zero_range(self, offset: int, length: int) -> None: ...
+    def preallocate(self, size: int) -> None: ...
+    def set_size(self, size: int) -> None: ...
+    def current_size(self) -> int: ...
 
 
 class Target:
@@ -225,6 +247,18 @@ class Target:
         self.commit()
 
     # ------------------------------------------------------------------ zeroing
+
+    sequential = False
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        """Write `data` at `offset` (anywhere: a file or a device takes data in any order)."""
+        try:
+            while data:
+                n = os.pwrite(self.fd, data, offset)
+                data = data[n:]
+                offset += n
+        except OSError as exc:
+            raise _oserror(exc, self.path, "writing") from exc
 
     def zero_range(self, offset: int, length: int) -> None:
         """Make [offset, offset+length) read as zeros on a device whose old content is unknown.
