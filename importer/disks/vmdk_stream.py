@@ -91,7 +91,6 @@ class StreamedVmdk:
         self.h = header
         self._write = write
         self._write_zeros = write_zeros
-        self.data_bytes = 0
 
     def run(self, stream: io.RawIOBase, cancelled: Callable[[], bool]) -> None:
         cur = _Cursor(stream)
@@ -182,7 +181,6 @@ class StreamedVmdk:
                     cur.skip_to(run_host, "the gap before a grain")
                 cur.read_into(memoryview(buf)[:run_len], f"the grain at byte {run_host}")
                 self._write(run_guest, buf, run_len, 0)
-                self.data_bytes += run_len
                 run_len = 0
 
         for sector, grain in grains:
@@ -191,7 +189,6 @@ class StreamedVmdk:
             if host < len(head):
                 self._in_head(head, host, length)
                 self._write(guest, head, length, host)
-                self.data_bytes += length
                 continue
             if last is not None and host == last[0]:  # two table entries naming one grain
                 flush()  # buf still holds the grain: nothing was read since
@@ -248,7 +245,6 @@ class StreamedVmdk:
                 out = inflate_grain(view, length, h.grain, f"at byte {host}")
                 last = (host, out)
             self._write(guest, out, length, 0)
-            self.data_bytes += length
 
 
 def _data_grains(h: VmdkHeader, gts: dict[int, array[int]]) -> Iterator[tuple[int, int]]:
@@ -311,10 +307,16 @@ class _ByMarkers:
             self._keep(value * 512)
             body = cur.read(value * 512, f"the metadata at byte {at + 512}")
             where = at // 512 + 1
+            need = {MARKER_GT: h.gtes * 4, MARKER_GD: h.gd_entries * 4}.get(kind, 0)
+            if len(body) < need:
+                # qemu would read the rest of the table from whatever follows it in the file
+                what = "grain table" if kind == MARKER_GT else "grain directory"
+                raise FormatError(f"the vmdk's {what} at byte {at + 512} holds {len(body)} bytes "
+                                  f"where its table takes {need}; the image is corrupt")
             if kind == MARKER_GT:
-                self.tables[where] = u32le(body[: h.gtes * 4])
+                self.tables[where] = u32le(body[:need])
             elif kind == MARKER_GD:
-                self.directories[where] = u32le(body[: h.gd_entries * 4])
+                self.directories[where] = u32le(body[:need])
             else:
                 if value != 1 or footer is not None:
                     raise FormatError(f"the vmdk's footer at byte {at + 512} is not one sector, "
@@ -355,7 +357,6 @@ class _ByMarkers:
         length = min(h.grain, h.size - guest)
         out = inflate_grain(memoryview(data)[12 : 12 + size], length, h.grain, f"at byte {at}")
         self.o._write(guest, out, length, 0)
-        self.o.data_bytes += length
 
     def _check_tables(self, footer: VmdkHeader) -> None:
         """The directory the footer names, and every table in it, against the markers."""
@@ -368,7 +369,7 @@ class _ByMarkers:
         empty = array("I", bytes(h.gtes * 4))
         for index in range(h.gd_entries):
             placed = self.placed.get(index, empty)
-            sector = gd[index] if index < len(gd) else 0
+            sector = gd[index]
             if not sector:
                 table = empty
             else:
@@ -390,8 +391,6 @@ class _ByMarkers:
 
     def _zeros(self) -> None:
         """Every grain no marker placed reads as zeros (written on a device, holes on a file)."""
-        h = self.h
-        gts = {index: placed for index, placed in self.placed.items()}
-        for e in grain_extents(h, gts):
+        for e in grain_extents(self.h, self.placed):
             if e.zero:
                 self.o._write_zeros(e.start, e.length)

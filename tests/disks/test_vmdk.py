@@ -200,6 +200,9 @@ HOSTILE: dict[str, Callable[[list[int]], Tamper]] = {
     "marker-past-capacity": lambda g: Tamper(marker_lba={g[1]: 1 << 40}),
     "marker-size-huge": lambda g: Tamper(marker_size={g[1]: 1 << 30}),
     "after-end-of-stream": lambda g: Tamper(trailer=b"\0" * 512),
+    # a grain table marker holding fewer entries than a table has (it crashed the check of the
+    # tables against the markers with an IndexError)
+    "short-grain-table": lambda g: Tamper(short_tables=True),
 }
 #: what the stream reader says (it goes by the markers and checks them against the tables)
 STREAM_WORDS = {
@@ -207,6 +210,7 @@ STREAM_WORDS = {
     "marker-past-capacity": "which no grain of this disk can be",
     "marker-size-huge": "1073741824 bytes, which no grain of this disk can be",
     "after-end-of-stream": "goes on after its end-of-stream marker",
+    "short-grain-table": "where its table takes 2048",
 }
 
 

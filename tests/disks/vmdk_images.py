@@ -48,6 +48,8 @@ class Tamper:
     trailer: bytes = b""
     #: marker size field of this grain number replaced
     marker_size: dict[int, int] = field(default_factory=dict)
+    #: grain tables written one sector long (their first 128 entries), their marker saying so
+    short_tables: bool = False
 
 
 def vmware_stream_optimized(raw: bytes, *, grain_sectors: int = 128, gtes: int = 512,
@@ -85,9 +87,12 @@ def vmware_stream_optimized(raw: bytes, *, grain_sectors: int = 128, gtes: int =
             size = t.marker_size.get(g, len(packed))
             out += _pad(struct.pack("<QI", lba, size) + packed)
         if any(table):
-            out += _marker(-(-gtes * 4 // SECTOR), 1)
+            body = _pad(struct.pack(f"<{gtes}I", *table))
+            if t.short_tables:
+                body = body[:SECTOR]
+            out += _marker(len(body) // SECTOR, 1)
             gd[index] = len(out) // SECTOR
-            out += _pad(struct.pack(f"<{gtes}I", *table))
+            out += body
     gd_sectors = -(-gd_entries * 4 // SECTOR)
     out += _marker(gd_sectors, 2)
     gd_at = len(out) // SECTOR
