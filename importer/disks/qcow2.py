@@ -20,7 +20,6 @@ again here.
 
 from __future__ import annotations
 
-import bisect
 import struct
 import threading
 import zlib
@@ -34,7 +33,7 @@ from isal import isal_zlib
 from ..errors import FormatError
 from ..formats.pinned import PinnedBytes
 from ..formats.qcow2_header import Qcow2Header, parse_qcow2_header, sector_size
-from .base import Extent, NativeUnsupported, add_run, fill_at, fill_zeros
+from .base import Extent, NativeUnsupported, add_run, fetch_spans, fill_at, fill_zeros
 
 __all__ = [
     "NativeUnsupported",
@@ -60,8 +59,6 @@ ZERO_FLAG = 1
 #: L2 tables held in memory at once are bounded (a fully allocated 2 TiB image with 64 KiB
 #: clusters has 256 MiB of them); beyond this the image goes to qemu-img, which pages them
 MAX_L2_BYTES = 256 << 20
-#: compressed clusters closer than this in the file are fetched with one range request
-MERGE_GAP = 64 << 10
 L2_PREFETCH = 8
 
 
@@ -249,31 +246,12 @@ class Qcow2Disk:
                                   f"the file ({self._file_size} bytes): the image is truncated")
             # the descriptor rounds up to sectors: the last cluster's may pass the end
             where.append((bpos, inner, n, host, min(csize, self._file_size - host)))
-        # neighbouring clusters (qemu writes them one after another) share one range request
-        spans: list[list[int]] = []  # [start, end]
-        for _b, _i, _n, host, csize in sorted(where, key=lambda w: w[3]):
-            if spans and spans[-1][0] <= host <= spans[-1][1] + MERGE_GAP:
-                spans[-1][1] = max(spans[-1][1], host + csize)
-            else:
-                spans.append([host, host + csize])
-        # one reused buffer per worker thread: a fresh one per span costs page faults (the
-        # kernel maps and zeroes new pages) that showed as a third of the CPU time
-        total = sum(end - start for start, end in spans)
-        scratch = getattr(_span_local, "buf", None)
-        if scratch is None or len(scratch) < total:
-            scratch = _span_local.buf = bytearray(max(total, 8 << 20))
-        fetched: list[tuple[int, memoryview]] = []
-        pos = 0
-        for start, end in spans:
-            data = memoryview(scratch)[pos : pos + end - start]
-            self._read_exact(start, data, "compressed cluster")
-            fetched.append((start, data))
-            pos += end - start
-        starts = [s for s, _ in fetched]
+        spans = fetch_spans(((host, host + csize) for _b, _i, _n, host, csize in where),
+                            lambda start, view: self._read_exact(start, view,
+                                                                 "compressed cluster"))
         for bpos, inner, n, host, csize in where:
-            k = bisect.bisect_right(starts, host) - 1
-            start, data = fetched[k]
-            cluster = self._decompress(data[host - start : host - start + csize], host)
+            at, data = spans.at(host)
+            cluster = self._decompress(data[at : at + csize], host)
             out[bpos : bpos + n] = cluster[inner : inner + n]
 
     def _decompress(self, data: memoryview, host: int) -> bytes:
@@ -281,7 +259,6 @@ class Qcow2Disk:
 
 
 _zstd_local = threading.local()  # a ZstdDecompressor must not be shared by two threads
-_span_local = threading.local()
 # python-isal's stub declares its error class as an instance (`error: Exception`)
 _ISAL_ERROR: type[Exception] = isal_zlib.IsalError  # type: ignore[assignment]
 

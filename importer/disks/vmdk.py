@@ -17,7 +17,6 @@ Every table is read once, through the inspection's pinned bytes, and used from t
 from __future__ import annotations
 
 import struct
-import threading
 from array import array
 from collections.abc import Callable, Iterator
 
@@ -34,7 +33,7 @@ from ..formats.vmdk_header import (
     VmdkHeader,
     parse_vmdk_header,
 )
-from .base import Extent, NativeUnsupported, add_run, fill_at, fill_zeros
+from .base import Extent, NativeUnsupported, add_run, fetch_spans, fill_at, fill_zeros
 
 __all__ = ["MAX_TABLES", "VmdkDisk", "check_footer", "grain_extents", "inflate_grain",
            "read_footer"]
@@ -44,9 +43,6 @@ ReadInto = Callable[[int, bytearray | memoryview], int]
 #: grain tables held at once: a fully allocated 1 TiB disk of 64 KiB grains has 64 MiB of them;
 #: beyond this the image goes to qemu-img, which pages them
 MAX_TABLES = 64 << 20
-#: compressed grains closer than this in the file are fetched with one range request
-MERGE_GAP = 64 << 10
-_span_local = threading.local()
 
 
 def read_footer(read_at: Callable[[int, int], bytes], file_size: int,
@@ -217,35 +213,16 @@ class VmdkDisk:
         the marker, so a range of that much past the last grain of a span holds all of it."""
         h = self.h
         reach = 12 + 2 * h.grain
-        spans: list[list[int]] = []  # [start, end] in the file
-        for _b, _i, _n, host in sorted(packed, key=lambda p: p[3]):
+        for _b, _i, _n, host in packed:
             if host >= self._file_size:
                 raise FormatError(f"vmdk grain at byte {host} lies past the end of the file "
                                   f"({self._file_size} bytes): the image is truncated; fetch it "
                                   "again")
-            end = min(host + reach, self._file_size)
-            if spans and spans[-1][0] <= host <= spans[-1][1] + MERGE_GAP:
-                spans[-1][1] = max(spans[-1][1], end)
-            else:
-                spans.append([host, end])
-        total = sum(end - start for start, end in spans)
-        # one reused buffer per worker thread: a fresh one per span costs page faults
-        scratch = getattr(_span_local, "buf", None)
-        if scratch is None or len(scratch) < total:
-            scratch = _span_local.buf = bytearray(max(total, 8 << 20))
-        fetched: list[tuple[int, int, memoryview]] = []
-        pos = 0
-        for start, end in spans:
-            data = memoryview(scratch)[pos : pos + end - start]
-            self._read_exact(start, data, "compressed grain")
-            fetched.append((start, end, data))
-            pos += end - start
-        k = 0
-        for bpos, inner, n, host in sorted(packed, key=lambda p: p[3]):
-            while fetched[k][1] <= host:
-                k += 1
-            start, end, data = fetched[k]
-            at = host - start
+        spans = fetch_spans(((host, min(host + reach, self._file_size))
+                             for _b, _i, _n, host in packed),
+                            lambda start, view: self._read_exact(start, view, "compressed grain"))
+        for bpos, inner, n, host in packed:
+            at, data = spans.at(host)
             where = f"at byte {host} (guest byte {offset + bpos - inner})"
             if at + 12 > len(data):
                 raise FormatError(f"vmdk compressed grain {where} lies past the end of the file "
