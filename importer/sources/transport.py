@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -198,11 +198,7 @@ class _MeteredHTTPConnection(http.client.HTTPConnection):
         self._opts = opts
 
     def connect(self) -> None:
-        try:
-            super().connect()
-        except TimeoutError as exc:
-            raise ConnectTimeout(str(exc)) from exc
-        _meter(self, self._opts)
+        _connect_metered(self, super().connect, self._opts)
 
 
 class _MeteredHTTPSConnection(http.client.HTTPSConnection):
@@ -212,11 +208,17 @@ class _MeteredHTTPSConnection(http.client.HTTPSConnection):
         self._opts = opts
 
     def connect(self) -> None:
-        try:
-            super().connect()
-        except TimeoutError as exc:
-            raise ConnectTimeout(str(exc)) from exc
-        _meter(self, self._opts)
+        _connect_metered(self, super().connect, self._opts)
+
+
+def _connect_metered(conn: http.client.HTTPConnection, connect: Callable[[], None],
+                     opts: HttpOptions) -> None:
+    """`connect` (http.client's, plain or TLS) told apart when it times out, then metered."""
+    try:
+        connect()
+    except TimeoutError as exc:
+        raise ConnectTimeout(str(exc)) from exc
+    _meter(conn, opts)
 
 
 def _meter(conn: http.client.HTTPConnection, opts: HttpOptions) -> None:
