@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-__all__ = ["parse_go_flags"]
+__all__ = ["parse_go_flags", "wants_help"]
 
 
 def parse_go_flags(argv: Sequence[str], names: Collection[str],
@@ -32,3 +32,8 @@ def parse_go_flags(argv: Sequence[str], names: Collection[str],
             value = nxt
         out[name] = value
     return out
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    """-h, -help, --help: Go's flag package answers these with the usage."""
+    return any(a.startswith("-") and a.lstrip("-") in ("help", "h") for a in argv)

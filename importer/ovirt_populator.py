@@ -22,6 +22,7 @@ from pathlib import Path
 from . import advice
 from .engine import run_import
 from .errors import CancelledError, ConfigError, ImporterError
+from .goflags import wants_help
 from .metrics import MetricsServer
 from .populatorconfig import (
     OVIRT_USAGE,
@@ -32,7 +33,7 @@ from .populatorconfig import (
 from .progress import Progress
 from .reporting import JsonLines, ProgressReporter
 from .stopping import StopSignals
-from .termination import text_message, write_termination_message
+from .termination import write_if_mounted
 
 __all__ = ["METRIC", "main"]
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    if any(a.lstrip("-") in ("help", "h") for a in args):
+    if wants_help(args):
         print(f"{OVIRT_USAGE}\n\n{__doc__.split(chr(10) + chr(10))[0]}")
         return 0
     try:
@@ -65,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.settle()
         reporter.close()
         metrics.close()
-    if settings.termination_log.is_file():  # where the kubelet mounted it, never elsewhere
-        write_termination_message(settings.termination_log, text_message(message))
+    write_if_mounted(settings.termination_log, message)
     return code
 
 

@@ -23,9 +23,10 @@ from typing import Any
 
 from . import advice
 from .errors import ConfigError, ImporterError
+from .goflags import wants_help
 from .kube import DataImportCrons
-from .pollerconfig import USAGE, PollerSettings, read_poller_settings, wants_help
-from .termination import text_message, write_termination_message
+from .pollerconfig import USAGE, PollerSettings, read_poller_settings
+from .termination import write_if_mounted
 
 __all__ = ["ANN_DESIRED_DIGEST", "ANN_LAST_CRON_TIME", "annotation_patch", "main"]
 
@@ -115,17 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         done = run(settings)
     except ImporterError as exc:
         log.error("%s", exc)
-        _terminate(settings, str(exc))
+        write_if_mounted(settings.termination_log, str(exc))
         return 1
-    _terminate(settings, done)
+    write_if_mounted(settings.termination_log, done)
     return 0
-
-
-def _terminate(settings: PollerSettings, text: str) -> None:
-    """The termination message, where the kubelet mounted the file (never created elsewhere:
-    run by hand, /dev is the host's)."""
-    if settings.termination_log.is_file():
-        write_termination_message(settings.termination_log, text_message(text))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .config import HttpOptions, proxies_from_environment
 from .errors import ConfigError
 from .goflags import parse_go_flags
 
-__all__ = ["USAGE", "PollerSettings", "read_poller_settings", "wants_help"]
+__all__ = ["USAGE", "PollerSettings", "read_poller_settings"]
 
 USAGE = ("usage: cdi-source-update-poller -ns NAMESPACE -cron NAME -url docker://REGISTRY/REPO:TAG "
          "[-certdir DIR] [-kubeconfig FILE] [-server URL]")
@@ -37,10 +37,6 @@ class PollerSettings:
     kubeconfig: Path | None
     server: str | None
     termination_log: Path
-
-
-def wants_help(argv: Sequence[str]) -> bool:
-    return any(a.lstrip("-") in ("help", "h") for a in argv if a.startswith("-"))
 
 
 def read_poller_settings(argv: Sequence[str], env: Mapping[str, str]) -> PollerSettings:

@@ -8,7 +8,8 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["MAX_BYTES", "json_message", "text_message", "write_termination_message"]
+__all__ = ["MAX_BYTES", "json_message", "text_message", "write_if_mounted",
+           "write_termination_message"]
 
 log = logging.getLogger(__name__)
 MAX_BYTES = 4096
@@ -67,3 +68,10 @@ def write_termination_message(path: Path, text: str) -> bool:
         log.error("cannot write the termination message to %s: %s", path, exc)
         return False
     return True
+
+
+def write_if_mounted(path: Path, text: str) -> None:
+    """A one-line message, where the kubelet mounted the termination log (a program that may
+    also run by hand never creates it: /dev is then the host's)."""
+    if path.is_file():
+        write_termination_message(path, text_message(text))
