@@ -436,7 +436,7 @@ def _kind_options(args: argparse.Namespace) -> Any:
         return None
     if kind.cli is None or kind.cli.options is None:
         return None
-    return kind.cli.options(args)
+    return kind.cli.options(lambda name: getattr(args, name, None))
 
 
 def _human(key: str, value: Any) -> str:

@@ -34,14 +34,10 @@ from .settings import (
     Problem,
 )
 from .sources.options import (
-    GcsOptions,
     Header,
     HttpOptions,
-    ImageioOptions,
     RegistryOptions,
-    S3Options,
     SourceOptions,
-    VddkOptions,
     parse_header,
     proxies_from_environment,
     read_header_files,
@@ -407,22 +403,15 @@ def _proxies(environ: Mapping[str, str] | None, env: Mapping[str, str]) -> dict[
 
 def _kind_options(kind: str, flags: Mapping[str, str | None], auth_file: Path | None
                   ) -> SourceOptions:
-    """A kind's options from the shared keyword arguments (KIND_FLAGS)."""
-    if kind == "imageio":
-        return ImageioOptions(flags.get("disk_id") or "", flags.get("checkpoint") or None,
-                              flags.get("previous_checkpoint") or None)
-    if kind == "vddk":
-        config = flags.get("vddk_config")
-        return VddkOptions(
-            flags.get("vm_uuid") or "", flags.get("backing_file") or "",
-            flags.get("thumbprint") or None, flags.get("checkpoint") or None,
-            flags.get("previous_checkpoint") or None,
-            libdir=Path(flags.get("vddk_libdir") or "/opt/vmware-vix-disklib-distrib"),
-            plugin=flags.get("vddk_plugin") or "vddk", config=Path(config) if config else None)
-    return _source_options(kind, s3_endpoint=flags.get("s3_endpoint"),
-                           s3_region=flags.get("s3_region"),
-                           gcs_credentials=flags.get("gcs_credentials"),
-                           registry_arch=flags.get("registry_arch"), registry_auth_file=auth_file)
+    """A kind's options from the shared keyword arguments (KIND_FLAGS): built by the kind
+    itself as from its CLI flags; the registry's here, with its credentials file."""
+    from .sources.kinds import registered
+
+    if kind == "registry":
+        return RegistryOptions(flags.get("registry_arch"), auth_file, tuple(
+            (k, os.environ[k]) for k in HELPER_ENV if os.environ.get(k)))
+    spec = next((k.cli for k in registered() if k.name == kind), None)
+    return spec.options(flags.get) if spec is not None and spec.options is not None else None
 
 
 def _kind_problems(source: str, source_kind: str, options: SourceOptions,
@@ -459,19 +448,6 @@ def split_userinfo(endpoint: str) -> tuple[str, str | None, str | None]:
     user, _, password = userinfo.partition(":")
     return (urlunsplit(parts._replace(netloc=hostport)), unquote(user),
             unquote(password) if ":" in userinfo else None)
-
-
-def _source_options(kind: str, *, s3_endpoint: str | None, s3_region: str | None,
-                    gcs_credentials: str | None, registry_arch: str | None,
-                    registry_auth_file: Path | None) -> SourceOptions:
-    if kind == "s3":
-        return S3Options(s3_endpoint, s3_region)
-    if kind == "gcs":
-        return GcsOptions(Path(gcs_credentials) if gcs_credentials else None)
-    if kind == "registry":
-        return RegistryOptions(registry_arch, registry_auth_file, tuple(
-            (k, os.environ[k]) for k in HELPER_ENV if os.environ.get(k)))
-    return None
 
 
 def default_registry_auth_file(env: Mapping[str, str]) -> Path | None:

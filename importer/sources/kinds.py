@@ -39,13 +39,14 @@ __all__ = ["KINDS", "CliSpec", "SourceKind", "kind_for", "open_source", "pod_kin
 @dataclass(frozen=True, slots=True)
 class CliSpec:
     """A kind's own command-line flags: added as one argument group to `import` and `inspect`
-    (`add_flags(group)`), and turned into the kind's options from the parsed arguments
-    (`options(namespace)`; None: the validator builds them from the shared keyword
-    arguments, as for the registry, whose credentials file comes from the environment)."""
+    (`add_flags(group)`), and turned into the kind's options (`options(get)`, `get` giving a
+    flag's value by its dest name: the CLI's parsed arguments, or the validator's keyword
+    arguments). None: the validator builds them, as for the registry, whose credentials file
+    comes from the environment."""
 
     title: str
     add_flags: Callable[[Any], None]
-    options: Callable[[Any], SourceOptions] | None = None
+    options: Callable[[Callable[[str], Any]], SourceOptions] | None = None
 
 
 #: (options, user name, front) -> the problems of a kind's options, named as the front names them
@@ -298,8 +299,9 @@ def _imageio_flags(g: Any) -> None:
     g.add_argument("--disk-id", metavar="ID", help="the disk to import")
 
 
-def _imageio_cli(a: Any) -> SourceOptions:
-    return ImageioOptions(a.disk_id or "", a.checkpoint or None, a.previous_checkpoint or None)
+def _imageio_cli(get: Callable[[str], Any]) -> SourceOptions:
+    return ImageioOptions(get("disk_id") or "", get("checkpoint") or None,
+                          get("previous_checkpoint") or None)
 
 
 def _vddk_flags(g: Any) -> None:
@@ -314,13 +316,13 @@ def _vddk_flags(g: Any) -> None:
     g.add_argument("--vddk-config", metavar="FILE", help="VDDK's extra configuration file")
 
 
-def _vddk_cli(a: Any) -> SourceOptions:
+def _vddk_cli(get: Callable[[str], Any]) -> SourceOptions:
+    config = get("vddk_config")
     return VddkOptions(
-        a.vm_uuid or "", a.backing_file or "", a.thumbprint or None, a.checkpoint or None,
-        a.previous_checkpoint or None,
-        libdir=Path(a.vddk_libdir or "/opt/vmware-vix-disklib-distrib"),
-        plugin=a.vddk_plugin or "vddk",
-        config=Path(a.vddk_config) if a.vddk_config else None)
+        get("vm_uuid") or "", get("backing_file") or "", get("thumbprint") or None,
+        get("checkpoint") or None, get("previous_checkpoint") or None,
+        libdir=Path(get("vddk_libdir") or "/opt/vmware-vix-disklib-distrib"),
+        plugin=get("vddk_plugin") or "vddk", config=Path(config) if config else None)
 
 
 _COMMON_HTTP = ("IMPORTER_ENDPOINT", "IMPORTER_ACCESS_KEY_ID", "IMPORTER_SECRET_KEY",
@@ -334,14 +336,14 @@ KINDS: tuple[SourceKind, ...] = (
     SourceKind("s3", ("s3",), "s3", _COMMON_HTTP, _s3,
                pod_options=lambda env, root: S3Options(),
                cli=CliSpec("S3 (s3://BUCKET/KEY, or an https endpoint with --source s3)",
-                           _s3_flags, lambda a: S3Options(a.s3_endpoint, a.s3_region)),
+                           _s3_flags, lambda get: S3Options(get("s3_endpoint"), get("s3_region"))),
                extra="s3", help="an S3 object"),
     SourceKind("gcs", ("gs",), "gcs", ("IMPORTER_ENDPOINT", "GOOGLE_APPLICATION_CREDENTIALS",
                                        "IMPORTER_CERT_DIR", "INSECURE_TLS"), _gcs,
                pod_options=_gcs_pod,
                cli=CliSpec("Google Cloud Storage (gs://BUCKET/OBJECT)", _gcs_flags,
-                           lambda a: GcsOptions(Path(a.gcs_credentials) if a.gcs_credentials
-                                                else None)),
+                           lambda get: GcsOptions(Path(get("gcs_credentials"))
+                                                  if get("gcs_credentials") else None)),
                problems=_gcs_problems, extra="gcs", help="a GCS object"),
     SourceKind("registry", ("docker", "oci-archive", "oci", "docker-archive"), "registry",
                (*_COMMON_HTTP, "IMPORTER_REGISTRY_IMAGE_ARCHITECTURE"), _registry,

@@ -48,7 +48,7 @@ TOY = SourceKind(
     pod_options=lambda env, root: ToyOptions(Path(env["TOY_DIR"]) if env.get("TOY_DIR")
                                              else None),
     cli=CliSpec("toy images (toy://NAME)", _flags,
-                lambda a: ToyOptions(Path(a.toy_dir) if a.toy_dir else None)),
+                lambda get: ToyOptions(Path(get("toy_dir")) if get("toy_dir") else None)),
     problems=_problems, help="an image from the toy directory")
 
 
