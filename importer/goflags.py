@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-__all__ = ["parse_go_flags", "wants_help"]
+__all__ = ["parse_go_bool", "parse_go_flags", "wants_help"]
 
 
 def parse_go_flags(argv: Sequence[str], names: Collection[str],
@@ -37,3 +37,13 @@ def parse_go_flags(argv: Sequence[str], names: Collection[str],
 def wants_help(argv: Sequence[str]) -> bool:
     """-h, -help, --help: Go's flag package answers these with the usage."""
     return any(a.startswith("-") and a.lstrip("-") in ("help", "h") for a in argv)
+
+
+def parse_go_bool(value: str) -> bool | None:
+    """Go's strconv.ParseBool, which CDI's programs use for their boolean variables; None for
+    anything else."""
+    if value in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if value in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    return None

@@ -28,6 +28,7 @@ from .config import (
     validate_config,
 )
 from .errors import ConfigError
+from .goflags import parse_go_bool
 from .quantity import is_decimal
 from .sources.kinds import SourceKind, pod_kind, registered
 
@@ -129,13 +130,10 @@ def early_settings(env: Mapping[str, str]) -> EarlySettings:
 
 
 def _parse_bool(name: str, value: str, problems: list[Problem]) -> bool:
-    # Go's strconv.ParseBool, which CDI uses
-    if value in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    problems.append(Problem(name, f"{name}={value!r}: use true or false"))
-    return False
+    parsed = parse_go_bool(value)  # Go's strconv.ParseBool, which CDI uses
+    if parsed is None:
+        problems.append(Problem(name, f"{name}={value!r}: use true or false"))
+    return bool(parsed)
 
 
 #: the pod's names for the settings it shares with the CLI (messages name what the user set)

@@ -17,14 +17,12 @@ from pathlib import Path
 
 from .config import HttpOptions, proxies_from_environment
 from .errors import ConfigError
-from .goflags import parse_go_flags
+from .goflags import parse_go_bool, parse_go_flags
 
 __all__ = ["USAGE", "PollerSettings", "read_poller_settings"]
 
 USAGE = ("usage: cdi-source-update-poller -ns NAMESPACE -cron NAME -url docker://REGISTRY/REPO:TAG "
          "[-certdir DIR] [-kubeconfig FILE] [-server URL]")
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")  # Go's strconv.ParseBool
-_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +52,7 @@ def read_poller_settings(argv: Sequence[str], env: Mapping[str, str]) -> PollerS
         raise ConfigError(f"-url {url!r}: a DataImportCron polls a registry image, "
                           "docker://REGISTRY/REPO[:TAG|@DIGEST]")
     insecure_text = env.get("INSECURE_TLS", "") or "false"
-    if insecure_text not in _TRUE + _FALSE:
+    if parse_go_bool(insecure_text) is None:
         raise ConfigError(f"INSECURE_TLS={insecure_text!r} is not a boolean (true or false)")
     root = Path(env.get("IMPORTER_FS_ROOT", "/"))
     proxy_certs = root / "proxycerts"
@@ -67,7 +65,7 @@ def read_poller_settings(argv: Sequence[str], env: Mapping[str, str]) -> PollerS
         username=username, password=password,
         ca_dir=root / ca_dir.lstrip("/") if ca_dir else None,
         extra_ca_dirs=(proxy_certs,) if proxy_certs.is_dir() else (),
-        insecure=insecure_text in _TRUE,
+        insecure=bool(parse_go_bool(insecure_text)),
         proxies=proxies_from_environment(env))
     kubeconfig = flags.get("kubeconfig") or env.get("KUBECONFIG") or None
     return PollerSettings(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import Front, ImportConfig, proxies_from_environment, validate_config
 from .errors import ConfigError
-from .goflags import parse_go_flags
+from .goflags import parse_go_bool, parse_go_flags
 from .quantity import is_decimal
 from .sources.options import ImageioOptions
 
@@ -28,8 +28,6 @@ OVIRT_USAGE = ("usage: ovirt-populator --engine-url=https://ENGINE --disk-id=ID 
                "--volume-path=/mnt/disk.img|/dev/block --owner-uid=UID --pvc-size=BYTES "
                "[--secret-name=NAME]   (credentials from the secret's keys user, password, "
                "cacert, insecureSkipVerify)")
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 #: how messages name the populator's settings: its flags and the secret's keys
 POPULATOR = Front({
@@ -68,7 +66,7 @@ def read_ovirt_populator_settings(argv: Sequence[str], env: Mapping[str, str]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)}; {OVIRT_USAGE}")
     insecure = env.get("insecureSkipVerify", "false") or "false"
-    if insecure not in _TRUE + _FALSE:
+    if parse_go_bool(insecure) is None:
         raise ConfigError(f"Invalid boolean value for insecureSkipVerify: {insecure}")
     username = env.get("user", "")
     password = env.get("password", "")
@@ -81,7 +79,7 @@ def read_ovirt_populator_settings(argv: Sequence[str], env: Mapping[str, str]
         engine_url=flags["engine-url"], disk_id=flags["disk-id"],
         volume_path=Path(flags["volume-path"]), owner_uid=flags.get("owner-uid", ""),
         pvc_size=int(size), username=username, password=password,
-        cacert=env.get("cacert") or None, insecure=insecure in _TRUE,
+        cacert=env.get("cacert") or None, insecure=bool(parse_go_bool(insecure)),
         metrics_port=int(port) if is_decimal(port) else 8443,
         termination_log=root / "dev" / "termination-log",
         proxies=proxies_from_environment(env))

@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .errors import ConfigError
+from .goflags import parse_go_bool
 from .quantity import is_decimal, parse_quantity
 
 __all__ = ["ClonerSettings", "UploadSettings", "read_cloner_environment",
@@ -62,12 +63,10 @@ class ClonerSettings:
 
 
 def _bool(name: str, value: str, problems: list[str]) -> bool:
-    if value in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if value in ("", "0", "f", "F", "FALSE", "false", "False"):
-        return False
-    problems.append(f"{name}={value!r}: use true or false")
-    return False
+    parsed = parse_go_bool(value or "false")  # unset is false
+    if parsed is None:
+        problems.append(f"{name}={value!r}: use true or false")
+    return bool(parsed)
 
 
 def _sizes(env: Mapping[str, str], problems: list[str]) -> tuple[Decimal, int | None]:
