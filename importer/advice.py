@@ -68,6 +68,10 @@ def thumbprint() -> str:
     return _say("thumbprint")
 
 
+def speaks_cli() -> bool:
+    return _front == "cli"
+
+
 def cli_only(flag: str) -> str:
     """` (FLAG)` after a value the CLI lets the user change and a pod does not; nothing in a
     pod."""

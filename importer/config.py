@@ -78,7 +78,7 @@ CLI = Front({
     "previous_checkpoint": "--previous-checkpoint", "vm_uuid": "--vm-uuid",
     "backing_file": "--backing-file", "thumbprint": "--thumbprint",
     "vddk_config": "--vddk-config",
-})
+}, dashed_flags=True)
 
 
 def build_config(**values: Any) -> ImportConfig:

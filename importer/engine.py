@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import advice
 from .config import ImportConfig
 from .disks.base import NativeUnsupported
 from .errors import FormatError, SourceError, TargetError, UnsafeImageError
@@ -215,7 +216,8 @@ def _execute(st: RunState, plan: Plan) -> None:
     st.result.details.update(st.source.info().details)  # the VDDK version and host
     if st.spec is not None and st.result.checksum is None and cfg.checksum is None:
         log.info("the object's own %s checksum was not verified: the %s plan reads it at "
-                 "random (give --checksum to verify in order)", st.spec.algorithm, plan.name)
+                 "random%s", st.spec.algorithm, plan.name,
+                 " (give --checksum to verify in order)" if advice.speaks_cli() else "")
 
 
 def _stream_target(plan: Plan, path: Path | None) -> Sink:

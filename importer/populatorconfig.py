@@ -1,28 +1,46 @@
-"""The settings of ovirt-populator, from its flags and environment, as CDI's Forklift populator
-controller gives them (pkg/controller/populators/forklift-populator.go):
+"""The settings of CDI's populator programs, from their flags and environment, as CDI's Forklift
+populator controller gives them (pkg/controller/populators/forklift-populator.go):
 
     ovirt-populator --volume-path=/mnt/disk.img|/dev/block --secret-name=S --disk-id=ID
                     --engine-url=https://ENGINE --owner-uid=UID --pvc-size=BYTES
+    openstack-populator --volume-path=/mnt/disk.img|/dev/block --endpoint=https://KEYSTONE
+                    --secret-name=S --image-id=ID --owner-uid=UID --pvc-size=BYTES
 
-with the secret's keys as environment variables (`envFrom`): `user`, `password`, `cacert` (the
-engine's CA, PEM) and `insecureSkipVerify` (Go's ParseBool). Progress goes to
-`kubevirt_cdi_ovirt_progress_total{ownerUID}` on https://:8443/metrics, which the controller
-scrapes (cmd/ovirt-populator, pkg/monitoring/metrics/ovirt-populator)."""
+with the secret's keys as environment variables (`envFrom`). oVirt's: `user`, `password`,
+`cacert` (the engine's CA, PEM) and `insecureSkipVerify` (Go's ParseBool); OpenStack's: those
+of sources/openstack/secret.py. Progress goes to `kubevirt_cdi_ovirt_progress_total{ownerUID}`
+or `kubevirt_cdi_openstack_populator_progress_total{ownerUID}` on https://:8443/metrics, which
+the controller scrapes (cmd/*-populator, pkg/monitoring/metrics/*-populator)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Front, ImportConfig, proxies_from_environment, validate_config
+from .config import Front, ImportConfig, build_config, proxies_from_environment
 from .errors import ConfigError
 from .goflags import parse_go_bool, parse_go_flags
 from .quantity import is_decimal
+from .sources.openstack.secret import glance_options
 from .sources.options import ImageioOptions
 
-__all__ = ["OVIRT_USAGE", "OvirtPopulatorSettings", "ovirt_import_config",
-           "read_ovirt_populator_settings"]
+__all__ = ["OPENSTACK_USAGE", "OVIRT_USAGE", "OvirtPopulatorSettings", "PopulatorJob",
+           "openstack_job", "ovirt_import_config", "ovirt_job", "read_ovirt_populator_settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class PopulatorJob:
+    """What a populator program does, read from its flags and environment."""
+
+    owner_uid: str
+    metrics_port: int
+    termination_log: Path
+    #: the log line that opens the population
+    description: str
+    #: the import, given a private temporary directory for files it needs (a CA)
+    config: Callable[[Path], ImportConfig]
 
 OVIRT_USAGE = ("usage: ovirt-populator --engine-url=https://ENGINE --disk-id=ID "
                "--volume-path=/mnt/disk.img|/dev/block --owner-uid=UID --pvc-size=BYTES "
@@ -88,12 +106,68 @@ def read_ovirt_populator_settings(argv: Sequence[str], env: Mapping[str, str]
 def ovirt_import_config(s: OvirtPopulatorSettings, ca_file: Path | None) -> ImportConfig:
     """The import of the disk into the volume, through the one validator; `ca_file` holds the
     secret's cacert."""
-    config, problems = validate_config(
+    return build_config(
         source=s.engine_url, dest=s.volume_path, source_kind="imageio",
         username=s.username, password=s.password,
         ca_file=str(ca_file) if ca_file is not None else None, insecure=s.insecure,
         options=ImageioOptions(disk_id=s.disk_id),
         environ={f"{k}_proxy": v for k, v in s.proxies.items()}, front=POPULATOR)
-    if config is None:
-        raise ConfigError("; ".join(p.text for p in problems))
-    return config
+
+
+def ovirt_job(argv: Sequence[str], env: Mapping[str, str]) -> PopulatorJob:
+    s = read_ovirt_populator_settings(argv, env)
+
+    def config(tmp: Path) -> ImportConfig:
+        ca_file = None
+        if s.cacert and not s.insecure:
+            ca_file = tmp / "ca.pem"
+            fd = os.open(ca_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(s.cacert)
+        return ovirt_import_config(s, ca_file)
+
+    return PopulatorJob(s.owner_uid, s.metrics_port, s.termination_log,
+                        f"populating {s.volume_path} with oVirt disk {s.disk_id} from "
+                        f"{s.engine_url}", config)
+
+
+OPENSTACK_USAGE = ("usage: openstack-populator --endpoint=https://KEYSTONE:5000/v3 "
+                   "--image-id=ID --volume-path=/mnt/disk.img|/dev/block --owner-uid=UID "
+                   "--pvc-size=BYTES [--secret-name=NAME]   (credentials from the secret's "
+                   "keys: authType, username, password, projectName, applicationCredentialID, "
+                   "applicationCredentialSecret, token, regionName, availability, cacert, "
+                   "insecureSkipVerify, ...)")
+
+#: how messages name openstack-populator's settings: its flags and the secret's keys
+OPENSTACK_POPULATOR = Front({
+    "source": "--endpoint", "image_id": "--image-id", "openstack_secret": "the secret",
+    "username": "the secret's username",
+}, password_variable=None, check_dest=False, any_kind=True, separator="=")
+
+
+def openstack_job(argv: Sequence[str], env: Mapping[str, str]) -> PopulatorJob:
+    flags = parse_go_flags(argv, ("endpoint", "image-id", "volume-path", "secret-name",
+                                  "owner-uid", "pvc-size", "v"), ("alsologtostderr",))
+    if flags is None:
+        raise ConfigError(f"unknown or incomplete arguments {list(argv)}; {OPENSTACK_USAGE}")
+    size = flags.get("pvc-size", "0")
+    if not is_decimal(size):
+        raise ConfigError(f"invalid value {size!r} for flag -pvc-size: parse error")  # Go's
+    missing = [f"--{n}" for n in ("endpoint", "image-id", "volume-path") if not flags.get(n)]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}; {OPENSTACK_USAGE}")
+    options = glance_options(flags["image-id"], env)
+    volume = Path(flags["volume-path"])
+    port = env.get("IMPORTER_METRICS_PORT", "8443")  # ours, for tests; CDI listens on 8443
+    root = Path(env.get("IMPORTER_FS_ROOT", "/"))
+    proxies = proxies_from_environment(env)
+
+    def config(_tmp: Path) -> ImportConfig:
+        return build_config(
+            source=flags["endpoint"], dest=volume, source_kind="glance", options=options,
+            environ={f"{k}_proxy": v for k, v in proxies.items()}, front=OPENSTACK_POPULATOR)
+
+    return PopulatorJob(flags.get("owner-uid", ""), int(port) if is_decimal(port) else 8443,
+                        root / "dev" / "termination-log",
+                        f"populating {volume} with Glance image {flags['image-id']} through "
+                        f"{flags['endpoint']}", config)

@@ -135,7 +135,13 @@ class Front:
     #: how a message shows a setting's value: `--converter 'x'` or `IMPORTER_CONVERTER='x'`
     separator: str = " "
 
+    #: a setting it does not list is named as its flag would be (`image_id`: `--image-id`): a
+    #: kind's own flags (sources/kinds.py) are named without a table entry here
+    dashed_flags: bool = False
+
     def name(self, field: str) -> str:
+        if self.dashed_flags:
+            return self.names.get(field, "--" + field.replace("_", "-"))
         return self.names.get(field, field)
 
     def setting(self, field: str, value: object) -> str:

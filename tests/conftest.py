@@ -21,7 +21,7 @@ import pytest
 
 # fixtures shared by several suites: the registry, and the oVirt world (imageio + engine)
 pytest_plugins = ["tests.registry_server", "tests.sources.ovirt.fixtures",
-                  "tests.sources.vmware.fixtures"]
+                  "tests.sources.vmware.fixtures", "tests.sources.openstack.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_SIZE = 24 << 20  # virtual size of the seed disk

@@ -12,6 +12,7 @@ from .conftest import ROOT
 
 PACKAGE = ROOT / "importer"
 FRONT_ENDS = {"importer.cli", "importer.pod", "importer.poller", "importer.ovirt_populator",
+              "importer.openstack_populator", "importer.populator",
               "importer.cloner", "importer.size_detection", "importer.uploadserver.server",
               "importer.config", "importer.podconfig", "importer.uploadconfig",
               "importer.pollerconfig", "importer.populatorconfig", "importer.output_format"}

@@ -21,7 +21,7 @@ import io
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -74,11 +74,14 @@ class _Probe:
 
 class HttpSource:
     def __init__(self, url: str, opts: HttpOptions, *, shown: str | None = None,
-                 auth_hint: str | None = None) -> None:
+                 auth_hint: str | None = None,
+                 auth_headers: Callable[[], dict[str, str]] | None = None) -> None:
         """`shown`: how logs and messages name the URL when its path is a secret (an oVirt
         transfer URL holds the ticket that grants access to the disk); `auth_hint`: what a
-        401/403 means there, when not credentials."""
+        401/403 means there, when not credentials; `auth_headers`: headers asked for at each
+        request to the origin (a token that is renewed while the import runs)."""
         self._auth_hint = auth_hint
+        self._auth_headers = auth_headers
         self.original_url = url
         self.opts = opts
         self._net = HttpConnector(opts)
@@ -87,7 +90,7 @@ class HttpSource:
         self._shown = shown
         self._probe = self._run_probe()
         self.url = self._probe.url
-        if _origin(self.url) != _origin(url) and (opts.username or opts.headers):
+        if _origin(self.url) != _origin(url) and (opts.username or opts.headers or auth_headers):
             log.warning(
                 "redirected to another host (%s): credentials and extra headers are not sent there",
                 urlsplit(self.url).hostname,
@@ -111,6 +114,8 @@ class HttpSource:
             if self.opts.username:
                 token = f"{self.opts.username}:{self.opts.password or ''}".encode()
                 h["Authorization"] = "Basic " + base64.b64encode(token).decode()
+            if self._auth_headers is not None:
+                h.update(self._auth_headers())
         return h
 
     def _run_probe(self) -> _Probe:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import SourceError
+from .openstack.secret import glance_options, glance_problems, read_secret
 from .options import (
     GcsOptions,
     ImageioOptions,
@@ -132,6 +133,12 @@ def _vddk(config: ImportConfig) -> Source:
     except ImportError as exc:
         raise _needs("vmware", exc) from exc
     return VddkSource(config)
+
+
+def _glance(config: ImportConfig) -> Source:
+    from .glance import GlanceSource
+
+    return GlanceSource(config)
 
 
 def _http(config: ImportConfig) -> Source:
@@ -325,6 +332,19 @@ def _vddk_cli(get: Callable[[str], Any]) -> SourceOptions:
         plugin=get("vddk_plugin") or "vddk", config=Path(config) if config else None)
 
 
+def _glance_flags(g: Any) -> None:
+    g.add_argument("--image-id", metavar="ID", help="the Glance image to import")
+    g.add_argument("--openstack-secret", metavar="FILE_OR_DIR",
+                   help="the keys of CDI's OpenStack secret (authType, username, password, "
+                        "projectName, applicationCredentialID, regionName, ...): a file of "
+                        "KEY=VALUE lines, or a directory with a file per key")
+
+
+def _glance_cli(get: Callable[[str], Any]) -> SourceOptions:
+    secret = get("openstack_secret")
+    return glance_options(get("image_id") or "", read_secret(Path(secret)) if secret else {})
+
+
 _COMMON_HTTP = ("IMPORTER_ENDPOINT", "IMPORTER_ACCESS_KEY_ID", "IMPORTER_SECRET_KEY",
                 "IMPORTER_CERT_DIR", "INSECURE_TLS")
 
@@ -370,6 +390,12 @@ KINDS: tuple[SourceKind, ...] = (
                cli=CliSpec("VMware (--source vddk; SOURCE is vCenter's or ESXi's URL, "
                            "https://HOST/sdk)", _vddk_flags, _vddk_cli),
                problems=_vddk_problems, extra="vmware", help="a VMware disk"),
+    # Keystone's URL names it only with --source glance; CDI's importer pod has no such source
+    # (its openstack-populator program is ours too: openstack_populator.py)
+    SourceKind("glance", (), None, (), _glance,
+               cli=CliSpec("OpenStack Glance (--source glance; SOURCE is Keystone's URL, "
+                           "https://KEYSTONE:5000/v3)", _glance_flags, _glance_cli),
+               problems=glance_problems, help="an OpenStack Glance image"),
 )
 #: kinds added at run time by register() (a plug-in, a test's toy kind), after the built-in ones
 _EXTRA: list[SourceKind] = []

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 
-__all__ = ["GcsOptions", "Header", "HttpOptions", "ImageioOptions", "RegistryOptions",
+__all__ = ["GcsOptions", "GlanceOptions", "Header", "HttpOptions", "ImageioOptions",
+           "KeystoneAuth", "RegistryOptions",
            "S3Options", "SourceOptions", "VddkOptions", "parse_header",
            "proxies_from_environment", "read_header_files"]
 
@@ -36,6 +37,8 @@ class HttpOptions:
     ca_dir: Path | None = None
     #: more CA directories (the pod's /proxycerts) or files (--ca-file), trusted like ca_dir
     extra_ca_dirs: tuple[Path, ...] = ()
+    #: CA certificates given as PEM text (an OpenStack secret's cacert), trusted the same way
+    ca_pems: tuple[str, ...] = field(default=(), repr=False)
     insecure: bool = False
     #: scheme -> proxy URL and "no" -> bypass list, captured from the environment at start
     proxies: Mapping[str, str] = field(default_factory=dict)
@@ -193,5 +196,47 @@ class VddkOptions:
     config: Path | None = None  # VDDK's extra configuration (CDI's vddk-config-file)
 
 
+@dataclass(frozen=True, slots=True)
+class KeystoneAuth:
+    """How to log in to Keystone (Identity v3), in the terms of CDI's OpenStack secret (the
+    keys gophercloud's clientconfig reads): the method, who, and the scope of the token."""
+
+    method: str = "password"  # password, token or applicationcredential
+    username: str | None = None
+    user_id: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    app_credential_id: str | None = None
+    app_credential_name: str | None = None
+    app_credential_secret: str | None = field(default=None, repr=False)
+    user_domain_name: str | None = None
+    user_domain_id: str | None = None
+    project_name: str | None = None
+    project_id: str | None = None
+    project_domain_name: str | None = None
+    project_domain_id: str | None = None
+    domain_name: str | None = None
+    domain_id: str | None = None
+    #: the domain id for user and project when neither names its own
+    default_domain: str | None = None
+    system_scope: str | None = None  # "all"
+
+
+@dataclass(frozen=True, slots=True)
+class GlanceOptions:
+    """An OpenStack Glance image. The Keystone (identity) URL is the import's source."""
+
+    image_id: str
+    auth: KeystoneAuth = field(default_factory=KeystoneAuth)
+    region: str | None = None
+    #: which catalog endpoint of the image service: public, internal or admin
+    interface: str = "public"
+    #: CA certificate (PEM) for Keystone and Glance, beside the system store
+    cacert: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    #: an insecureSkipVerify value that is not a boolean (a problem to report)
+    insecure_invalid: str | None = None
+
+
 SourceOptions = (S3Options | GcsOptions | RegistryOptions | ImageioOptions | VddkOptions
-                 | None)
+                 | GlanceOptions | None)

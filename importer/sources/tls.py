@@ -22,15 +22,18 @@ log = logging.getLogger(__name__)
 _PEM_MARK = "-----BEGIN CERTIFICATE-----"
 
 
-def make_ssl_context(ca_dirs: list[Path], insecure: bool) -> ssl.SSLContext:
+def make_ssl_context(ca_dirs: list[Path], insecure: bool, ca_pems: tuple[str, ...] = ()
+                     ) -> ssl.SSLContext:
     """One context per trust setting for the whole process: several clients of one import (the
     oVirt engine and the imageio daemon; probe and bulk) share it, and loading the store costs
-    ~25 ms. An SSLContext may be shared between threads and connections."""
-    return _context(tuple(ca_dirs), insecure)
+    ~25 ms. An SSLContext may be shared between threads and connections. `ca_pems`: more CA
+    certificates as PEM text (an OpenStack secret's cacert)."""
+    return _context(tuple(ca_dirs), insecure, ca_pems)
 
 
 @functools.lru_cache(maxsize=8)
-def _context(ca_dirs: tuple[Path, ...], insecure: bool) -> ssl.SSLContext:
+def _context(ca_dirs: tuple[Path, ...], insecure: bool, ca_pems: tuple[str, ...] = ()
+             ) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if insecure:
@@ -40,6 +43,15 @@ def _context(ca_dirs: tuple[Path, ...], insecure: bool) -> ssl.SSLContext:
         return ctx
     for ca_dir in ca_dirs:
         _load_dir(ctx, ca_dir)
+    for pem in ca_pems:
+        try:
+            if _PEM_MARK not in pem:
+                raise ValueError("no PEM certificate")
+            ctx.load_verify_locations(cadata=pem)
+        except (ssl.SSLError, ValueError) as exc:
+            # CDI's words (cmd/openstack-populator), then why
+            raise ConfigError("CA certificate is malformed, failed to configure the CA cert "
+                              f"pool ({getattr(exc, 'reason', None) or exc})") from exc
     return ctx
 
 

@@ -36,7 +36,8 @@ from ..errors import (
 from .options import HttpOptions
 from .tls import make_ssl_context
 
-__all__ = ["USER_AGENT", "ConnectTimeout", "HttpConnector", "ShortBody", "classify_error",
+__all__ = ["USER_AGENT", "ApiConnection", "ConnectTimeout", "HttpConnector", "ShortBody",
+           "classify_error",
            "close_connection", "redact", "timed_out_message"]
 
 USER_AGENT = f"importer/{__version__}"
@@ -64,7 +65,8 @@ class HttpConnector:
         """Made on first use: loading the CA store costs ~25 ms, which a plain-http import
         (most of a 1 MiB image's time) never needs."""
         if self._ctx_made is None:
-            self._ctx_made = make_ssl_context(self.opts.ca_dirs, self.opts.insecure)
+            self._ctx_made = make_ssl_context(self.opts.ca_dirs, self.opts.insecure,
+                                              self.opts.ca_pems)
         return self._ctx_made
 
     def connection(self, url: str, *, tracked: bool = False) -> http.client.HTTPConnection:
@@ -128,6 +130,63 @@ class HttpConnector:
                         c.sock.shutdown(socket.SHUT_RDWR)
                 c.close()
             self._conns.clear()
+
+
+class ApiConnection:
+    """Small API calls (JSON or XML documents, not image bytes) on one kept-alive connection:
+    one request at a time, a connection gone stale replaced once, the answer's body bounded
+    (a bigger one is a broken or hostile server). The oVirt engine client and the Keystone and
+    Glance clients make their calls through it."""
+
+    def __init__(self, connector: HttpConnector, *, max_body: int = 16 << 20,
+                 what: str = "the server") -> None:
+        self._net = connector
+        self._max_body = max_body
+        self._what = what
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+
+    def send(self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+             ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body) of one request."""
+        headers = {"User-Agent": USER_AGENT, **headers}
+        for attempt in (1, 2):
+            with self._lock:
+                conn = self._conn or self._net.connection(url)
+                self._conn = None
+            sent = dict(headers)
+            try:
+                conn.request(method, self._net.request_target(url, sent), body=body,
+                             headers=sent)
+                resp = conn.getresponse()
+                data = resp.read(self._max_body + 1)
+                if len(data) > self._max_body:
+                    raise SourceContentError(f"{redact(url)}: {self._what}'s answer is larger "
+                                             f"than {self._max_body} bytes")
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if attempt == 1:
+                    continue
+                raise classify_error(exc, redact(url)) from exc
+            except SourceError:
+                conn.close()
+                raise
+            except (http.client.HTTPException, OSError) as exc:
+                conn.close()
+                raise classify_error(exc, redact(url)) from exc
+            with self._lock:
+                if self._conn is None and not resp.will_close:
+                    self._conn = conn
+                else:
+                    conn.close()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 class _LowSpeedSocket:

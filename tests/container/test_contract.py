@@ -30,6 +30,7 @@ from ..conftest import (
     wait_port,
 )
 from ..registry_server import Disks, Registry
+from ..sources.openstack.fixtures import Glance
 from ..sources.ovirt.fixtures import Ovirt
 from ..sources.ovirt.servers import FakeEngine
 from ..sources.vmware.fixtures import VMware
@@ -520,3 +521,33 @@ def test_ovirt_populator_as_the_forklift_controller_runs_it(tmp_path: Path, ovir
                         "ovirt-populator", IMAGE, "--help"], capture_output=True, text=True,
                        timeout=120, env=PODMAN_ENV)
     assert r.returncode == 0 and "--engine-url" in r.stdout, r.stderr
+
+
+def test_openstack_populator_as_the_forklift_controller_runs_it(tmp_path: Path, glance: Glance,
+                                                                images: Images) -> None:
+    """CDI's populator pod for an OpenstackVolumePopulator: command `openstack-populator` from
+    the importer image, `--volume-path --endpoint --secret-name --image-id --owner-uid
+    --pvc-size`, the secret's keys as environment (envFrom; passed by name here, so no secret
+    is in podman's argv), uid 107 with every capability dropped, the PVC at /mnt."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    os.chown(mnt, 107, 107)
+    secret = glance.cloud.secret()
+    argv = ["podman", "run", "--rm", "--pull", "never", "--user", "107", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", "--network", "host", "--read-only",
+            "--tmpfs", "/tmp", "-v", f"{mnt}:/mnt:rw",
+            *[a for key in secret for a in ("-e", key)],
+            "-e", f"IMPORTER_METRICS_PORT={free_port()}",
+            "--entrypoint", "openstack-populator", IMAGE,
+            "--volume-path=/mnt/disk.img", f"--endpoint={glance.cloud.keystone_tls}",
+            "--secret-name=openstack-creds", f"--image-id={glance.qcow2_id}",
+            "--owner-uid=pvc-uid", f"--pvc-size={1 << 30}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                       env={**PODMAN_ENV, **secret})
+    assert r.returncode == 0, r.stderr
+    assert same_disk(mnt / "disk.img", images.raw)
+    assert secret["password"] not in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(["podman", "run", "--rm", "--pull", "never", "--entrypoint",
+                        "openstack-populator", IMAGE, "--help"], capture_output=True, text=True,
+                       timeout=120, env=PODMAN_ENV)
+    assert r.returncode == 0 and "--image-id" in r.stdout, r.stderr

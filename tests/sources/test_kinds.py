@@ -76,9 +76,9 @@ def test_the_toy_kind_gets_flags_help_scheme_options_and_an_import(
     assert code == 0, out.err
     result = json.loads(out.out)
     assert result["format"] == "qcow2" and dest.stat().st_size == result["virtual_size"]
-    # its validation, in the CLI's words for a flag the CLI does not know by name
+    # its validation, naming its flag as the CLI spells it with no table entry for it
     code = main(["import", "toy://disk.qcow2", str(tmp_path / "e.img"), "--progress", "none"])
-    assert code == 2 and "toy_dir must name a directory" in capsys.readouterr().err
+    assert code == 2 and "--toy-dir must name a directory" in capsys.readouterr().err
 
 
 def test_the_toy_kind_in_the_pod_reads_its_own_variable(toy: SourceKind, images: Images,

@@ -21,7 +21,6 @@ bombs past its limits).
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import logging
 import threading
@@ -40,7 +39,7 @@ from ...errors import (
     SourceUnavailableError,
 )
 from ..options import HttpOptions
-from ..transport import USER_AGENT, HttpConnector, classify_error
+from ..transport import ApiConnection, HttpConnector
 
 __all__ = ["DiskInfo", "DiskLockedError", "EngineClient", "SnapshotInfo", "TransferInfo"]
 
@@ -116,8 +115,8 @@ class EngineClient:
         self._net = HttpConnector(dataclasses.replace(
             http_opts, read_timeout=min(http_opts.read_timeout, ENGINE_TIMEOUT)))
         self._token: str | None = None
-        self._lock = threading.Lock()  # one request at a time on the one kept-alive connection
-        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._api = ApiConnection(self._net, max_body=MAX_BODY, what="the engine")
 
     # ------------------------------------------------------------------ session
 
@@ -155,48 +154,14 @@ class EngineClient:
                             "Authorization": f"Bearer {token}"})
             except ImporterError as exc:
                 log.debug("engine logout failed: %s", exc)
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._api.close()
 
     # ------------------------------------------------------------------ transport
 
     def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str]
               ) -> tuple[int, bytes]:
-        """One request; a kept-alive connection that went stale is replaced once."""
-        headers = {"User-Agent": USER_AGENT, **headers}
-        for attempt in (1, 2):
-            with self._lock:
-                conn = self._conn or self._net.connection(url)
-                self._conn = None
-            sent = dict(headers)
-            try:
-                conn.request(method, self._net.request_target(url, sent), body=body,
-                             headers=sent)
-                resp = conn.getresponse()
-                data = resp.read(MAX_BODY + 1)
-                if len(data) > MAX_BODY:
-                    raise SourceContentError(f"{url}: the engine's answer is larger than "
-                                             f"{MAX_BODY} bytes")
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                conn.close()
-                if attempt == 1:
-                    continue
-                raise classify_error(exc, url) from exc
-            except ImporterError:
-                conn.close()
-                raise
-            except (http.client.HTTPException, OSError) as exc:
-                conn.close()
-                raise classify_error(exc, url) from exc
-            with self._lock:
-                if self._conn is None and not resp.will_close:
-                    self._conn = conn
-                else:
-                    conn.close()
-            return resp.status, data
-        raise AssertionError("unreachable")
+        status, _headers, data = self._api.send(method, url, body, headers)
+        return status, data
 
     def _call(self, method: str, path: str, xml: str | None = None) -> tuple[int, bytes]:
         url = f"{self.api_url}/{path}"

@@ -1,0 +1,1 @@
+"""OpenStack clients the Glance source needs (Keystone)."""
