@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -98,94 +98,107 @@ KIND_FLAGS = ("s3_endpoint", "s3_region", "gcs_credentials", "registry_arch",
               "backing_file", "thumbprint", "vddk_libdir", "vddk_plugin", "vddk_config")
 
 
-def validate_config(
-    *,
-    source: str,
-    dest: str | Path,
-    content_type: str = "kubevirt",
-    image_size: str | None = None,
-    preallocation: bool = False,
-    checksum: str | None = None,
-    scratch_dir: str | Path | None = None,
-    scratch_required: bool = False,
-    username: str | None = None,
-    password: str | None = None,
-    password_file: str | None = None,
-    headers: Sequence[str] = (),
-    header_files: Sequence[str | Path] = (),
-    parsed_headers: Sequence[Header] = (),
-    ca_dir: str | Path | None = None,
-    ca_file: str | None = None,
-    extra_ca_dirs: Sequence[Path] = (),
-    insecure: bool = False,
-    cache_mode: str | None = None,
-    connections: int = 4,
-    max_retries: int = 8,
-    retry_time: float = 30.0,
-    read_timeout: float = 120.0,
-    connect_timeout: float = 30.0,
-    low_speed_limit: int = 1024,
-    low_speed_time: float = 60.0,
-    source_kind: str = "auto",
-    options: SourceOptions = None,
-    converter: str = "auto",
-    input_format: str | None = None,
-    tar_as_raw: bool = False,
-    environ: Mapping[str, str] | None = None,
-    front: Front = CLI,
-    **kind_flags: str | None,
-) -> tuple[ImportConfig | None, list[Problem]]:
-    """The one validator of both front-ends: raw setting values into an ImportConfig, or None
-    and every problem found (each named as `front` names it), section by section. `environ`
-    defaults to the process environment (proxies, the password variable); `options` replaces
-    the per-kind flags (KIND_FLAGS), which each kind otherwise builds and checks itself."""
-    unknown = set(kind_flags) - set(KIND_FLAGS)
-    if unknown:
-        raise TypeError(f"validate_config got unknown settings {sorted(unknown)}")
-    env = os.environ if environ is None else environ
-    src = _source_section(source, source_kind, kind_flags.get("registry_arch"), front)
+@dataclass(frozen=True, slots=True)
+class RawSettings:
+    """Every setting as a front-end gives it (strings, paths, numbers), before validation:
+    what validate_config's keywords hold, passed to its sections as one value."""
+
+    source: str
+    dest: str | Path
+    content_type: str = "kubevirt"
+    image_size: str | None = None
+    preallocation: bool = False
+    checksum: str | None = None
+    scratch_dir: str | Path | None = None
+    scratch_required: bool = False
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    headers: Sequence[str] = ()
+    header_files: Sequence[str | Path] = ()
+    parsed_headers: Sequence[Header] = ()
+    ca_dir: str | Path | None = None
+    ca_file: str | None = None
+    extra_ca_dirs: Sequence[Path] = ()
+    insecure: bool = False
+    cache_mode: str | None = None
+    connections: int = 4
+    max_retries: int = 8
+    retry_time: float = 30.0
+    read_timeout: float = 120.0
+    connect_timeout: float = 30.0
+    low_speed_limit: int = 1024
+    low_speed_time: float = 60.0
+    source_kind: str = "auto"
+    options: SourceOptions = None
+    converter: str = "auto"
+    input_format: str | None = None
+    tar_as_raw: bool = False
+    environ: Mapping[str, str] | None = None
+    front: Front = CLI
+    #: the per-kind flags (KIND_FLAGS) the caller gave by keyword
+    kind_flags: Mapping[str, str | None] = field(default_factory=dict)
+
+
+def validate_config(**values: Any) -> tuple[ImportConfig | None, list[Problem]]:
+    """The one validator of both front-ends: raw setting values (the fields of RawSettings, by
+    keyword) into an ImportConfig, or None and every problem found (each named as `front`
+    names it), section by section. `environ` defaults to the process environment (proxies,
+    the password variable); `options` replaces the per-kind flags (KIND_FLAGS), which each
+    kind otherwise builds and checks itself. An unknown name is a TypeError, as for a
+    function's keywords."""
+    kind_flags = {k: values.pop(k) for k in list(values) if k in KIND_FLAGS}
+    return _validate(RawSettings(**values, kind_flags=kind_flags))
+
+
+def _validate(r: RawSettings) -> tuple[ImportConfig | None, list[Problem]]:
+    front = r.front
+    env = os.environ if r.environ is None else r.environ
+    src = _source_section(r.source, r.source_kind, r.kind_flags.get("registry_arch"), front)
     problems = list(src.problems)
-    ctype = _content_type(content_type, src.kind, front, problems)
-    size, size_problem = parse_image_size(image_size, front.name("image_size"))
+    ctype = _content_type(r.content_type, src.kind, front, problems)
+    size, size_problem = parse_image_size(r.image_size, front.name("image_size"))
     problems += [size_problem] if size_problem else []
-    spec = _checksum(checksum, front, problems)
-    problems += _scalar_problems(front, cache_mode=cache_mode, input_format=input_format,
-                                 converter=converter, connections=connections,
-                                 max_retries=max_retries, retry_time=retry_time,
-                                 read_timeout=read_timeout, connect_timeout=connect_timeout,
-                                 low_speed_limit=low_speed_limit, low_speed_time=low_speed_time)
-    username, password = _credentials(src, username, password, password_file, env, front,
+    spec = _checksum(r.checksum, front, problems)
+    problems += _scalar_problems(front, cache_mode=r.cache_mode, input_format=r.input_format,
+                                 converter=r.converter, connections=r.connections,
+                                 max_retries=r.max_retries, retry_time=r.retry_time,
+                                 read_timeout=r.read_timeout, connect_timeout=r.connect_timeout,
+                                 low_speed_limit=r.low_speed_limit,
+                                 low_speed_time=r.low_speed_time)
+    username, password = _credentials(src, r.username, r.password, r.password_file, env, front,
                                        problems)
-    all_headers = _headers(parsed_headers, headers, header_files, front, problems)
-    ca_path, extra_cas = _trust(ca_dir, ca_file, extra_ca_dirs, front, problems)
-    scratch = Path(scratch_dir) if scratch_dir else None
+    all_headers = _headers(r.parsed_headers, r.headers, r.header_files, front, problems)
+    ca_path, extra_cas = _trust(r.ca_dir, r.ca_file, r.extra_ca_dirs, front, problems)
+    scratch = Path(r.scratch_dir) if r.scratch_dir else None
     if scratch is not None and not scratch.is_dir():
-        problems.append(Problem("scratch_dir", f"{front.name('scratch_dir')} {scratch_dir}: "
+        problems.append(Problem("scratch_dir", f"{front.name('scratch_dir')} {r.scratch_dir}: "
                                 "not a directory"))
-    problems += _dest_problems(dest, ctype, front)
-    auth_file = _auth_file(kind_flags.get("registry_auth_file"), src.kind == "registry"
-                           and options is None, env, front, problems)
+    problems += _dest_problems(r.dest, ctype, front)
+    auth_file = _auth_file(r.kind_flags.get("registry_auth_file"), src.kind == "registry"
+                           and r.options is None, env, front, problems)
     if problems:
         return None, problems
     http = HttpOptions(
         username=username, password=password, headers=tuple(all_headers), ca_dir=ca_path,
-        extra_ca_dirs=tuple(extra_cas), insecure=insecure, proxies=_proxies(environ, env),
-        max_retries=max_retries, retry_time=retry_time, read_timeout=read_timeout,
-        connect_timeout=connect_timeout, low_speed_limit=low_speed_limit,
-        low_speed_time=low_speed_time)
+        extra_ca_dirs=tuple(extra_cas), insecure=r.insecure, proxies=_proxies(r.environ, env),
+        max_retries=r.max_retries, retry_time=r.retry_time, read_timeout=r.read_timeout,
+        connect_timeout=r.connect_timeout, low_speed_limit=r.low_speed_limit,
+        low_speed_time=r.low_speed_time)
+    options = r.options
     if options is None:
-        options = _kind_options(src.kind, kind_flags, auth_file)
-    problems += _kind_problems(src.source, source_kind, options, username, front)
+        options = _kind_options(src.kind, r.kind_flags, auth_file)
+    problems += _kind_problems(src.source, r.source_kind, options, username, front)
     if problems:
         return None, problems
     return ImportConfig(
-        source=src.source, dest=Path(dest), content_type=ctype, image_size=size,
-        preallocation=preallocation, checksum=spec, scratch_dir=scratch,
-        scratch_required=scratch_required, http=http, cache_mode=cache_mode,
-        connections=connections,
-        source_kind=src.kind if src.kind in ("registry", "s3", "gcs") else source_kind,
-        options=options, tar_as_raw=tar_as_raw, converter=converter,
-        input_format=input_format,
+        source=src.source, dest=Path(r.dest), content_type=ctype, image_size=size,
+        preallocation=r.preallocation, checksum=spec, scratch_dir=scratch,
+        scratch_required=r.scratch_required, http=http, cache_mode=r.cache_mode,
+        connections=r.connections,
+        source_kind=src.kind if src.kind in ("registry", "s3", "gcs") else r.source_kind,
+        options=options, tar_as_raw=r.tar_as_raw, converter=r.converter,
+        input_format=r.input_format,
     ), []
 
 

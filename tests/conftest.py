@@ -232,6 +232,11 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.lower().endswith("_proxy") or name in ("SSL_CERT_FILE", "SSL_CERT_DIR",
                                                          "IMPORTER_PASSWORD"):
             monkeypatch.delenv(name, raising=False)
+    # an in-process pod or populator run switches the messages to the pod's words for the
+    # whole process: each test starts with the CLI's
+    from importer import advice
+
+    advice.use("cli")
 
 
 def importer_cli(*args: str | Path, timeout: float = 300, **kw: object

@@ -122,3 +122,30 @@ def test_images_without_readable_data_are_named(glance: Glance, images: Images,
     (tmp_path / "b").mkdir()
     code, _result, err = _import(glance, tmp_path / "b", deactivated, glance.cloud.secret())
     assert code != 0 and "is deactivated" in err, err
+
+
+def test_a_token_near_its_end_is_renewed_during_the_import(
+        glance: Glance, images: Images, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every token counts as ending soon: each request to Glance logs in again first, and the
+    ranged reads carry the new tokens (Keystone's fernet tokens differ at each login)."""
+    from importer.config import build_config
+    from importer.engine import run_import
+    from importer.sources.openstack import keystone
+    from importer.sources.openstack.secret import glance_options
+
+    monkeypatch.setattr(keystone, "RENEW_BEFORE", 10.0 ** 9)
+    logins: list[float] = []
+    login = keystone.KeystoneSession._login
+
+    def counted(self: keystone.KeystoneSession) -> None:
+        logins.append(1.0)
+        login(self)
+
+    monkeypatch.setattr(keystone.KeystoneSession, "_login", counted)
+    keys = glance.cloud.secret(cacert="", availability="internal")
+    config = build_config(source=glance.cloud.keystone, dest=tmp_path / "disk.img",
+                          source_kind="glance", options=glance_options(glance.raw_id, keys),
+                          connections=2)
+    result = run_import(config)
+    assert result.path == "ranges" and same_disk(tmp_path / "disk.img", images.raw)
+    assert len(logins) > 4  # the record, the probe and the ranged reads each took a new one
