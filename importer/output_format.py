@@ -37,6 +37,7 @@ from .errors import ConfigError, TargetError
 from .progress import Progress
 from .result import ImportResult
 from .sinks.archive import remove_tree
+from .sinks.durable import commit_file
 from .sinks.target import Target, dest_kind
 
 __all__ = ["OUTPUT_FORMATS", "import_as", "name_mismatch"]
@@ -104,18 +105,12 @@ def import_as(config: ImportConfig, fmt: str, compress: bool, *,
             _convert(raw, spec, stage(f"Convert to {fmt}"), cancel)
             result.output_format = fmt
         raw.unlink()  # its space back before the fsync of the result
-        fd = os.open(out, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.rename(out, dest)
+            commit_file(out, dest)
+            st = os.stat(dest, follow_symlinks=False)
         except OSError as exc:
-            raise TargetError(f"renaming the {fmt} image onto {dest} failed: "
+            raise TargetError(f"committing the {fmt} image onto {dest} failed: "
                               f"{exc.strerror or exc}") from exc
-        _fsync_dir(parent)
     result.destination = str(dest)
     result.bytes_written = st.st_blocks * 512  # what the output file holds on disk
     result.duration_seconds = round(time.monotonic() - started, 3)
@@ -194,14 +189,3 @@ def _convert(raw: Path, spec: OutputSpec, progress: Progress, cancel: threading.
                  target_is_zero=False, progress=progress, cancel=cancel,
                  output=spec.qemu_options)
     progress.finish()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

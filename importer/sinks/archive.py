@@ -36,6 +36,7 @@ from typing import IO
 
 from ..errors import FormatError, TargetError, TargetTooSmallError, UnsafeImageError
 from ..progress import Progress
+from .durable import fsync_dir
 from .target import _oserror
 
 HOLE_BLOCK = 64 << 10  # zero runs of whole blocks this size become holes
@@ -261,11 +262,7 @@ class Extraction:
                 remove_tree(self.staging)  # empty by now
             dirs = {self.dest.joinpath(*parts[:-1]) for parts in self._written} | {self.dest}
             for d in sorted(dirs):
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(d)
             self._apply_dir_modes()
         except OSError as exc:
             raise _oserror(exc, self.dest, "committing the extracted files into") from exc

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from ..errors import TargetError, TargetTooSmallError
 from ..quantity import format_bytes
+from .durable import commit_file
 
 __all__ = ["StreamTarget", "Target", "dest_kind"]
 
@@ -357,16 +358,8 @@ class Target:
             self.fd = -1
             return
         try:
-            os.fsync(self.fd)
-            if self.write_path != self.path:
-                # renamed while still locked; rename(2) replaces a symlink at NAME, never
-                # follows it
-                os.replace(self.write_path, self.path)
-                dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+            # renamed while still locked (a device or a file written in place is only synced)
+            commit_file(self.write_path, self.path, self.fd)
         except OSError as exc:
             raise _oserror(exc, self.path, "committing") from exc
         finally:
