@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ImporterError
 from .formats.detect import detect
-from .goflags import parse_go_flags
+from .goflags import parse_go_flags, wants_help
 from .podconfig import early_settings
 from .sinks.qemu import QemuInput, qemu_info
 from .sources.file import FileSource
@@ -34,8 +34,12 @@ log = logging.getLogger("importer.size_detection")
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    flags = parse_go_flags(list(sys.argv[1:] if argv is None else argv),
-                           ("image-path", "scheme"), ("alsologtostderr",))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(args):
+        print(f"usage: cdi-image-size-detection -image-path PATH [-scheme file://]\n\n"
+              f"{__doc__.split(chr(10) + chr(10))[0]}")
+        return 0
+    flags = parse_go_flags(args, ("image-path", "scheme"), ("alsologtostderr",))
     if flags is None or not flags.get("image-path"):
         log.error("One or more mandatory parameters are missing: -image-path PATH "
                   "[-scheme file://]")

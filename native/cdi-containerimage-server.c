@@ -343,6 +343,13 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         while (*a == '-')
             a++;
+        if (!strcmp(a, "h") || !strcmp(a, "help")) {  /* Go's flag package: usage, exit 0 */
+            printf("usage: %s -p PORT -image-dir DIR -ready-file FILE -done-file FILE\n"
+                   "The node-pull sidecar of CDI's importer pod: serves the one file in DIR "
+                   "(default /disk) on localhost:PORT (default 8100) until the done file "
+                   "appears.\n", argv[0]);
+            return 0;
+        }
         char *eq = strchr(a, '=');
         char key[32];
         const char *val;

@@ -551,3 +551,15 @@ def test_openstack_populator_as_the_forklift_controller_runs_it(tmp_path: Path, 
                         "openstack-populator", IMAGE, "--help"], capture_output=True, text=True,
                        timeout=120, env=PODMAN_ENV)
     assert r.returncode == 0 and "--image-id" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("program", ["cdi-importer", "cdi-containerimage-server",
+                                     "cdi-image-size-detection", "cdi-source-update-poller",
+                                     "openstack-populator", "ovirt-populator"])
+def test_every_program_of_cdi_s_importer_image_answers_help(program: str) -> None:
+    """The six programs CDI runs from its importer image (cmd/cdi-importer/BUILD.bazel), at
+    their paths, each answering -help as Go's flag package does (usage, exit 0)."""
+    r = subprocess.run(["podman", "run", "--rm", "--pull", "never", "--entrypoint",
+                        f"/usr/bin/{program}", IMAGE, "-help"], capture_output=True, text=True,
+                       timeout=120, env=PODMAN_ENV)
+    assert r.returncode == 0 and "usage" in r.stdout.lower(), (r.stdout, r.stderr)
