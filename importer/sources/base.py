@@ -4,6 +4,7 @@ transport allows it) random access. A request body is just another stream."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -11,8 +12,8 @@ from ..checksum import ChecksumSpec
 from ..disks.base import Extent
 from ..streams import PositionedReader
 
-__all__ = ["ExtentSource", "RandomAccessFile", "Source", "SourceInfo", "Transactional",
-           "read_via_readinto"]
+__all__ = ["ExtentSource", "RandomAccessFile", "SequentialReader", "Source", "SourceInfo",
+           "Transactional", "read_via_readinto"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +120,37 @@ class RandomAccessFile(PositionedReader):
         b[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+class SequentialReader(io.RawIOBase):
+    """Bytes in order from `offset` through a source's readinto_at (which retries by itself):
+    the one sequential reader for sources whose transport has no stream of its own (GCS, VDDK).
+    With `chunk`, each read asks for that many bytes into a buffer of its own (a GCS request
+    costs a round trip, so reads are large whatever the caller asks); without, the caller's
+    buffer is filled directly."""
+
+    def __init__(self, readinto_at: Callable[[int, bytearray], int], offset: int,
+                 chunk: int | None = None) -> None:
+        self._readinto_at = readinto_at
+        self._pos = offset
+        self._buf = bytearray(chunk) if chunk else None
+        self._have = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._buf is None:
+            n = self._readinto_at(self._pos, b)  # type: ignore[arg-type]
+            self._pos += n
+            return n
+        if not self._have:
+            n = self._readinto_at(self._pos, self._buf)
+            if n == 0:
+                return 0
+            self._pos += n
+            self._have = memoryview(self._buf)[:n]
+        n = min(len(b), len(self._have))
+        b[:n] = self._have[:n]
+        self._have = self._have[n:]
+        return n

@@ -48,7 +48,7 @@ from ..errors import (
     SourceTLSError,
     SourceUnavailableError,
 )
-from .base import SourceInfo, read_via_readinto
+from .base import SequentialReader, SourceInfo, read_via_readinto
 from .options import Header, HttpOptions
 from .retry import connection_error, retrying
 from .tls import verify_setting
@@ -240,38 +240,13 @@ class GcsSource:
         return read_via_readinto(self, offset, size)
 
     def open_stream(self, offset: int = 0) -> io.RawIOBase:
-        return _ChunkedStream(self, offset)
+        return SequentialReader(self.readinto_at, offset, CHUNK)
 
     def verify(self) -> None:
         pass  # nothing is checked out of band: checksums are verified in the stream
 
     def close(self) -> None:
         self._closed.set()
-
-
-class _ChunkedStream(io.RawIOBase):
-    """Sequential bytes as ranged reads of CHUNK bytes, each retried on its own."""
-
-    def __init__(self, src: GcsSource, offset: int) -> None:
-        self._src = src
-        self._pos = offset
-        self._buf = bytearray(CHUNK)
-        self._have = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if not self._have:
-            n = self._src.readinto_at(self._pos, self._buf)
-            if n == 0:
-                return 0
-            self._pos += n
-            self._have = memoryview(self._buf)[:n]
-        n = min(len(b), len(self._have))
-        b[:n] = self._have[:n]
-        self._have = self._have[n:]
-        return n
 
 
 def _object_checksum(blob: Any) -> ChecksumSpec | None:

@@ -21,7 +21,7 @@ from ..disks.base import Extent
 from ..disks.nbd import NbdDisk
 from ..errors import SourceError
 from ..settings import ImportConfig
-from .base import SourceInfo, read_via_readinto
+from .base import SequentialReader, SourceInfo, read_via_readinto
 from .options import VddkOptions
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class VddkSource:
         return self._map
 
     def open_stream(self, offset: int = 0) -> io.RawIOBase:
-        return _Sequential(self, offset)
+        return SequentialReader(self.readinto_at, offset)
 
     def read_at(self, offset: int, size: int) -> bytes:
         return read_via_readinto(self, offset, size)
@@ -160,18 +160,4 @@ class VddkSource:
             self._disk.close()
         if self._export is not None:
             self._export.stop()
-
-
-class _Sequential(io.RawIOBase):
-    def __init__(self, source: VddkSource, offset: int) -> None:
-        self._source = source
-        self._pos = offset
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = self._source.readinto_at(self._pos, b)  # type: ignore[arg-type]
-        self._pos += n
-        return n
 
