@@ -47,11 +47,17 @@ OVIRT_USAGE = ("usage: ovirt-populator --engine-url=https://ENGINE --disk-id=ID 
                "[--secret-name=NAME]   (credentials from the secret's keys user, password, "
                "cacert, insecureSkipVerify)")
 
-#: how messages name the populator's settings: its flags and the secret's keys
-POPULATOR = Front({
+
+
+def _populator_front(names: dict[str, str]) -> Front:
+    """How a populator's messages name its settings: its flags and its secret's keys (Go's
+    `--flag=value`); no password variable, the volume checked by the engine."""
+    return Front(names, password_variable=None, check_dest=False, any_kind=True, separator="=")
+
+
+POPULATOR = _populator_front({
     "source": "--engine-url", "disk_id": "--disk-id", "username": "the secret's user",
-    "ca_file": "the secret's cacert",
-}, password_variable=None, check_dest=False, any_kind=True, separator="=")
+    "ca_file": "the secret's cacert"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +144,9 @@ OPENSTACK_USAGE = ("usage: openstack-populator --endpoint=https://KEYSTONE:5000/
                    "applicationCredentialSecret, token, regionName, availability, cacert, "
                    "insecureSkipVerify, ...)")
 
-#: how messages name openstack-populator's settings: its flags and the secret's keys
-OPENSTACK_POPULATOR = Front({
+OPENSTACK_POPULATOR = _populator_front({
     "source": "--endpoint", "image_id": "--image-id", "openstack_secret": "the secret",
-    "username": "the secret's username",
-}, password_variable=None, check_dest=False, any_kind=True, separator="=")
+    "username": "the secret's username"})
 
 
 def openstack_job(argv: Sequence[str], env: Mapping[str, str]) -> PopulatorJob:
