@@ -25,6 +25,7 @@ from .progress import Progress
 from .quantity import is_decimal
 from .reporting import JsonLines, ProgressReporter
 from .result import ImportResult
+from .settings import INPUT_FORMATS
 from .sources.kinds import kind_for, registered, selectable_names
 from .stopping import StopSignals
 
@@ -122,10 +123,13 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--converter", choices=("auto", "qemu-img"), default="auto",
                        help="auto: the native reader where there is one (qcow2), qemu-img "
                             "otherwise (default); qemu-img: always qemu-img")
-        g.add_argument("--format", dest="input_format", choices=("raw", "qcow2", "vmdk", "vdi",
-                                                                  "vhd", "vhdx", "iso"),
+        g.add_argument("--format", dest="input_format", choices=INPUT_FORMATS,
                        help="the format the data must have, after decompression (qemu-img's "
-                            "-f): raw takes it as it is; others must match and are inspected")
+                            "-f): raw takes it as it is; others must match and are inspected; "
+                            "ova: an appliance, whose disk is imported")
+        g.add_argument("--disk", dest="ova_disk", metavar="N|FILE",
+                       help="which disk of an OVA: its number from 1, its file name or disk id "
+                            "(default: the only one)")
         g.add_argument("--connections", type=int, default=4,
                        help="parallel range requests for random access (default 4)")
 
@@ -413,6 +417,7 @@ def _config_from_args(args: argparse.Namespace) -> ImportConfig:
         options=_kind_options(args),
         converter=args.converter,
         input_format=args.input_format,
+        ova_disk=args.ova_disk,
     )
     _size_warnings(getattr(args, "image_size", None), config)
     if args.command == "import":

@@ -133,6 +133,7 @@ class RawSettings:
     options: SourceOptions = None
     converter: str = "auto"
     input_format: str | None = None
+    ova_disk: str | None = None
     tar_as_raw: bool = False
     environ: Mapping[str, str] | None = None
     front: Front = CLI
@@ -198,7 +199,7 @@ def _validate(r: RawSettings) -> tuple[ImportConfig | None, list[Problem]]:
         connections=r.connections,
         source_kind=src.kind if src.kind in ("registry", "s3", "gcs") else r.source_kind,
         options=options, tar_as_raw=r.tar_as_raw, converter=r.converter,
-        input_format=r.input_format,
+        input_format=r.input_format, ova_disk=r.ova_disk,
     ), []
 
 

@@ -67,7 +67,7 @@ def inspect_source(config: ImportConfig) -> dict[str, Any]:
 
 def _inspect(config: ImportConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
-        st = _open(config, Progress(), threading.Event(), stack, None)
+        st = _open(config, Progress(), threading.Event(), stack, None, inspecting=True)
         plan = resolve_plan(st)
         if isinstance(st.source, Transactional):
             st.source.end(False)  # nothing was imported: an oVirt transfer is cancelled
@@ -94,17 +94,20 @@ def _inspect(config: ImportConfig) -> dict[str, Any]:
             "streamable": plan.name != "staged",
             "version": sinfo.version,
             "labels": sinfo.labels,
+            "appliance": sinfo.details.get("ova"),
         }
 
 
 def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
-          stack: contextlib.ExitStack, source: Source | None) -> RunState:
+          stack: contextlib.ExitStack, source: Source | None, *, inspecting: bool = False
+          ) -> RunState:
     try:
         src = source if source is not None else open_source(config)
     except SourceError as exc:
         exc.connecting = True  # the pod words these as CDI does ("Unable to connect to ...")
         raise
     stack.push(_closing(src))
+    src = _appliance_disk(src, config, inspecting)
     info = src.info()
     progress.total = info.size
     spec = config.checksum or info.checksum
@@ -118,7 +121,8 @@ def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
     detected = detect(stream, size=info.size,
                       source_read_at=src.read_at if info.random_access else None,
                       backing_allowed=config.delta_of is not None,
-                      guest_data=info.guest_data, forced=config.input_format)
+                      guest_data=info.guest_data,
+                      forced=None if config.input_format == "ova" else config.input_format)
     result = ImportResult(
         source=_redact(config.source), destination=str(config.dest), target_kind="file",
         format=detected.info.format, compression=detected.codecs,
@@ -158,7 +162,8 @@ def source_facts(st: RunState) -> SourceFacts:
                        sequential_reason=info.sequential_reason, xz_blocks=xz_count,
                        extent_map=isinstance(st.source, ExtentSource)
                        and st.source.extent_map() is not None,
-                       changes_only=info.changes_only)
+                       changes_only=info.changes_only,
+                       checksum_required=info.checksum_required and info.checksum is not None)
 
 
 def resolve_plan(st: RunState) -> Plan:
@@ -218,6 +223,30 @@ def _execute(st: RunState, plan: Plan) -> None:
         log.info("the object's own %s checksum was not verified: the %s plan reads it at "
                  "random%s", st.spec.algorithm, plan.name,
                  " (give --checksum to verify in order)" if advice.speaks_cli() else "")
+
+
+def _appliance_disk(src: Source, config: ImportConfig, inspecting: bool) -> Source:
+    """The disk of an OVA as the source (sources/ova.py), or `src` itself: a clone's bytes, an
+    archive to extract or a delta stage are never looked into. (The pod takes other tars as
+    raw disks, as CDI does; an appliance is not taken so.)"""
+    from .settings import ContentType
+    from .sources.ova import OvaDiskSource, open_ova_disk
+
+    if (src.info().guest_data or config.content_type is ContentType.ARCHIVE
+            or config.delta_of is not None or config.input_format not in (None, "ova")):
+        return src
+    disk = open_ova_disk(src, config.ova_disk, forced=config.input_format == "ova",
+                         pod=not advice.speaks_cli(), first_if_many=inspecting)
+    if isinstance(disk, OvaDiskSource):
+        if config.checksum is not None:
+            raise FormatError(
+                "the data is an OVA, whose disks are checked against its manifest; a checksum "
+                "given for the import covers the whole file, which an import of one disk does "
+                "not read: check the OVA itself (sha256sum), then import it without one")
+    elif config.ova_disk is not None:
+        raise FormatError(f"--disk {config.ova_disk!r} picks a disk of an OVA, but the data "
+                          "is not an OVA")
+    return disk
 
 
 def _stream_target(plan: Plan, path: Path | None) -> Sink:

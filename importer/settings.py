@@ -19,7 +19,7 @@ __all__ = ["CONVERTERS", "HELPER_ENV", "INPUT_FORMATS", "MAX_FILE_SIZE", "Conten
 #: "auto": the native reader where one exists (qcow2), qemu-img otherwise
 CONVERTERS = ("auto", "qemu-img")
 #: what --format may name (qemu-img's -f names; vhd is qemu's vpc)
-INPUT_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso")
+INPUT_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso", "ova")
 #: what a docker credential helper needs of the user's environment to reach its keychain
 HELPER_ENV = ("HOME", "USER", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "GNUPGHOME",
               "PASSWORD_STORE_DIR", "PATH")
@@ -87,6 +87,9 @@ class ImportConfig:
     input_format: str | None = None
     #: -O: the plans that convert with qemu-img write this format at once (no raw copy)
     output: OutputSpec | None = None
+    #: --disk: which disk of an OVA (its number from 1, file name or disk id); None: the only
+    #: one
+    ova_disk: str | None = None
     #: an archive may replace what its directory already holds (the pod's and the upload
     #: server's volumes; the CLI only with --force, as it replaces a file DEST)
     replace_existing: bool = True

@@ -420,3 +420,24 @@ def test_an_archive_into_a_block_volume_says_so(tmp_path: Path) -> None:
                            IMPORTER_CONTENTTYPE="archive")
         assert code == 1
         assert "archive needs a filesystem volume" in p.termination, p.termination
+
+
+def test_an_ova_url_imports_its_disk(pod: Pod, nginx: Nginx, images: Images) -> None:
+    """contentType kubevirt and an appliance: its single disk is imported (issue 23); several
+    disks are refused in the pod's words, naming them."""
+    from .ova_images import OvaDisk, make_ova
+
+    so = images["disk-so.vmdk"]
+    work = pod.root / "ova"
+    work.mkdir()
+    for name, disks in (("pod-one", [OvaDisk(so, SEED_SIZE)]),
+                        ("pod-two", [OvaDisk(so, SEED_SIZE), OvaDisk(so, SEED_SIZE)])):
+        make_ova(work / f"{name}.ova", name, disks)
+        os.replace(work / f"{name}.ova", images.dir / f"{name}.ova")
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("pod-one.ova"))
+    assert code == 0, err
+    assert same_disk(pod.data / "disk.img", images.raw)
+    assert pod.termination.startswith('{"scratchSpaceRequired":false')
+    code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("pod-two.ova"))
+    assert code == 1 and "holds 2 disks" in pod.termination, pod.termination
+    assert "single-disk appliances only" in pod.termination and "--" not in pod.termination

@@ -105,6 +105,9 @@ class SourceFacts:
     extent_map: bool = False
     #: that map names only what changed since the previous checkpoint (a VDDK warm stage)
     changes_only: bool = False
+    #: the source's own checksum must be verified (an OVA's manifest): read in order, as for
+    #: a checksum the user gives
+    checksum_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,7 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
     if fmt == "tar" and not config.tar_as_raw:
         raise FormatError("the data is a tar archive; use --content-type archive to extract it "
                           "into a directory")
-    checksum = config.checksum is not None
+    checksum = config.checksum is not None or src.checksum_required
     compressed = "+".join(codecs)
     fixed_vhd = fmt == "vhd" and image.details.get("type") == "fixed"
     if not image.needs_conversion or fixed_vhd:
@@ -196,7 +199,7 @@ def _why_not_native(image: ImageInfo, config: ImportConfig) -> str:
 
 def _raw_plan(src: SourceFacts, what: str, codecs: list[str], config: ImportConfig) -> Plan:
     """Raw data (raw, iso, a fixed VHD's data), maybe compressed: nothing converts it."""
-    if config.checksum is not None:
+    if config.checksum is not None or src.checksum_required:
         return Plan(PlanName.STREAM, f"{what} is decoded in order because the checksum covers "
                     "the bytes in order")
     if src.xz_blocks > 1:

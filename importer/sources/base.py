@@ -26,6 +26,8 @@ class SourceInfo:
     #: a checksum the object carries (an S3 SHA-256 field, GCS crc32c/md5), verified when the
     #: plan reads every byte in order
     checksum: ChecksumSpec | None = None
+    #: that checksum must be verified, so the plan reads in order (an OVA's manifest digest)
+    checksum_required: bool = False
     #: metadata the source carries for the caller (a container image's KUBEVIRT_IO_ labels)
     labels: dict[str, str] = field(default_factory=dict)
     #: why random access is impossible, for the log when the plan has to stage
