@@ -65,7 +65,9 @@ def ovf_descriptor(name: str, disks: list[tuple[str, OvaDisk]], *, style: str = 
   <VirtualSystem ovf:id="{name}">
     <Info>A virtual machine</Info>
     <Name>{name}</Name>
-    <OperatingSystemSection ovf:id="101"><Info>The kind of installed guest operating system</Info></OperatingSystemSection>
+    <OperatingSystemSection ovf:id="101">
+      <Info>The kind of installed guest operating system</Info>
+    </OperatingSystemSection>
     <VirtualHardwareSection>
       <Info>Virtual hardware requirements</Info>
       <System>
