@@ -247,6 +247,44 @@ def tables(data: bytes) -> None:
         assert info.virtual_size is not None and info.virtual_size >= 0
 
 
+def ova(data: bytes) -> None:
+    """An OVA over hostile bytes, at random and as a stream: the tar walk, the descriptor and
+    manifest parsers, the chosen disk's window read to its end, or a documented refusal."""
+    from importer.sources.base import SourceInfo
+    from importer.sources.once import StreamSource
+    from importer.sources.ova import open_ova_disk
+
+    class Memory:
+        def info(self) -> SourceInfo:
+            return SourceInfo(size=len(data), random_access=True, name="fuzz.ova")
+
+        def open_stream(self, offset: int = 0) -> io.RawIOBase:
+            return io.BytesIO(data[offset:])
+
+        def read_at(self, offset: int, size: int) -> bytes:
+            return data[offset: offset + size]
+
+        def readinto_at(self, offset: int, buf: bytearray) -> int:
+            part = data[offset: offset + len(buf)]
+            buf[: len(part)] = part
+            return len(part)
+
+        def verify(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    for source in (Memory(), StreamSource(io.BytesIO(data), None, "fuzz.ova")):
+        try:
+            disk = open_ova_disk(source, None, forced=False, pod=False)  # type: ignore[arg-type]
+            with disk.open_stream(0) as stream:
+                while stream.read(1 << 16):
+                    pass
+        except ImporterError:
+            pass
+
+
 def http_framing(data: bytes) -> None:
     """The upload server's request framing (Content-Length, chunked, Transfer-Encoding), the
     chunked decoder, a tus PATCH body handed to the pipeline, and the multipart form parser."""
@@ -305,6 +343,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "tar": tar_walker, "oci": oci, "termination": termination, "pinned": pinned,
     "qcow2_random": qcow2_random, "qcow2_stream": qcow2_stream, "tables": tables,
     "http_framing": http_framing, "vmdk_random": vmdk_random, "vmdk_stream": vmdk_stream,
+    "ova": ova,
 }
 
 
@@ -373,8 +412,17 @@ def make_seeds(work: Path) -> dict[str, list[bytes]]:
         subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o",
                         f"subformat={sub}", str(raw), str(out)], check=True)
         vmdks.append(out.read_bytes())
+    from tests.ova_images import OvaDisk, make_ova
+
+    ovas = []
+    small = work / "seed-ova.vmdk"
+    small.write_bytes(vmdks[1])
+    for i, kw in enumerate(({}, {"style": "vbox"}, {"pax": True})):
+        out = work / f"seed-{i}.ova"
+        make_ova(out, f"seed{i}", [OvaDisk(small, 4 << 20, gzip=i == 1)], **kw)  # type: ignore[arg-type]
+        ovas.append(out.read_bytes())
     return {
-        "vmdk_random": vmdks, "vmdk_stream": vmdks,
+        "vmdk_random": vmdks, "vmdk_stream": vmdks, "ova": ovas,
         "tables": whole, "http_framing": requests,
         "headers": images, "detection": images + compressed, "codecs": compressed,
         "xz_index": [c for c in compressed if c.startswith(b"\xfd7zXZ")],
