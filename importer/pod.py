@@ -33,6 +33,7 @@ from .errors import (
     SourceUnreachableError,
     TargetTooSmallError,
 )
+from .goflags import wants_help
 from .metrics import MetricsServer
 from .nodepull import fetch_labels, image_url, signal_done, wait_for_ready
 from .podconfig import (
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--version" in args:
         print(f"cdi-importer (importer {__version__})")
         return 0
-    if "--help" in args or "-h" in args:
+    if wants_help(args):
         print(pod_help())
         return 0
     verbosity = _verbosity(args)
