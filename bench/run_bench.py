@@ -319,6 +319,8 @@ http {{
         root {www};
         # what object stores and CDNs do: a bandwidth cap per connection
         location /limited/ {{ alias {www}/; limit_rate 64m; }}
+        # a server that answers every range request with the whole file
+        location /norange/ {{ alias {www}/; max_ranges 0; }}
     }}
 }}
 """

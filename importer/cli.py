@@ -15,7 +15,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import ContentType, ImportConfig, build_config
@@ -49,8 +49,36 @@ def _interval(text: str) -> float:
     return value
 
 
+class _UsageError(Exception):
+    def __init__(self, usage: str, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.usage, self.prog = usage, prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors come back to main(): with `-o json` they are answered in
+    JSON on standard output too, as every other outcome is."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self.format_usage(), self.prog, message)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    for i, a in enumerate(argv):
+        if a in ("-o", "--output") and i + 1 < len(argv) and argv[i + 1] == "json":
+            return True
+        if a in ("-ojson", "--output=json", "-o=json"):
+            return True
+    return False
+
+
+def _json_line(payload: dict[str, Any], out: Any) -> None:
+    """One JSON object on one line: what CI reads with `jq` or line by line."""
+    print(json.dumps(payload, default=str, separators=(",", ":")), file=out)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="importer",
         description="Import a virtual-machine disk image into a file, a block device or (for "
                     "archives) a directory.")
@@ -123,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--converter", choices=("auto", "qemu-img"), default="auto",
                        help="auto: the native reader where there is one (qcow2), qemu-img "
                             "otherwise (default); qemu-img: always qemu-img")
-        g.add_argument("--format", dest="input_format", choices=INPUT_FORMATS,
+        g.add_argument("-f", "--format", dest="input_format", choices=INPUT_FORMATS,
                        help="the format the data must have, after decompression (qemu-img's "
                             "-f): raw takes it as it is; others must match and are inspected; "
                             "ova: an appliance, whose disk is imported")
@@ -133,7 +161,9 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--connections", type=int, default=4,
                        help="parallel range requests for random access (default 4)")
 
-    imp = sub.add_parser("import", help="import SOURCE into DEST")
+    imp = sub.add_parser("import", help="import SOURCE into DEST",
+                         usage="%(prog)s [options] SOURCE DEST   (importer import --help: the "
+                               "options)")
     imp.add_argument("source", metavar="SOURCE",
                      help="http(s)://, s3://, gs://, docker://host/repo:tag, oci-archive:PATH, "
                           "oci:DIR, docker-archive:PATH, "
@@ -145,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--image-size", metavar="SIZE",
                      help="size of the resulting disk (10Gi, 500M, 1e9); grows, never shrinks")
     imp.add_argument("--preallocation", action="store_true", help="allocate every block")
-    imp.add_argument("-f", "--force", "--overwrite", dest="force", action="store_true",
+    imp.add_argument("--force", "--overwrite", dest="force", action="store_true",
                      help="replace an existing DEST file, or write over a block device that "
                           "holds a partition table or a file system")
     imp.add_argument("-O", "--output-format", choices=("raw", "qcow2", "vmdk", "vhdx"),
@@ -156,12 +186,14 @@ def _parser() -> argparse.ArgumentParser:
                           "streamOptimized")
     imp.add_argument("--scratch-dir", metavar="DIR",
                      help="where to stage images that cannot be streamed")
-    imp.add_argument("--cache-mode", choices=("none", "writeback", "writethrough", "directsync"),
+    imp.add_argument("-t", "--cache-mode", choices=("none", "writeback", "writethrough", "directsync"),
                      help="qemu-img target cache mode (default: none when O_DIRECT works)")
     planning(imp)
     common(imp)
 
-    ins = sub.add_parser("inspect", help="show what SOURCE holds, from its headers only, and "
+    ins = sub.add_parser("inspect", usage="%(prog)s [options] SOURCE   (importer inspect --help: "
+                                          "the options)",
+                         help="show what SOURCE holds, from its headers only, and "
                                          "the plan an import would take")
     ins.add_argument("source", metavar="SOURCE")
     ins.add_argument("--fail-unsafe", action="store_true",
@@ -306,13 +338,48 @@ def _signature(device: Path) -> str | None:
     return f"a file system ({fields.get('TYPE', 'unknown')})" if fields else None
 
 
+class _Plain(logging.Formatter):
+    """`importer: warning: ...` as Unix tools speak, on a terminal and in plain logs; with
+    -vv the logger and time too, for debugging."""
+
+    def __init__(self, detailed: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if detailed else None)
+        self._detailed = detailed
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._detailed:
+            return super().format(record)
+        level = record.levelname.lower()
+        prefix = f"importer: {level}: " if record.levelno >= logging.WARNING else "importer: "
+        return prefix + record.getMessage()
+
+
+class _Once(logging.Filter):
+    """A warning is said once: the same text again (a retry's reason, a skipped member's
+    kind) adds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        text = record.getMessage()
+        if text in self._seen:
+            return False
+        self._seen.add(text)
+        return True
+
+
 def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLines())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Plain(detailed=verbose >= 2))
+        handler.addFilter(_Once())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # progress lines are asked for separately (--progress), whatever the verbosity
     logging.getLogger("importer.progress").setLevel(logging.INFO if not quiet else logging.ERROR)
@@ -330,7 +397,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return upload_main(raw[1:])
     args_list = _global_flags_after_command(_klog_compatible(raw))
-    args = _parser().parse_args(args_list)
+    try:
+        args = _parser().parse_args(args_list)
+    except _UsageError as exc:
+        sys.stderr.write(f"{exc.usage}{exc.prog}: error: {exc}\n")
+        if _wants_json(args_list):
+            _json_line({"schema_version": SCHEMA_VERSION,
+                        "error": {"code": "usage", "message": f"{exc.prog}: {exc}"}}, sys.stdout)
+        return 2
     _setup_logging(args.verbose, args.quiet, args.log_format)
     stop = StopSignals()
     cancel = stop.cancel
@@ -355,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {"schema_version": SCHEMA_VERSION, **result}
         # DEST - is the disk on stdout: the result goes to stderr then
         out = sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout
-        _print_result(args.command, result, args.output, out)
+        if not (args.quiet and args.output == "text" and args.command == "import"):
+            _print_result(args.command, result, args.output, out)  # quiet: nothing on success
         if args.command == "inspect" and args.fail_unsafe and not result.get("safe", True):
             return 3
         return 0
@@ -366,10 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose >= 2:
             traceback.print_exc()
         if args.output == "json":
-            print(json.dumps({"schema_version": SCHEMA_VERSION,
-                              "error": {"code": error_code(exc), "message": str(exc)},
-                              "type": type(exc).__name__}),  # type: deprecated, use error.code
-                  file=sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout)
+            _json_line({"schema_version": SCHEMA_VERSION,
+                        "error": {"code": error_code(exc), "message": str(exc)},
+                        "type": type(exc).__name__},  # type: deprecated, use error.code
+                       sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout)
         return exc.exit_code
     except Exception as exc:  # a bug, not a user error: say so, with the trace
         bar.close()
@@ -465,7 +540,7 @@ def _print_result(command: str, result: dict[str, Any], output: str,
                   out: Any = None) -> None:
     out = out or sys.stdout
     if output == "json":
-        print(json.dumps(result, indent=2, default=str), file=out)
+        _json_line(result, out)
         return
     if command == "inspect":
         for k, v in result.items():

@@ -59,10 +59,13 @@ def inspect_source(config: ImportConfig) -> dict[str, Any]:
     try:
         return _inspect(config)
     except UnsafeImageError as exc:
-        return {"source": _redact(config.source), "format": None, "compression": None,
-                "virtual_size": None, "safe": False, "unsafe_reasons": [str(exc)],
-                "plan": None, "plan_reason": "an unsafe image is not imported",
-                "converter": None}
+        # the same keys as for a safe image (CI reads them), with what the header told
+        return {"source": _redact(config.source), "format": exc.format, "compression": [],
+                "virtual_size": exc.virtual_size, "source_size": None, "range_requests": None,
+                "details": {}, "safe": False, "unsafe_reasons": [str(exc)], "plan": None,
+                "plan_reason": "an unsafe image is not imported", "converter": None,
+                "streamable": False, "etag": None, "version": None, "labels": {},
+                "appliance": None}
 
 
 def _inspect(config: ImportConfig) -> dict[str, Any]:
@@ -92,7 +95,8 @@ def _inspect(config: ImportConfig) -> dict[str, Any]:
             "plan_reason": plan.reason,
             "converter": plan.converter,
             "streamable": plan.name != "staged",
-            "version": sinfo.version,
+            "etag": sinfo.version,
+            "version": sinfo.version,  # the ETag under its old name (schema 1)
             "labels": sinfo.labels,
             "appliance": sinfo.details.get("ova"),
         }

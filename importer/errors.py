@@ -105,7 +105,14 @@ class FormatError(ImporterError):
 
 
 class UnsafeImageError(FormatError):
-    pass
+    """`format` and `virtual_size`: what the header said before it was refused, when known
+    (inspect reports them beside the reason)."""
+
+    def __init__(self, message: str, *, format: str | None = None,
+                 virtual_size: int | None = None) -> None:
+        super().__init__(message)
+        self.format = format
+        self.virtual_size = virtual_size
 
 
 class TargetError(ImporterError):

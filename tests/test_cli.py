@@ -150,3 +150,60 @@ def test_image_size_beyond_the_file_system_fails_before_the_download(nginx: Ngin
                      timeout=30)
     assert r.returncode == 1 and "cannot hold a file that large" in r.stderr, r.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_every_json_outcome_is_one_line_the_schema_accepts(nginx: Nginx, images: Images,
+                                                           tmp_path: Path) -> None:
+    """docs/result.schema.json against real outputs (issue 24): an import, inspect of a safe
+    and of an unsafe image (the same keys, format and size known), an error, a usage error."""
+    import jsonschema
+
+    schema = json.loads((ROOT / "docs" / "result.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    unsafe = tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(images["disk.qcow2"]),
+                    "-F", "qcow2", str(unsafe)], check=True)
+    runs = {
+        "import": importer_cli("import", "-o", "json", nginx.url("disk.qcow2"),
+                               tmp_path / "d.img"),
+        "inspect": importer_cli("inspect", "-o", "json", nginx.url("disk.qcow2")),
+        "unsafe": importer_cli("inspect", "-o", "json", unsafe),
+        "error": importer_cli("import", "-o", "json", nginx.url("missing.qcow2"),
+                              tmp_path / "e.img"),
+        "usage": importer_cli("import", "-o", "json", "--no-such-flag"),
+        "missing": importer_cli("-o", "json", "import"),
+    }
+    docs = {}
+    for name, r in runs.items():
+        lines = r.stdout.splitlines()
+        assert len(lines) == 1, (name, r.stdout, r.stderr)
+        docs[name] = json.loads(lines[0])
+        jsonschema.validate(docs[name], schema)
+    assert set(docs["unsafe"]) == set(docs["inspect"])
+    assert docs["unsafe"]["safe"] is False and docs["unsafe"]["format"] == "qcow2"
+    assert docs["unsafe"]["virtual_size"] == SEED_SIZE
+    assert docs["usage"]["error"]["code"] == "usage" and runs["usage"].returncode == 2
+    assert docs["missing"]["error"]["code"] == "usage"
+    assert docs["error"]["error"]["code"] != "usage" and runs["error"].returncode != 0
+
+
+def test_quiet_prints_nothing_on_success_and_warnings_read_as_unix_tools_write_them(
+        nginx: Nginx, tmp_path: Path) -> None:
+    r = importer_cli("import", "-q", nginx.url("disk.qcow2"), tmp_path / "d.img")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (r.stdout, r.stderr)
+    # a warning (the HTML content type) as `importer: warning: ...`, said once
+    r = importer_cli("inspect", nginx.url("page.html"))
+    warnings = [line for line in r.stderr.splitlines() if "Unexpected content type" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("importer: warning: "), r.stderr
+
+
+def test_f_is_the_format_as_in_qemu_img(nginx: Nginx, images: Images, tmp_path: Path) -> None:
+    r = importer_cli("import", "-f", "qcow2", images["disk.qcow2"], tmp_path / "d.img")
+    assert r.returncode == 0, r.stderr
+    r = importer_cli("import", "-f", "vdi", images["disk.qcow2"], tmp_path / "e.img")
+    assert r.returncode != 0 and not (tmp_path / "e.img").exists()
+    # replacing takes the long --force
+    r = importer_cli("import", "-f", "qcow2", images["disk.qcow2"], tmp_path / "d.img")
+    assert r.returncode != 0 and "--force" in r.stderr
+    r = importer_cli("import", "--force", images["disk.qcow2"], tmp_path / "d.img")
+    assert r.returncode == 0, r.stderr

@@ -154,7 +154,7 @@ def test_a_device_with_a_file_system_needs_force(nginx: Nginx, images: Images,
         subprocess.run(["mkfs.ext4", "-q", "-F", str(dev)], check=True, capture_output=True)
         r = importer_cli("import", nginx.url("disk.raw"), dev)
         assert r.returncode == 2 and "holds a file system (ext4)" in r.stderr
-        r = importer_cli("import", nginx.url("disk.raw"), dev, "-f")
+        r = importer_cli("import", nginx.url("disk.raw"), dev, "--force")
         assert r.returncode == 0, r.stderr
 
 
@@ -183,7 +183,7 @@ def test_standard_input_and_output(images: Images, tmp_path: Path) -> None:
                        capture_output=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == images.raw.read_bytes()
-    assert b'"plan": "stream"' in r.stderr
+    assert b'"plan":"stream"' in r.stderr
     # a plan that writes out of order is refused, with the way out
     r = subprocess.run([*run, str(images["disk.qcow2"]), "-"], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)

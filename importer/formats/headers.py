@@ -133,8 +133,8 @@ def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
         if not backing_allowed:
             raise UnsafeImageError(
                 f"qcow2 image has a backing file ({name!r}); it would be read from this host. "
-                "Flatten it first: qemu-img convert -O qcow2 image.qcow2 flat.qcow2"
-            )
+                "Flatten it first: qemu-img convert -O qcow2 image.qcow2 flat.qcow2",
+                format="qcow2", virtual_size=hdr.size)
     header_len, cluster_bits = hdr.header_length, hdr.cluster_bits
     # header extensions follow the header, within the first cluster
     off = header_len
@@ -147,9 +147,11 @@ def _qcow2(read_at: ReadAt, backing_allowed: bool = False) -> ImageInfo:
         if etype == 0:
             break
         if etype == 0x44415441:
-            raise UnsafeImageError("qcow2 image names an external data file; refusing")
+            raise UnsafeImageError("qcow2 image names an external data file; refusing",
+                                   format="qcow2", virtual_size=hdr.size)
         if etype == 0x0537BE77:
-            raise UnsafeImageError("qcow2 image is encrypted (LUKS); import a decrypted image")
+            raise UnsafeImageError("qcow2 image is encrypted (LUKS); import a decrypted image",
+                                   format="qcow2", virtual_size=hdr.size)
         off += 8 + ((elen + 7) & ~7)
     return ImageInfo("qcow2", hdr.size, details)  # whole sectors, as qemu exposes it
 

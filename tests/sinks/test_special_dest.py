@@ -29,7 +29,7 @@ def test_a_block_device_behind_a_symlink_is_written(nginx: Nginx, images: Images
         link.symlink_to(dev)
         r = importer_cli("import", nginx.url("disk.raw.gz"), link, "-o", "json")
         assert r.returncode == 0, r.stderr
-        assert '"target_kind": "block"' in r.stdout
+        assert '"target_kind":"block"' in r.stdout
         assert link.is_symlink() and os.readlink(link) == str(dev)
         with open(dev, "rb") as f:
             assert f.read(SEED_SIZE) == images.raw.read_bytes()
