@@ -71,8 +71,15 @@ def _verbosity(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    advice.use("pod")  # messages name the pod's settings, never CLI flags
     args = list(sys.argv[1:] if argv is None else argv)
+    command = [a for a in args if not _KLOG.match(a)]
+    if command[:1] in (["import"], ["inspect"]):
+        # `podman run IMAGE import SOURCE DEST`: the image's entrypoint is the pod (CDI starts
+        # it with -v=N only), and the CLI behind it for a user who names a command
+        from .cli import main as cli_main
+
+        return cli_main(command)
+    advice.use("pod")  # messages name the pod's settings, never CLI flags
     if "--version" in args:
         print(f"cdi-importer (importer {__version__})")
         return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the importer image (localhost/importer:ci) with buildah, as docs/containers.md found
-# works here: podman/buildah settings for this host, a Debian base made with debootstrap when
+# Builds the importer image (localhost/importer:ci) with buildah, the way that works on this
+# project's machines (rootful, no registry reachable): podman/buildah settings for this host, a Debian base made with debootstrap when
 # no registry is reachable (kept between runs), and the host CA bundle as a build secret.
 # Prints the environment podman needs; tests source it: eval "$(scripts/container.sh --env)".
 set -euo pipefail

@@ -441,3 +441,15 @@ def test_an_ova_url_imports_its_disk(pod: Pod, nginx: Nginx, images: Images) -> 
     code, err = pod.run(IMPORTER_ENDPOINT=nginx.url("pod-two.ova"))
     assert code == 1 and "holds 2 disks" in pod.termination, pod.termination
     assert "single-disk appliances only" in pod.termination and "--" not in pod.termination
+
+
+def test_the_pod_entrypoint_runs_the_cli_for_a_user_who_names_a_command(images: Images,
+                                                                       tmp_path: Path) -> None:
+    """`podman run IMAGE import SOURCE DEST`: the image's entrypoint is cdi-importer with
+    -alsologtostderr; a command after it is the CLI's (issue 24)."""
+    done = subprocess.run([sys.executable, "-m", "importer", "pod", "-alsologtostderr", "import",
+                           str(images["disk.qcow2"]), str(tmp_path / "d.img"), "-o", "json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["format"] == "qcow2"
+    assert same_disk(images.raw, tmp_path / "d.img")

@@ -563,3 +563,19 @@ def test_every_program_of_cdi_s_importer_image_answers_help(program: str) -> Non
                         f"/usr/bin/{program}", IMAGE, "-help"], capture_output=True, text=True,
                        timeout=120, env=PODMAN_ENV)
     assert r.returncode == 0 and "usage" in r.stdout.lower(), (r.stdout, r.stderr)
+
+
+def test_the_image_runs_the_cli_too(tmp_path: Path, images: Images) -> None:
+    """`podman run IMAGE import SOURCE DEST` (README): the pod stays the entrypoint CDI starts,
+    and a command after it runs the CLI, as the image's user."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(images["disk.qcow2"], work / "disk.qcow2")
+    os.chown(work, 107, 107)
+    r = subprocess.run(["podman", "run", "--rm", "--pull", "never", "--read-only", "-v",
+                        f"{work}:/work:rw", IMAGE, "import", "/work/disk.qcow2",
+                        "/work/disk.img", "-o", "json"], capture_output=True, text=True,
+                       timeout=300, env=PODMAN_ENV)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["format"] == "qcow2"
+    assert same_disk(images.raw, work / "disk.img")
