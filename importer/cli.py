@@ -77,16 +77,39 @@ def _json_line(payload: dict[str, Any], out: Any) -> None:
     print(json.dumps(payload, default=str, separators=(",", ":")), file=out)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every default shown (`(default: 4)`) where the help does not say it already and there is
+    one worth saying; the examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, [], argparse.SUPPRESS)
+                or not action.option_strings or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+IMPORT_EXAMPLES = """examples:
+  importer import https://example.org/fedora.qcow2.xz /dev/loop3      a block device
+  importer import -f qcow2 disk.qcow2 disk.img --image-size 20Gi      a file, grown
+  importer import disk.vmdk disk.qcow2 -O qcow2 -c                     another format
+  importer import docker://quay.io/containerdisks/fedora:41 disk.img   a container disk
+  importer import https://host/appliance.ova disk.img --disk 2         an OVA's disk
+  curl -s https://example.org/disk.raw.gz | importer import - disk.img
+  importer import https://host/tree.tar.gz ./dir --content-type archive
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="importer",
+        prog="importer", formatter_class=_Help,
         description="Import a virtual-machine disk image into a file, a block device or (for "
-                    "archives) a directory.")
+                    "archives) a directory.",
+        epilog="`importer COMMAND --help` lists a command's options; `man importer` has them "
+               "all.")
     p.add_argument("--version", action="version", version=f"importer {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("pod", help="run as CDI's importer pod (configured by CDI's environment)")
-    sub.add_parser("upload-server", help="run as CDI's upload server (cdi-uploadserver; "
-                                         "configured by CDI's environment)")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-v", "--verbose", action="count", default=0,
@@ -161,9 +184,9 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--connections", type=int, default=4,
                        help="parallel range requests for random access (default 4)")
 
-    imp = sub.add_parser("import", help="import SOURCE into DEST",
+    imp = sub.add_parser("import", help="import SOURCE into DEST", formatter_class=_Help,
                          usage="%(prog)s [options] SOURCE DEST   (importer import --help: the "
-                               "options)")
+                               "options)", epilog=IMPORT_EXAMPLES)
     imp.add_argument("source", metavar="SOURCE",
                      help="http(s)://, s3://, gs://, docker://host/repo:tag, oci-archive:PATH, "
                           "oci:DIR, docker-archive:PATH, "
@@ -192,14 +215,22 @@ def _parser() -> argparse.ArgumentParser:
     common(imp)
 
     ins = sub.add_parser("inspect", usage="%(prog)s [options] SOURCE   (importer inspect --help: "
-                                          "the options)",
+                                          "the options)", formatter_class=_Help,
                          help="show what SOURCE holds, from its headers only, and "
-                                         "the plan an import would take")
-    ins.add_argument("source", metavar="SOURCE")
+                                         "the plan an import would take",
+                         epilog="examples:\n  importer inspect https://example.org/disk.qcow2\n"
+                                "  importer inspect -o json --fail-unsafe ./upload.vmdk\n")
+    ins.add_argument("source", metavar="SOURCE",
+                     help="what import takes as SOURCE: a URL, bucket object, container disk, "
+                          "local file or - (only the headers are read)")
     ins.add_argument("--fail-unsafe", action="store_true",
                      help="exit 3 when the image is unsafe (it is reported either way)")
     planning(ins)
     common(ins)
+    # CDI's front-ends, configured by CDI's environment: after the commands a user types
+    sub.add_parser("pod", help="run as CDI's importer pod (configured by CDI's environment)")
+    sub.add_parser("upload-server", help="run as CDI's upload server (cdi-uploadserver; "
+                                         "configured by CDI's environment)")
     return p
 
 

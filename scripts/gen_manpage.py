@@ -4,6 +4,9 @@ argparse does not know (exit status, environment, examples) come from EXTRA belo
 environment from `importer pod --help`'s own text.
 
 Run: .venv/bin/python scripts/gen_manpage.py [OUT]   (default docs/importer.1)
+
+The page is dated today (UTC), or SOURCE_DATE_EPOCH when set (the test regenerates it with the
+committed page's date, so the comparison is exact).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +95,8 @@ def main() -> int:
     pod = "\n".join(_roff_line(line) for line in pod_help().splitlines())
     with tempfile.NamedTemporaryFile("w", suffix=".man", delete=False) as extra:
         extra.write(EXTRA.strip().replace("@POD_HELP@", pod) + "\n")
-    env = {**os.environ, "COLUMNS": "80", "SOURCE_DATE_EPOCH": "0"}  # the same bytes anywhere
+    epoch = os.environ.get("SOURCE_DATE_EPOCH") or str(int(time.time()))
+    env = {**os.environ, "COLUMNS": "80", "SOURCE_DATE_EPOCH": epoch}  # the same bytes anywhere
     try:
         subprocess.run(
             [str(Path(sys.executable).parent / "argparse-manpage"), "--module", "importer.cli",
@@ -102,6 +107,15 @@ def main() -> int:
             check=True, env=env, cwd=ROOT)
     finally:
         os.unlink(extra.name)
+    # argparse-manpage's last OPTIONS section holds only the program's own (--version): say
+    # where every other option is
+    page = out.read_text()
+    head, sep, tail = page.rpartition(".SH OPTIONS\n")
+    if sep:
+        page = (head + sep + "Every option of \\fBimport\\fR and \\fBinspect\\fR is listed "
+                "above, under the command's OPTIONS, PLAN and SOURCE ACCESS sections and one "
+                "section for each kind of source that has options of its own.\n" + tail)
+        out.write_text(page)
     return 0
 
 
