@@ -21,7 +21,7 @@ def test_the_man_page_is_generated_from_the_current_options(tmp_path: Path) -> N
     committed = (ROOT / "docs" / "importer.1").read_text()
     dated = re.search(r'^\.TH IMPORTER "1" "(\d{4})\\-(\d\d)\\-(\d\d)"', committed, re.M)
     assert dated and dated.group(1) != "1970", "the page carries the day it was made"
-    day = datetime.datetime(*map(int, dated.groups()), 12, tzinfo=datetime.timezone.utc)
+    day = datetime.datetime(*map(int, dated.groups()), 12, tzinfo=datetime.UTC)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_manpage.py"), str(fresh)],
                    check=True, cwd=ROOT, capture_output=True,
                    env={**os.environ, "SOURCE_DATE_EPOCH": str(int(day.timestamp()))})
