@@ -33,7 +33,20 @@ def test_a_plain_install_imports_http_and_names_missing_extras(nginx: Nginx, ima
     r = subprocess.run([importer, "import", "s3://bucket/key", str(tmp_path / "s.img")],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
-    assert "pip install 'importer[s3]'" in r.stderr and "Traceback" not in r.stderr
+    # installed from this clone: the hint names it, so the command works as printed
+    assert f"pip install '{ROOT}[s3]'" in r.stderr and "Traceback" not in r.stderr
+    # a local container-image archive needs no registry SDK (only a registry does)
+    from .oci_images import Entry, Image, Layer, build
+
+    layout = build(tmp_path / "layout", {"disk": Image([Layer([
+        Entry("disk", "dir"), Entry("disk/disk.qcow2", source=images["disk.qcow2"])])])})
+    r = subprocess.run([importer, "import", f"oci:{layout.root}:disk", str(tmp_path / "o.img")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert same_disk(tmp_path / "o.img", images.raw)
+    r = subprocess.run([importer, "import", "docker://127.0.0.1:1/a/b:c", str(tmp_path / "r.img")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and f"pip install '{ROOT}[registry]'" in r.stderr, r.stderr
 
 
 def test_the_lock_files_pin_every_dependency() -> None:

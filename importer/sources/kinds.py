@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import SourceError
+from .extras import needs_extra
 from .openstack.secret import glance_options, glance_problems, read_secret
 from .options import (
     GcsOptions,
@@ -88,14 +89,6 @@ def _registry_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
     return RegistryOptions(env.get("IMPORTER_REGISTRY_IMAGE_ARCHITECTURE") or None)
 
 
-def _needs(extra: str, exc: ImportError) -> Exception:
-    """The one-line answer to a source kind whose SDK is not installed."""
-    from ..errors import ConfigError
-
-    return ConfigError(f"the {extra} source needs {exc.name or 'a library'} (not installed): "
-                       f"pip install 'importer[{extra}]' (or importer[all])")
-
-
 def _imageio_pod(env: Mapping[str, str], root: Path) -> SourceOptions:
     return ImageioOptions(
         disk_id=env.get("IMPORTER_DISK_ID", ""),
@@ -131,7 +124,7 @@ def _vddk(config: ImportConfig) -> Source:
     try:
         import pyVmomi  # noqa: F401 - imported by the source when it connects
     except ImportError as exc:
-        raise _needs("vmware", exc) from exc
+        raise needs_extra("vmware", exc) from exc
     return VddkSource(config)
 
 
@@ -151,7 +144,7 @@ def _s3(config: ImportConfig) -> Source:
     try:
         from .s3 import S3Source
     except ImportError as exc:
-        raise _needs("s3", exc) from exc
+        raise needs_extra("s3", exc) from exc
 
     opts = config.options if isinstance(config.options, S3Options) else S3Options()
     return S3Source(config.source, config.http, endpoint=opts.endpoint, region=opts.region)
@@ -161,7 +154,7 @@ def _gcs(config: ImportConfig) -> Source:
     try:
         from .gcs import GcsSource, parse_gcs_url, xml_api_source
     except ImportError as exc:
-        raise _needs("gcs", exc) from exc
+        raise needs_extra("gcs", exc) from exc
 
     opts = config.options if isinstance(config.options, GcsOptions) else GcsOptions()
     if parse_gcs_url(config.source).endpoint is not None:  # not Google's: as CDI, plain GET
@@ -173,7 +166,7 @@ def _registry(config: ImportConfig) -> Source:
     try:
         from .registry import RegistrySource
     except ImportError as exc:
-        raise _needs("registry", exc) from exc
+        raise needs_extra("registry", exc) from exc
 
     opts = config.options if isinstance(config.options, RegistryOptions) else RegistryOptions()
     return RegistrySource(config.source, config.http, arch=opts.arch, auth_file=opts.auth_file,

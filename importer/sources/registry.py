@@ -26,11 +26,13 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import FormatError, SourceContentError, SourceNotFoundError
 from ..quantity import format_bytes
 from ..streams import PositionedReader
 from .base import SourceInfo, read_via_readinto
+from .extras import needs_extra
 from .oci.archive_store import ArchiveStore, DirectoryStore, DockerArchiveStore
 from .oci.credentials import Credentials, credentials_from_file
 from .oci.digest import Digest, InOrderVerifier, VerifyingStream
@@ -49,8 +51,10 @@ from .oci.manifest import (
     select_platform,
 )
 from .oci.reference import parse_reference
-from .oci.registry_store import RegistryStore
 from .options import HttpOptions
+
+if TYPE_CHECKING:
+    from .oci.registry_store import RegistryStore
 
 __all__ = ["RegistrySource"]
 
@@ -86,6 +90,10 @@ class RegistrySource:
             assert self.ref.archive is not None
             self.store = DockerArchiveStore(self.ref.archive, self.ref.archive_ref)
         else:
+            try:  # oras and requests: only a registry needs them, not a local archive
+                from .oci.registry_store import RegistryStore
+            except ImportError as exc:
+                raise needs_extra("registry", exc) from exc
             self.store = RegistryStore(self.ref, opts, self._credentials(opts, auth_file))
         self.where = str(self.ref)
         try:
