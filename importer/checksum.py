@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ALGORITHMS", "ChecksumSpec", "parse_checksum"]
+__all__ = ["ALGORITHMS", "ChecksumSpec", "checksum_for_file", "parse_checksum"]
 
 #: algorithm -> number of hex digits, as CDI accepts them
 ALGORITHMS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
@@ -46,6 +46,31 @@ def parse_checksum(text: str) -> ChecksumSpec:
             f"invalid {algo} hash length: expected {ALGORITHMS[algo]} hex characters, got {len(digest)}"
         )
     return ChecksumSpec(algo, digest)
+
+
+_GNU_LINE = re.compile(r"^\\?([0-9a-fA-F]+) [ *](.+)$")
+_BSD_LINE = re.compile(r"^(MD5|SHA1|SHA256|SHA512) ?\((.+)\) ?= ?([0-9a-fA-F]+)$")
+_BY_LENGTH = {n: algo for algo, n in ALGORITHMS.items()}
+
+
+def checksum_for_file(text: str, name: str) -> ChecksumSpec | None:
+    """The checksum a SHA256SUMS-style file gives for `name`: lines as sha256sum (and md5sum,
+    sha1sum, sha512sum) write them, `HEX  NAME` or `HEX *NAME`, or BSD-tagged as
+    `sha256sum --tag` and Fedora's CHECKSUM files write them, `SHA256 (NAME) = HEX`; other lines
+    (a PGP signature's armour, comments) are skipped. None: no line names the file."""
+    for line in text.splitlines():
+        line = line.strip()
+        m = _BSD_LINE.match(line)
+        if m and m.group(2) == name:
+            return parse_checksum(f"{m.group(1).lower()}:{m.group(3)}")
+        m = _GNU_LINE.match(line)
+        if m and m.group(2) == name:
+            algo = _BY_LENGTH.get(len(m.group(1)))
+            if algo is None:
+                raise ValueError(f"the checksum for {name} has {len(m.group(1))} hex digits, "
+                                 "which is no md5, sha1, sha256 or sha512")
+            return parse_checksum(f"{algo}:{m.group(1)}")
+    return None
 
 
 class _Crc32c:

@@ -171,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="kubevirt: a disk image (default); archive: a tar to extract")
         g.add_argument("--checksum", metavar="ALGO:HEX",
                        help="md5/sha1/sha256/sha512 of the source bytes, verified before success")
+        g.add_argument("--checksum-file", metavar="FILE",
+                       help="a SHA256SUMS or CHECKSUM file (sha256sum's format, or BSD-tagged): "
+                            "the line for the source's file name is the checksum")
         g.add_argument("--converter", choices=("auto", "qemu-img"), default="auto",
                        help="auto: the native reader where there is one (qcow2), qemu-img "
                             "otherwise (default); qemu-img: always qemu-img")
@@ -499,6 +502,7 @@ def _config_from_args(args: argparse.Namespace) -> ImportConfig:
         image_size=getattr(args, "image_size", None),
         preallocation=getattr(args, "preallocation", False),
         checksum=getattr(args, "checksum", None),
+        checksum_file=getattr(args, "checksum_file", None),
         scratch_dir=getattr(args, "scratch_dir", None),
         username=args.username,
         password_file=args.password_file,

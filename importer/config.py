@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from .checksum import ChecksumSpec, parse_checksum
+from .checksum import ChecksumSpec, checksum_for_file, parse_checksum
 from .errors import ConfigError
 from .quantity import parse_quantity
 from .settings import (
@@ -109,6 +109,8 @@ class RawSettings:
     image_size: str | None = None
     preallocation: bool = False
     checksum: str | None = None
+    #: a SHA256SUMS-style file holding the source's checksum, found by its file name
+    checksum_file: str | Path | None = None
     scratch_dir: str | Path | None = None
     scratch_required: bool = False
     username: str | None = None
@@ -161,6 +163,8 @@ def _validate(r: RawSettings) -> tuple[ImportConfig | None, list[Problem]]:
     size, size_problem = parse_image_size(r.image_size, front.name("image_size"))
     problems += [size_problem] if size_problem else []
     spec = _checksum(r.checksum, front, problems)
+    if r.checksum_file:
+        spec = _checksum_from_file(r.checksum_file, r.checksum, src.source, front, problems)
     problems += _scalar_problems(front, cache_mode=r.cache_mode, input_format=r.input_format,
                                  converter=r.converter, connections=r.connections,
                                  max_retries=r.max_retries, retry_time=r.retry_time,
@@ -292,6 +296,36 @@ def _checksum(checksum: str | None, front: Front, problems: list[Problem]
         problems.append(Problem("checksum", f"{front.name('checksum')}: {exc}",
                                 f"invalid checksum: {exc}"))
         return None
+
+
+def _checksum_from_file(path: str | Path, checksum: str | None, source: str, front: Front,
+                        problems: list[Problem]) -> ChecksumSpec | None:
+    """The line of a SHA256SUMS-style file for the source's file name (its URL path's last
+    part), as distributions publish them beside their images."""
+    where = front.name("checksum_file")
+    if checksum:
+        problems.append(Problem("checksum_file", f"{front.name('checksum')} and {where} both "
+                                "give the checksum: give one"))
+        return None
+    name = unquote(urlsplit(source).path).rstrip("/").rpartition("/")[2] if source != "-" else ""
+    if not name:
+        problems.append(Problem("checksum_file", f"{where}: the source has no file name to look "
+                                f"up; give {front.name('checksum')} ALGO:HEX instead"))
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        problems.append(Problem("checksum_file", f"{where} {path}: {exc.strerror or exc}"))
+        return None
+    try:
+        spec = checksum_for_file(text, name)
+    except ValueError as exc:
+        problems.append(Problem("checksum_file", f"{where} {path}: {exc}"))
+        return None
+    if spec is None:
+        problems.append(Problem("checksum_file", f"{where} {path} has no line for {name!r}; "
+                                "check that it lists this file"))
+    return spec
 
 
 def _scalar_problems(front: Front, *, cache_mode: str | None, input_format: str | None,
