@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .config import ContentType, ImportConfig, build_config
-from .engine import inspect_source, run_import
+from .engine import inspect_source, run_import, verify_import
 from .errors import ConfigError, ImporterError
 from .progress import Progress
 from .quantity import is_decimal
@@ -230,6 +230,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="exit 3 when the image is unsafe (it is reported either way)")
     planning(ins)
     common(ins)
+    ver = sub.add_parser("verify", formatter_class=_Help,
+                         usage="%(prog)s [options] SOURCE DEST   (importer verify --help: the "
+                               "options)",
+                         help="exit 0 when DEST holds what importing SOURCE would write, 1 "
+                              "when not (the first byte that differs is named)",
+                         epilog="examples:\n  importer verify https://example.org/disk.qcow2 "
+                                "/dev/vdb\n  importer verify -o json disk.vmdk disk.img\n")
+    ver.add_argument("source", metavar="SOURCE", help="what import takes as SOURCE")
+    ver.add_argument("dest", metavar="DEST", help="the file or block device to check")
+    ver.add_argument("--image-size", metavar="SIZE",
+                     help="the size the import grew DEST to (the rest must read as zeros)")
+    ver.add_argument("--scratch-dir", metavar="DIR",
+                     help="where a format qemu-img converts is copied to be compared")
+    planning(ver)
+    common(ver)
     # CDI's front-ends, configured by CDI's environment: after the commands a user types
     sub.add_parser("pod", help="run as CDI's importer pod (configured by CDI's environment)")
     sub.add_parser("upload-server", help="run as CDI's upload server (cdi-uploadserver; "
@@ -454,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: dict[str, Any]
         if args.command == "inspect":
             result = inspect_source(config)
+        elif args.command == "verify":
+            result = verify_import(config, progress, cancel)
         elif args.output_format != "raw" or args.compress:
             result = _import_as(args, config, bar, cancel).as_dict()
         else:
@@ -463,10 +480,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {"schema_version": SCHEMA_VERSION, **result}
         # DEST - is the disk on stdout: the result goes to stderr then
         out = sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout
-        if not (args.quiet and args.output == "text" and args.command == "import"):
+        if not (args.quiet and args.output == "text" and args.command != "inspect"):
             _print_result(args.command, result, args.output, out)  # quiet: nothing on success
         if args.command == "inspect" and args.fail_unsafe and not result.get("safe", True):
             return 3
+        if args.command == "verify" and not result["identical"]:
+            if args.quiet and args.output == "text":
+                print(f"importer: {result['reason']}", file=sys.stderr)
+            return 1
         return 0
     except ImporterError as exc:
         bar.close()
@@ -576,6 +597,12 @@ def _print_result(command: str, result: dict[str, Any], output: str,
     out = out or sys.stdout
     if output == "json":
         _json_line(result, out)
+        return
+    if command == "verify":
+        print(f"{result['destination']}: " + (
+            f"identical to what {result['source']} gives ({result['compared_bytes']} bytes "
+            f"compared, {result['bytes_read']} read from the source)" if result["identical"]
+            else result["reason"]), file=out)
         return
     if command == "inspect":
         for k, v in result.items():

@@ -172,6 +172,8 @@ def test_every_json_outcome_is_one_line_the_schema_accepts(nginx: Nginx, images:
                               tmp_path / "e.img"),
         "usage": importer_cli("import", "-o", "json", "--no-such-flag"),
         "missing": importer_cli("-o", "json", "import"),
+        "verify": importer_cli("verify", "-o", "json", nginx.url("disk.qcow2"),
+                               tmp_path / "d.img"),
     }
     docs = {}
     for name, r in runs.items():
@@ -185,6 +187,7 @@ def test_every_json_outcome_is_one_line_the_schema_accepts(nginx: Nginx, images:
     assert docs["usage"]["error"]["code"] == "usage" and runs["usage"].returncode == 2
     assert docs["missing"]["error"]["code"] == "usage"
     assert docs["error"]["error"]["code"] != "usage" and runs["error"].returncode != 0
+    assert docs["verify"]["identical"] is True
 
 
 def test_quiet_prints_nothing_on_success_and_warnings_read_as_unix_tools_write_them(
