@@ -8,6 +8,7 @@ APT_PACKAGES=(qemu-utils qemu-block-extra nbdkit libnbd-bin nginx pigz zstd xz-u
               apache2-utils util-linux mount procps e2fsprogs fdisk python3-venv
               swift swift-proxy swift-object swift-container swift-account
               glance-api keystone  # the Glance source and openstack-populator tests
+              zsh  # the zsh completion's syntax check
               docker-registry skopeo gcc libc6-dev
               python3-dev libxml2-dev  # to build ovirt-imageio and ovirt-engine-sdk-python
               nbdkit-plugin-dev golang-go golang-github-vmware-govmomi-dev)  # VDDK tests: the
