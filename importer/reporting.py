@@ -44,6 +44,14 @@ def progress_fields(progress: Progress, rate: float) -> dict[str, object]:
 
 #: the phase before the source has answered (later, a plan may count its bytes in large steps)
 WAITING_PHASES = ("Info",)
+#: what a person reads for CDI's phase names (the pod's metrics and JSON lines keep CDI's)
+PHASE_WORDS = {"Info": "waiting for the server", "TransferDataFile": "copying",
+               "TransferScratch": "staging to scratch", "TransferDataDir": "extracting",
+               "Convert": "converting", "Clone": "cloning"}
+
+
+def _words(phase: str) -> str:
+    return PHASE_WORDS.get(phase, phase.lower())
 
 
 def _mib(n: float) -> str:
@@ -84,12 +92,13 @@ class ProgressReporter:
                 continue
             eta = fields["eta_seconds"]
             if n == 0 and progress.phase in WAITING_PHASES:  # nothing has come yet
-                self._stream.write(f"progress: waiting for the server ({progress.phase}, "
-                                   f"{now - started:.0f} s)\n")
+                self._stream.write(f"progress: waiting for the server ({now - started:.0f} s)\n")
                 self._stream.flush()
                 continue
+            # a stream of unknown size has no percentage to show
+            share = f"{fields['percent']:.1f}% " if progress.total else ""
             self._stream.write(
-                f"progress: {fields['percent']:.1f}% {fields['phase']}, {_mib(n)} read, "
+                f"progress: {share}{_words(progress.phase)}, {_mib(n)}, "
                 f"{_mib(rate)}/s{f', ETA {eta} s' if eta is not None else ''}\n")
             self._stream.flush()
 
@@ -98,10 +107,17 @@ class ProgressReporter:
 
         with tqdm(total=100, unit="%", file=self._stream, leave=False,
                   bar_format="{l_bar}{bar}| {n:.1f}% [{elapsed}<{remaining}] {postfix}") as bar:
+            last_t, last_n, rate = time.monotonic(), 0, 0.0
             while not self._stop.wait(0.25):
-                bar.n = self._progress.percent
-                bar.set_description(self._progress.phase, refresh=False)
-                bar.set_postfix_str(f"{_mib(self._progress.n)} read", refresh=False)
+                progress = self._progress
+                now, n = time.monotonic(), progress.n
+                if n < last_n:  # a new stage (follow()) counts from zero
+                    last_n = 0
+                if now - last_t >= 1.0:  # the rate over the last second, not since the start
+                    rate, last_t, last_n = (n - last_n) / (now - last_t), now, n
+                bar.n = progress.percent if progress.total else 0
+                bar.set_description(_words(progress.phase), refresh=False)
+                bar.set_postfix_str(f"{_mib(n)}, {_mib(rate)}/s", refresh=False)
                 bar.refresh()
 
     def follow(self, progress: Progress) -> None:
