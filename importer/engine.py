@@ -145,7 +145,8 @@ def inspect_source(config: ImportConfig) -> dict[str, Any]:
                 "virtual_size": exc.virtual_size, "source_size": None, "range_requests": None,
                 "details": {}, "safe": False, "unsafe_reasons": [str(exc)], "plan": None,
                 "plan_reason": "an unsafe image is not imported", "converter": None,
-                "streamable": False, "etag": None, "version": None, "labels": {},
+                "streamable": False, "allocated_size": _allocated_size(config),
+                "required_size": exc.virtual_size, "etag": None, "version": None, "labels": {},
                 "appliance": None}
 
 
@@ -176,6 +177,11 @@ def _inspect(config: ImportConfig) -> dict[str, Any]:
             "plan_reason": plan.reason,
             "converter": plan.converter,
             "streamable": plan.name != "staged",
+            # as qemu-img info's "disk size" (a local file's allocated bytes) and qemu-img
+            # measure -O raw's "required size" (what a raw target must be able to hold)
+            "allocated_size": _allocated_size(config),
+            "required_size": max(vsize or 0, config.image_size or 0) if vsize is not None
+            else None,
             "etag": sinfo.version,
             "version": sinfo.version,  # the ETag under its old name (schema 1)
             "labels": sinfo.labels,
@@ -308,6 +314,26 @@ def _execute(st: RunState, plan: Plan) -> None:
         log.info("the object's own %s checksum was not verified: the %s plan reads it at "
                  "random%s", st.spec.algorithm, plan.name,
                  " (give --checksum to verify in order)" if advice.speaks_cli() else "")
+
+
+def _allocated_size(config: ImportConfig) -> int | None:
+    """The bytes a local source file takes on its file system; None for anything else."""
+    import os
+    from urllib.parse import unquote, urlsplit
+
+    from .sources.kinds import kind_for
+
+    try:
+        if config.source == "-" or kind_for(config.source, config.source_kind).name != "file":
+            return None
+    except (KeyError, StopIteration):
+        return None
+    parts = urlsplit(config.source)
+    path = unquote(parts.path) if parts.scheme == "file" else config.source
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return None
 
 
 def _appliance_disk(src: Source, config: ImportConfig, inspecting: bool) -> Source:

@@ -210,3 +210,17 @@ def test_f_is_the_format_as_in_qemu_img(nginx: Nginx, images: Images, tmp_path: 
     assert r.returncode != 0 and "--force" in r.stderr
     r = importer_cli("import", "--force", images["disk.qcow2"], tmp_path / "d.img")
     assert r.returncode == 0, r.stderr
+
+
+def test_inspect_reports_sizes_as_qemu_img_does(images: Images) -> None:
+    """allocated_size as `qemu-img info` "disk size", required_size as `qemu-img measure -O
+    raw` "required size" (issue 24 item 7)."""
+    r = importer_cli("inspect", "-o", "json", images["disk.qcow2"])
+    info = json.loads(r.stdout)
+    measure = subprocess.run(["qemu-img", "measure", "-O", "raw", "-f", "qcow2",
+                              str(images["disk.qcow2"])], capture_output=True, text=True,
+                             check=True).stdout
+    required = int(measure.split("required size:")[1].split()[0])
+    assert info["required_size"] == required
+    assert info["allocated_size"] == images["disk.qcow2"].stat().st_blocks * 512
+    assert "etag" in info
