@@ -25,7 +25,7 @@ from .progress import Progress
 from .quantity import is_decimal
 from .reporting import JsonLines, ProgressReporter
 from .result import ImportResult
-from .settings import INPUT_FORMATS
+from .settings import INPUT_FORMATS, OUTPUT_FORMATS
 from .sources.kinds import kind_for, registered, selectable_names
 from .stopping import StopSignals
 
@@ -204,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--force", "--overwrite", dest="force", action="store_true",
                      help="replace an existing DEST file, or write over a block device that "
                           "holds a partition table or a file system")
-    imp.add_argument("-O", "--output-format", choices=("raw", "qcow2", "vmdk", "vhdx"),
+    imp.add_argument("-O", "--output-format", choices=OUTPUT_FORMATS,
                      default="raw", help="format of DEST (default raw; the others are written "
                                          "by qemu-img)")
     imp.add_argument("-c", "--compress", action="store_true",

@@ -254,7 +254,8 @@ def source_facts(st: RunState) -> SourceFacts:
                        extent_map=isinstance(st.source, ExtentSource)
                        and st.source.extent_map() is not None,
                        changes_only=info.changes_only,
-                       checksum_required=info.checksum_required and info.checksum is not None)
+                       checksum_required=info.checksum_required and info.checksum is not None,
+                       local_file=info.local_path is not None)
 
 
 def resolve_plan(st: RunState) -> Plan:

@@ -36,6 +36,7 @@ from .config import ImportConfig, OutputSpec
 from .errors import ConfigError, TargetError
 from .progress import Progress
 from .result import ImportResult
+from .settings import OUTPUT_FORMATS
 from .sinks.archive import remove_tree
 from .sinks.durable import commit_file
 from .sinks.target import Target, dest_kind
@@ -43,13 +44,12 @@ from .sinks.target import Target, dest_kind
 __all__ = ["OUTPUT_FORMATS", "import_as", "name_mismatch"]
 
 log = logging.getLogger(__name__)
-OUTPUT_FORMATS = ("raw", "qcow2", "vmdk", "vhdx")
 #: formats whose `-c` qemu-img honours: qcow2 compressed clusters, vmdk's streamOptimized
 COMPRESSIBLE = ("qcow2", "vmdk")
 #: what a DEST's extension says it holds (.img is used for raw and qcow2 alike)
 _EXTENSIONS = {".raw": {"raw"}, ".img": {"raw", "qcow2"}, ".bin": {"raw"}, ".iso": {"raw"},
                ".qcow2": {"qcow2"}, ".qcow": {"qcow2"}, ".vmdk": {"vmdk"},
-               ".vhdx": {"vhdx"}, ".vhd": set(), ".vdi": set()}
+               ".vhdx": {"vhdx"}, ".vhd": {"vpc"}, ".vdi": {"vdi"}}
 
 
 def name_mismatch(dest: Path, fmt: str) -> str | None:
@@ -184,8 +184,11 @@ def _convert(raw: Path, spec: OutputSpec, progress: Progress, cancel: threading.
     phase = f"Convert to {spec.format}"
     progress.plan([(phase, 100, False)])
     progress.enter(phase)
-    # the raw file is ours: read through the page cache (the import just wrote it)
-    qemu_convert(QemuInput.local_file("raw", str(raw)), str(spec.path), cache="writeback",
+    from .plans.convert import OUTPUT_CACHE
+
+    # the raw file is ours: read through the page cache (the import just wrote it); the output
+    # is fsync'ed before its rename (OUTPUT_CACHE)
+    qemu_convert(QemuInput.local_file("raw", str(raw)), str(spec.path), cache=OUTPUT_CACHE,
                  target_is_zero=False, progress=progress, cancel=cancel,
                  output=spec.qemu_options)
     progress.finish()

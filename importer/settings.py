@@ -13,13 +13,15 @@ from pathlib import Path
 from .checksum import ChecksumSpec
 from .sources.options import HttpOptions, SourceOptions
 
-__all__ = ["CONVERTERS", "HELPER_ENV", "INPUT_FORMATS", "MAX_FILE_SIZE", "ContentType", "Front",
-           "ImportConfig", "OutputSpec", "Problem"]
+__all__ = ["CONVERTERS", "HELPER_ENV", "INPUT_FORMATS", "MAX_FILE_SIZE", "OUTPUT_FORMATS",
+           "ContentType", "Front", "ImportConfig", "OutputSpec", "Problem"]
 
 #: "auto": the native reader where one exists (qcow2), qemu-img otherwise
 CONVERTERS = ("auto", "qemu-img")
 #: what --format may name (qemu-img's -f names; vhd is qemu's vpc)
 INPUT_FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhd", "vhdx", "iso", "ova")
+#: -O: raw, or what qemu-img writes (vpc is qemu's name for VHD)
+OUTPUT_FORMATS = ("raw", "qcow2", "vmdk", "vhdx", "vdi", "vpc")
 #: what a docker credential helper needs of the user's environment to reach its keychain
 HELPER_ENV = ("HOME", "USER", "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS", "GNUPGHOME",
               "PASSWORD_STORE_DIR", "PATH")
@@ -45,6 +47,8 @@ class OutputSpec:
     def qemu_options(self) -> tuple[str, ...]:
         """qemu-img convert's output options: qcow2's compressed clusters, vmdk's compressed
         form (streamOptimized)."""
+        if self.format == "vpc":  # the exact size, not one rounded to a CHS geometry
+            return ("-O", "vpc", "-o", "force_size=on")
         if not self.compress:
             return ("-O", self.format)
         if self.format == "vmdk":

@@ -30,10 +30,12 @@ def _same_guest(a: Path, b: Path) -> bool:
     ("vmdk", [], "vmdk"),
     ("vmdk", ["--compress"], "vmdk"),
     ("vhdx", [], "vhdx"),
+    ("vdi", [], "vdi"),
+    ("vpc", [], "vpc"),
 ])
 def test_each_output_format_holds_the_same_disk(nginx: Nginx, images: Images, tmp_path: Path,
                                                 fmt: str, extra: list[str], expect: str) -> None:
-    out = tmp_path / f"d.{fmt}"
+    out = tmp_path / f"d.{'vhd' if fmt == 'vpc' else fmt}"
     r = importer_cli("import", nginx.url("disk.qcow2"), out, "-O", fmt, *extra, "-o", "json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -132,6 +134,32 @@ def test_qemu_img_writes_the_format_at_once_when_it_converts_anyway(
     assert r.returncode == 0 and "from the raw copy" in r.stderr, r.stderr
     assert _info(grown)["virtual-size"] == 64 << 20 and _same_guest(grown, images.raw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.qcow2", "q.vmdk", "v.qcow2"]
+
+
+def test_a_local_file_goes_straight_to_qemu_img_and_must_not_change(
+        images: Images, tmp_path: Path) -> None:
+    """-O from a local file (issue 24 item 5): qemu-img reads it by its path after the same
+    inspection (no raw copy), with the driver pinned and no backing file; a file changed while
+    it was read is refused and DEST stays as it was."""
+    out = tmp_path / "d.vmdk"
+    r = importer_cli("import", images["disk.qcow2"], out, "-O", "vmdk", "-v", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert (result["plan"], result["converter"]) == ("convert", "qemu-img")
+    assert "from the raw copy" not in r.stderr and '"backing": null' in r.stderr
+    assert _same_guest(out, images.raw)
+    # a file written to while qemu-img reads it: a slow writer appends behind its back
+    src = tmp_path / "busy.qcow2"
+    src.write_bytes(images["disk.qcow2"].read_bytes())
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfor _ in range(400):\n"
+        f"    open({str(src)!r}, 'ab').write(bytes(512)); time.sleep(0.005)\n")])
+    try:
+        r = importer_cli("import", src, tmp_path / "busy.vmdk", "-O", "vmdk")
+    finally:
+        writer.wait(30)
+    assert r.returncode != 0 and "changed while it was read" in r.stderr, r.stderr
+    assert not (tmp_path / "busy.vmdk").exists()
 
 
 def _children_named(pid: int, name: str) -> list[int]:

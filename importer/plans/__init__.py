@@ -108,6 +108,8 @@ class SourceFacts:
     #: the source's own checksum must be verified (an OVA's manifest): read in order, as for
     #: a checksum the user gives
     checksum_required: bool = False
+    #: a local regular file qemu-img can open by its path
+    local_file: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,13 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
     checksum = config.checksum is not None or src.checksum_required
     compressed = "+".join(codecs)
     fixed_vhd = fmt == "vhd" and image.details.get("type") == "fixed"
+    if (config.output is not None and src.local_file and not codecs and not checksum
+            and config.image_size is None and not fixed_vhd and fmt != "tar"):
+        # -O from a local file: qemu-img reads it (inspected, its driver pinned, no backing
+        # file) and writes the output format at once, with no raw copy in between
+        return Plan(PlanName.CONVERT, f"-O {config.output.format} from a local {fmt} file: "
+                    "qemu-img converts it directly, after the same inspection",
+                    converter=Converter.QEMU_IMG)
     if not image.needs_conversion or fixed_vhd:
         what = "a fixed VHD (raw data and a footer)" if fixed_vhd else f"{fmt} data"
         return _raw_plan(src, what, codecs, config)

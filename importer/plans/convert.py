@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from ..errors import ImporterError
@@ -24,12 +25,20 @@ __all__ = ["qemu_to_target", "run"]
 log = logging.getLogger(__name__)
 
 InputFactory = Callable[[], contextlib.AbstractContextManager[QemuInput]]
+#: -O's output is a private work file, fsync'ed before it is renamed onto DEST
+#: (output_format.py): qemu-img's flushes along the way buy nothing there, and cost vmdk's
+#: writer 3x its time (1.8 s against 0.6 s for 0.3 GiB of data)
+OUTPUT_CACHE = "unsafe"
 
 
 def run(st: RunState, plan: Plan, target: Target) -> None:
     det = st.detected
-    size = st.source.info().size
+    info = st.source.info()
+    size = info.size
     assert size is not None
+    if info.local_path is not None and not det.codecs and st.config.output is not None:
+        _from_local_file(st, target, info.local_path)
+        return
     reads = st.reads()
     read: Any
     if det.codecs:  # inside a multi-block xz (the planner allows no other layer)
@@ -68,6 +77,25 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
         raise
 
 
+def _from_local_file(st: RunState, target: Target, path: Path) -> None:
+    """-O from a local file: qemu-img opens it by its path, the driver pinned to the inspected
+    format and no backing file allowed (QemuInput); the file must still be the one inspected
+    when qemu-img is done, or nothing is committed."""
+    det = st.detected
+    st.progress.plan([("Convert", 100, False)])
+    st.stream_closer.close()
+
+    @contextlib.contextmanager
+    def qemu_input() -> Iterator[QemuInput]:
+        driver = det.info.qemu_driver if det.info.needs_conversion else "raw"  # raw, iso
+        yield QemuInput.local_file(driver, str(path))
+
+    qemu_to_target(st, target, det.info, qemu_input)
+    check = getattr(st.source, "check_unchanged", None)
+    if check is not None:
+        check()
+
+
 def qemu_to_target(st: RunState, target: Target, info: ImageInfo, qemu_input: InputFactory
                    ) -> None:
     cfg = st.config
@@ -83,8 +111,9 @@ def qemu_to_target(st: RunState, target: Target, info: ImageInfo, qemu_input: In
         # that must grow takes the raw copy: qemu-img cannot resize every format)
         log.info("qemu-img writes %s at once (no raw copy)", out.format)
         with qemu_input() as qin:
-            qemu_convert(qin, str(out.path), cache="writeback", target_is_zero=False,
-                         progress=st.progress, cancel=st.cancel, output=out.qemu_options)
+            qemu_convert(qin, str(out.path), cache=cfg.cache_mode or OUTPUT_CACHE,
+                         target_is_zero=False, progress=st.progress, cancel=st.cancel,
+                         output=out.qemu_options)
         data = qemu_data_bytes(out.path, out.format)
         st.result.output_format = out.format
         st.result.bytes_written, st.result.zero_bytes_skipped = data, vsize - data

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..checksum import ChecksumSpec
@@ -28,6 +29,8 @@ class SourceInfo:
     checksum: ChecksumSpec | None = None
     #: that checksum must be verified, so the plan reads in order (an OVA's manifest digest)
     checksum_required: bool = False
+    #: a local regular file, by a path another process (qemu-img) can open
+    local_path: Path | None = None
     #: metadata the source carries for the caller (a container image's KUBEVIRT_IO_ labels)
     labels: dict[str, str] = field(default_factory=dict)
     #: why random access is impossible, for the log when the plan has to stage
