@@ -97,6 +97,7 @@ def _verify_through_copy(st: RunState, plan: Plan, sink: Any, where: Path | None
     import os
     import tempfile
 
+    from .disks.raw import file_extents
     from .sinks.compare import CHUNK
 
     fd, name = tempfile.mkstemp(prefix="importer-verify-", dir=where)
@@ -106,32 +107,14 @@ def _verify_through_copy(st: RunState, plan: Plan, sink: Any, where: Path | None
         runner(plan.name)(st, plan, Target(copy, None, mode="scratch"))
         size = copy.stat().st_size
         with open(copy, "rb") as f:
-            for start, end in sink_regions(f.fileno(), size):
-                for pos in range(start, end, CHUNK):
-                    sink.write_at(pos, memoryview(os.pread(f.fileno(), min(CHUNK, end - pos),
-                                                           pos)))
+            for extent in file_extents(f.fileno(), size):
+                for pos in range(extent.start, extent.end, CHUNK):
+                    if not extent.zero:  # holes are checked as zeros by the sink at the end
+                        sink.write_at(pos, memoryview(os.pread(
+                            f.fileno(), min(CHUNK, extent.end - pos), pos)))
         sink.set_size(size)
     finally:
         copy.unlink(missing_ok=True)
-
-
-def sink_regions(fd: int, size: int) -> list[tuple[int, int]]:
-    """The data regions of a sparse file (SEEK_DATA/SEEK_HOLE); the rest reads as zeros."""
-    import errno
-    import os
-
-    out, pos = [], 0
-    while pos < size:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break
-            return [(pos, size)]
-        hole = os.lseek(fd, data, os.SEEK_HOLE)
-        out.append((data, min(hole, size)))
-        pos = hole
-    return out
 
 
 def inspect_source(config: ImportConfig) -> dict[str, Any]:
@@ -255,7 +238,8 @@ def source_facts(st: RunState) -> SourceFacts:
                        and st.source.extent_map() is not None,
                        changes_only=info.changes_only,
                        checksum_required=info.checksum_required and info.checksum is not None,
-                       local_file=info.local_path is not None)
+                       local_file=info.local_path is not None,
+                       sequential_target=_sequential_dest(st.config))
 
 
 def resolve_plan(st: RunState) -> Plan:
@@ -361,16 +345,23 @@ def _appliance_disk(src: Source, config: ImportConfig, inspecting: bool) -> Sour
     return disk
 
 
+def _sequential_dest(config: ImportConfig) -> bool:
+    """DEST takes the disk in order: standard output, a character device or a FIFO."""
+    if config.output is not None:
+        return False
+    return str(config.dest) == "-" or dest_kind(config.dest) == "stream"
+
+
 def _stream_target(plan: Plan, path: Path | None) -> Sink:
-    """DEST `-`, a character device or a FIFO: only a plan that writes the disk in order can
-    write to a pipe."""
+    """DEST `-`, a character device or a FIFO: the plans write it in the disk's order (the
+    extent copier orders its writes, qemu-img converts to scratch first); the planner never
+    picks the one that cannot, the native streaming reader (file order)."""
     from .sinks.target import StreamTarget
 
     what = "standard output (DEST -)" if path is None else f"{path} (a character device or FIFO)"
-    if plan.name != "stream" or plan.disk is not None:
-        raise TargetError(f"{what} takes the disk in order, but this import "
-                          f"takes the {plan.name} plan ({plan.reason}); write to a file, or "
-                          "for a raw image ask for one connection (--connections 1)")
+    if (plan.name == "stream" and plan.disk is not None) or plan.name == "delta":
+        raise TargetError(f"{what} takes the disk in order, but this import takes the "
+                          f"{plan.name} plan ({plan.reason}); write to a file")
     return StreamTarget() if path is None else StreamTarget.open_path(path)
 
 

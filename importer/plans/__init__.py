@@ -110,6 +110,8 @@ class SourceFacts:
     checksum_required: bool = False
     #: a local regular file qemu-img can open by its path
     local_file: bool = False
+    #: DEST takes the disk in order (standard output, a pipe, a character device)
+    sequential_target: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,11 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
         why_stage = src.sequential_reason or "the source does not serve byte ranges"
     elif codecs and src.xz_blocks <= 1:
         why_stage = f"{compressed}-compressed data cannot be read at random"
+    if why_stage and native and src.sequential_target:
+        # the streaming reader writes in the file's order, which need not be the disk's
+        return Plan(PlanName.STAGED, f"{why_stage}, and DEST takes the disk in order: the "
+                    f"{fmt} is staged in scratch space, then read natively in the disk's order",
+                    converter=Converter.NATIVE, disk=disk)
     if why_stage and native:
         held = ("clusters that arrive before the table placing them are held (spilled to "
                 "scratch beyond 64 MiB)" if fmt == "qcow2" else

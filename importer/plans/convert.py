@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ..formats.headers import ImageInfo
 from ..formats.xz_blocks import XzBlockReader
 from ..sinks.nbd_export import NbdExport
 from ..sinks.qemu import QemuInput, choose_cache_mode, qemu_convert, qemu_data_bytes, qemu_info
+from ..sinks.raw import SparseWriter
 from ..sinks.target import Target
 from ..sources.cache import ReadAheadCache
 from . import Plan
@@ -118,6 +120,9 @@ def qemu_to_target(st: RunState, target: Target, info: ImageInfo, qemu_input: In
         st.result.output_format = out.format
         st.result.bytes_written, st.result.zero_bytes_skipped = data, vsize - data
         return
+    if target.sequential:
+        _through_scratch(st, target, qemu_input, vsize)
+        return
     with target.writing(lambda: vsize if target.is_block else None):
         if not target.is_block:
             target.set_size(vsize)
@@ -135,6 +140,45 @@ def qemu_to_target(st: RunState, target: Target, info: ImageInfo, qemu_input: In
     # (or zeroed) whole
     st.result.bytes_written = vsize - (holes or 0)
     st.result.zero_bytes_skipped = holes or 0
+
+
+def _through_scratch(st: RunState, target: Target, qemu_input: InputFactory, vsize: int
+                     ) -> None:
+    """A target that takes the disk in order (standard output): qemu-img writes a sparse raw
+    file in scratch space, which is then copied in order, its holes as zeros."""
+    import tempfile
+
+    from .context import scratch_location
+    from .writing import raw_target
+
+    fd, name = tempfile.mkstemp(prefix="importer-raw-", dir=scratch_location(st.config, target))
+    os.close(fd)
+    scratch = Path(name)
+    log.info("qemu-img converts to scratch space (%s), then the disk goes out in order",
+             scratch.parent)
+    try:
+        with qemu_input() as qin:
+            qemu_convert(qin, str(scratch), cache="unsafe", target_is_zero=False,
+                         progress=st.progress, cancel=st.cancel, output=("-O", "raw"))
+        st.result.staged_bytes = scratch.stat().st_blocks * 512
+        with raw_target(st, target, vsize) as writer, open(scratch, "rb") as f:
+            _copy_in_order(f.fileno(), vsize, writer)
+            st.finish_size(target, vsize)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _copy_in_order(fd: int, size: int, writer: SparseWriter) -> None:
+    from ..disks.raw import file_extents
+
+    for extent in file_extents(fd, size):
+        if extent.zero:
+            writer.write_zeros(extent.start, extent.length)
+            continue
+        for at in range(extent.start, extent.end, 8 << 20):
+            data = os.pread(fd, min(8 << 20, extent.end - at), at)
+            writer.write(at, data, len(data))
+    writer.finish()
 
 
 def _holes(fd: int, size: int) -> int:

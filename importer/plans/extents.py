@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from ..disks.base import Extent, RandomAccessDisk
 from ..errors import SourceContentError
@@ -61,36 +62,62 @@ def copy_extents(disk: RandomAccessDisk, writer: SparseWriter, *, workers: int,
                 return bytearray(size)
         return buffers.get()
 
-    def one(offset: int, length: int) -> None:
+    def fetch(offset: int, length: int) -> bytearray | None:
         if cancel.is_set():
-            return
+            return None
         buf = take()
         try:
             n = disk.readinto_at(offset, memoryview(buf)[:length])
-            if n != length:
-                raise SourceContentError(f"the image ended at byte {offset + n}, before the "
-                                         f"{disk.size} bytes it announced")
+        except BaseException:
+            buffers.put(buf)
+            raise
+        if n != length:
+            buffers.put(buf)
+            raise SourceContentError(f"the image ended at byte {offset + n}, before the "
+                                     f"{disk.size} bytes it announced")
+        return buf
+
+    def store(offset: int, length: int, buf: bytearray | None) -> None:
+        if buf is None:
+            return
+        try:
             writer.write(offset, buf, length)
             progress.update(length)
         finally:
             buffers.put(buf)
 
+    def one(offset: int, length: int) -> None:
+        store(offset, length, fetch(offset, length))
+
+    # a target that takes the disk in order (standard output, a pipe): the workers only read,
+    # and this thread writes each piece, and each zero run, in the disk's order
+    ordered = getattr(writer.target, "sequential", False)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="extent")
-    pending: collections.deque[Future[None]] = collections.deque()
+    pending: collections.deque[tuple[Future[Any], int, int]] = collections.deque()
+
+    def settle_one() -> None:
+        fut, offset, length = pending.popleft()
+        result = fut.result()
+        if ordered:
+            store(offset, length, result)
+
     try:
         for extent in disk.extents():
             if cancel.is_set():
                 break
             if extent.zero:
+                while ordered and pending:
+                    settle_one()
                 writer.write_zeros(extent.start, extent.length)
                 progress.update(extent.length)
                 continue
             for offset, length in _pieces(extent, unit, chunk):
-                pending.append(pool.submit(one, offset, length))
+                pending.append((pool.submit(fetch if ordered else one, offset, length),
+                                offset, length))
                 if len(pending) >= in_flight:
-                    pending.popleft().result()
+                    settle_one()
         while pending:
-            pending.popleft().result()
+            settle_one()
     except BaseException:
         cancel.set()
         on_error()
