@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -91,14 +92,18 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProgressCollector(progress, owner_uid, metric))
         self._server: Any = None
+        tmp = Path(tempfile.mkdtemp(prefix="importer-metrics-"))
         try:
-            tmp = Path(tempfile.mkdtemp(prefix="importer-metrics-"))
             cert, key = self_signed_certificate(tmp)
             self._server, _thread = start_http_server(port, addr=addr, registry=self.registry,
                                                       certfile=str(cert), keyfile=str(key))
             log.info("progress metrics on https://%s:%d/metrics", addr, port)
         except (OSError, ValueError) as exc:  # as CDI: the import goes on without metrics
             log.error("cannot serve metrics on port %d: %s", port, exc)
+        finally:
+            # the TLS context holds the certificate and key once the server started: the
+            # files (a private key among them) are not left in /tmp
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
         """Stop serving without waiting: socketserver's shutdown() waits for serve_forever to

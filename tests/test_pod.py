@@ -207,9 +207,13 @@ def test_vm_sources_name_their_missing_variables(pod: Pod) -> None:
     assert code == 1 and "previous checkpoint set without current" in pod.termination
 
 
-def test_progress_metric_rises_to_100_during_import(pod: Pod, nginx: Nginx) -> None:
+def test_progress_metric_rises_to_100_during_import(pod: Pod, nginx: Nginx,
+                                                     tmp_path: Path) -> None:
     port = free_port()
-    p = pod.start(IMPORTER_ENDPOINT=nginx.url("crawl/disk.raw.gz"), IMPORTER_METRICS_PORT=str(port))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    p = pod.start(IMPORTER_ENDPOINT=nginx.url("crawl/disk.raw.gz"), IMPORTER_METRICS_PORT=str(port),
+                  TMPDIR=str(tmp))
     values, other = scrape_progress(p, port, "uid-123")
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
@@ -221,6 +225,7 @@ def test_progress_metric_rises_to_100_during_import(pod: Pod, nginx: Nginx) -> N
         assert name in other
     progress_lines = [json.loads(line) for line in err.splitlines() if '"msg": "progress"' in line]
     assert progress_lines and "percent" in progress_lines[0]
+    assert list(tmp.iterdir()) == []  # the metrics' certificate and key are not left behind
 
 
 def test_sigterm_exits_143_without_success(pod: Pod, nginx: Nginx) -> None:
