@@ -184,6 +184,7 @@ def _convert(raw: Path, spec: OutputSpec, progress: Progress, cancel: threading.
     phase = f"Convert to {spec.format}"
     progress.plan([(phase, 100, False)])
     progress.enter(phase)
+    progress.fraction_bytes = raw.stat().st_size  # the stage shows its own bytes and rate
     from .plans.convert import OUTPUT_CACHE
 
     # the raw file is ours: read through the page cache (the import just wrote it); the output

@@ -29,6 +29,9 @@ class Progress:
         self._bytes_phases: set[str] = set()
         self._max = 0.0
         self.done = False
+        #: what a fraction-driven phase works through (qemu-img's conversion of a disk of this
+        #: size): its fraction is counted as these bytes too
+        self.fraction_bytes: int | None = None
 
     # -- producers -------------------------------------------------------------
 
@@ -65,6 +68,8 @@ class Progress:
     def set_fraction(self, fraction: float) -> None:
         with self._lock:
             self._phase_fraction = max(self._phase_fraction or 0.0, min(fraction, 1.0))
+            if self.fraction_bytes:
+                self.n = max(self.n, int(self._phase_fraction * self.fraction_bytes))
 
     def finish(self) -> None:
         with self._lock:
@@ -88,6 +93,14 @@ class Progress:
             # never report 100 before the import has really finished (fsync included)
             self._max = max(self._max, min(base + weight * frac, 99.99))
             return self._max
+
+    @property
+    def measured(self) -> bool:
+        """Whether the percentage means something: the size is known, or the phase reports
+        its own fraction (qemu-img). A stream of unknown size has none."""
+        with self._lock:
+            return (self.done or bool(self.total) or self._phase_fraction is not None
+                    or not self._byte_phase)
 
     @property
     def elapsed(self) -> float:

@@ -96,7 +96,7 @@ class ProgressReporter:
                 self._stream.flush()
                 continue
             # a stream of unknown size has no percentage to show
-            share = f"{fields['percent']:.1f}% " if progress.total else ""
+            share = f"{fields['percent']:.1f}% " if progress.measured else ""
             self._stream.write(
                 f"progress: {share}{_words(progress.phase)}, {_mib(n)}, "
                 f"{_mib(rate)}/s{f', ETA {eta} s' if eta is not None else ''}\n")
@@ -115,7 +115,7 @@ class ProgressReporter:
                     last_n = 0
                 if now - last_t >= 1.0:  # the rate over the last second, not since the start
                     rate, last_t, last_n = (n - last_n) / (now - last_t), now, n
-                bar.n = progress.percent if progress.total else 0
+                bar.n = progress.percent if progress.measured else 0
                 bar.set_description(_words(progress.phase), refresh=False)
                 bar.set_postfix_str(f"{_mib(n)}, {_mib(rate)}/s", refresh=False)
                 bar.refresh()

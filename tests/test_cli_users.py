@@ -257,15 +257,16 @@ def test_the_result_counts_what_the_import_needed(nginx: Nginx, images: Images, 
 
 
 def test_the_readme_documents_every_option() -> None:
-    """--help and the README must not drift: every long option of import and inspect is in
-    the README's usage section."""
+    """--help and the README must not drift: every long option of import, inspect and verify
+    is in the README, and every command is named there."""
     import argparse
 
     from importer.cli import _parser
 
     readme = (ROOT / "README.md").read_text()
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
-    missing = {o for name in ("import", "inspect") for a in sub.choices[name]._actions
+    assert all(f"importer {name}" in readme for name in sub.choices)
+    missing = {o for name in ("import", "inspect", "verify") for a in sub.choices[name]._actions
                for o in a.option_strings if o.startswith("--") and o != "--help"
                and o not in readme}
     assert not missing, f"options missing from the README: {sorted(missing)}"
