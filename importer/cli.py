@@ -456,7 +456,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _setup_logging(args.verbose, args.quiet, args.log_format)
     stop = StopSignals()
-    cancel = stop.cancel
     progress = Progress()
     mode = args.progress
     if mode == "auto":
@@ -464,31 +463,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bar" if sys.stderr.isatty() and args.log_format == "text" else "lines")
     bar = ProgressReporter(progress, mode, interval=args.progress_interval,
                            json_lines=args.log_format == "json")
+    # DEST - is the disk on stdout: the result (or the error) goes to stderr then
+    out = sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout
     try:
-        config = _config_from_args(args)
-        result: dict[str, Any]
-        if args.command == "inspect":
-            result = inspect_source(config)
-        elif args.command == "verify":
-            result = verify_import(config, progress, cancel)
-        elif args.output_format != "raw" or args.compress:
-            result = _import_as(args, config, bar, cancel).as_dict()
-        else:
-            result = run_import(config, progress, cancel).as_dict()
+        result = {"schema_version": SCHEMA_VERSION,
+                  **_run_command(args, progress, stop.cancel, bar)}
         stop.answered.set()
         bar.close()
-        result = {"schema_version": SCHEMA_VERSION, **result}
-        # DEST - is the disk on stdout: the result goes to stderr then
-        out = sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout
         if not (args.quiet and args.output == "text" and args.command != "inspect"):
             _print_result(args.command, result, args.output, out)  # quiet: nothing on success
-        if args.command == "inspect" and args.fail_unsafe and not result.get("safe", True):
-            return 3
-        if args.command == "verify" and not result["identical"]:
-            if args.quiet and args.output == "text":
-                print(f"importer: {result['reason']}", file=sys.stderr)
-            return 1
-        return 0
+        return _exit_status(args, result)
     except ImporterError as exc:
         bar.close()
         kind = "configuration error" if isinstance(exc, ConfigError) else "error"
@@ -498,8 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.output == "json":
             _json_line({"schema_version": SCHEMA_VERSION,
                         "error": {"code": error_code(exc), "message": str(exc)},
-                        "type": type(exc).__name__},  # type: deprecated, use error.code
-                       sys.stderr if getattr(args, "dest", "") == "-" else sys.stdout)
+                        "type": type(exc).__name__}, out)  # type: deprecated, use error.code
         return exc.exit_code
     except Exception as exc:  # a bug, not a user error: say so, with the trace
         bar.close()
@@ -508,6 +491,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         stop.restore()
+
+
+def _run_command(args: argparse.Namespace, progress: Progress, cancel: threading.Event,
+                 bar: ProgressReporter) -> dict[str, Any]:
+    config = _config_from_args(args)
+    if args.command == "inspect":
+        return inspect_source(config)
+    if args.command == "verify":
+        return verify_import(config, progress, cancel)
+    if args.output_format != "raw" or args.compress:
+        return _import_as(args, config, bar, cancel).as_dict()
+    return run_import(config, progress, cancel).as_dict()
+
+
+def _exit_status(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    """3: inspect --fail-unsafe found an unsafe image; 1: verify found a difference."""
+    if args.command == "inspect" and args.fail_unsafe and not result.get("safe", True):
+        return 3
+    if args.command == "verify" and not result["identical"]:
+        if args.quiet and args.output == "text":
+            print(f"importer: {result['reason']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _config_from_args(args: argparse.Namespace) -> ImportConfig:

@@ -39,58 +39,60 @@ log = logging.getLogger(__name__)
 CHUNK = 8 << 20
 
 
+class _Buffers:
+    """Reused read buffers (a fresh one per piece halved throughput), made as needed up to
+    `bound`: a small image never pays for (zeroed) 64 MiB of them."""
+
+    def __init__(self, size: int, bound: int) -> None:
+        self._size, self._bound, self._made = size, bound, 0
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free.empty() and self._made < self._bound:
+                self._made += 1
+                return bytearray(self._size)
+        return self._free.get()
+
+    def give(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+
 def copy_extents(disk: RandomAccessDisk, writer: SparseWriter, *, workers: int,
                  progress: Progress, cancel: threading.Event,
                  on_error: Callable[[], None] = lambda: None, chunk: int = CHUNK) -> None:
     """Copy every extent of `disk` through `writer`. On an error or a signal, `on_error` runs
     first (closing the source aborts reads blocked in the workers at once) and the pool is not
     waited for: a SIGTERM must not wait out a download (seen: 30 s for 8 MiB ranges at
-    256 KiB/s)."""
+    256 KiB/s). A target that takes the disk in order (standard output, a pipe) gets it so:
+    the workers only read, and this thread writes each piece and each zero run in order."""
     unit = disk.read_unit
-    size = min(unit or chunk, max(disk.size, 1))
     in_flight = workers + 1 if unit else 2 * workers
-    # made as needed, at most in_flight: a small image never pays for (zeroed) 64 MiB of them
-    buffers: queue.Queue[bytearray] = queue.Queue()
-    made = 0
-    made_lock = threading.Lock()
-
-    def take() -> bytearray:
-        nonlocal made
-        with made_lock:
-            if buffers.empty() and made < in_flight:
-                made += 1
-                return bytearray(size)
-        return buffers.get()
+    buffers = _Buffers(min(unit or chunk, max(disk.size, 1)), in_flight)
 
     def fetch(offset: int, length: int) -> bytearray | None:
         if cancel.is_set():
             return None
-        buf = take()
+        buf = buffers.take()
         try:
             n = disk.readinto_at(offset, memoryview(buf)[:length])
+            if n != length:
+                raise SourceContentError(f"the image ended at byte {offset + n}, before the "
+                                         f"{disk.size} bytes it announced")
         except BaseException:
-            buffers.put(buf)
+            buffers.give(buf)
             raise
-        if n != length:
-            buffers.put(buf)
-            raise SourceContentError(f"the image ended at byte {offset + n}, before the "
-                                     f"{disk.size} bytes it announced")
         return buf
 
     def store(offset: int, length: int, buf: bytearray | None) -> None:
-        if buf is None:
-            return
-        try:
-            writer.write(offset, buf, length)
-            progress.update(length)
-        finally:
-            buffers.put(buf)
+        if buf is not None:
+            try:
+                writer.write(offset, buf, length)
+                progress.update(length)
+            finally:
+                buffers.give(buf)
 
-    def one(offset: int, length: int) -> None:
-        store(offset, length, fetch(offset, length))
-
-    # a target that takes the disk in order (standard output, a pipe): the workers only read,
-    # and this thread writes each piece, and each zero run, in the disk's order
     ordered = getattr(writer.target, "sequential", False)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="extent")
     pending: collections.deque[tuple[Future[Any], int, int]] = collections.deque()
@@ -100,6 +102,11 @@ def copy_extents(disk: RandomAccessDisk, writer: SparseWriter, *, workers: int,
         result = fut.result()
         if ordered:
             store(offset, length, result)
+
+    def submit(offset: int, length: int) -> Future[Any]:
+        if ordered:
+            return pool.submit(fetch, offset, length)
+        return pool.submit(lambda: store(offset, length, fetch(offset, length)))
 
     try:
         for extent in disk.extents():
@@ -112,8 +119,7 @@ def copy_extents(disk: RandomAccessDisk, writer: SparseWriter, *, workers: int,
                 progress.update(extent.length)
                 continue
             for offset, length in _pieces(extent, unit, chunk):
-                pending.append((pool.submit(fetch if ordered else one, offset, length),
-                                offset, length))
+                pending.append((submit(offset, length), offset, length))
                 if len(pending) >= in_flight:
                     settle_one()
         while pending:
