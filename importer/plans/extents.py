@@ -67,70 +67,80 @@ def copy_extents(disk: RandomAccessDisk, writer: SparseWriter, *, workers: int,
     waited for: a SIGTERM must not wait out a download (seen: 30 s for 8 MiB ranges at
     256 KiB/s). A target that takes the disk in order (standard output, a pipe) gets it so:
     the workers only read, and this thread writes each piece and each zero run in order."""
-    unit = disk.read_unit
-    in_flight = workers + 1 if unit else 2 * workers
-    buffers = _Buffers(min(unit or chunk, max(disk.size, 1)), in_flight)
+    _Copy(disk, writer, workers, progress, cancel, chunk).run(on_error)
 
-    def fetch(offset: int, length: int) -> bytearray | None:
-        if cancel.is_set():
-            return None
-        buf = buffers.take()
+
+class _Copy:
+    def __init__(self, disk: RandomAccessDisk, writer: SparseWriter, workers: int,
+                 progress: Progress, cancel: threading.Event, chunk: int) -> None:
+        self.disk, self.writer, self.progress, self.cancel = disk, writer, progress, cancel
+        self.unit, self.chunk = disk.read_unit, chunk
+        self.in_flight = workers + 1 if self.unit else 2 * workers
+        self.buffers = _Buffers(min(self.unit or chunk, max(disk.size, 1)), self.in_flight)
+        self.ordered = getattr(writer.target, "sequential", False)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="extent")
+        self.pending: collections.deque[tuple[Future[Any], int, int]] = collections.deque()
+
+    def run(self, on_error: Callable[[], None]) -> None:
         try:
-            n = disk.readinto_at(offset, memoryview(buf)[:length])
+            for extent in self.disk.extents():
+                if self.cancel.is_set():
+                    break
+                if extent.zero:
+                    while self.ordered and self.pending:
+                        self._settle_one()
+                    self.writer.write_zeros(extent.start, extent.length)
+                    self.progress.update(extent.length)
+                    continue
+                for offset, length in _pieces(extent, self.unit, self.chunk):
+                    self.pending.append((self._submit(offset, length), offset, length))
+                    if len(self.pending) >= self.in_flight:
+                        self._settle_one()
+            while self.pending:
+                self._settle_one()
+        except BaseException:
+            self.cancel.set()
+            on_error()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        self.pool.shutdown(wait=True)
+        self.writer.finish()
+
+    def _submit(self, offset: int, length: int) -> Future[Any]:
+        if self.ordered:
+            return self.pool.submit(self._fetch, offset, length)
+        return self.pool.submit(self._copy, offset, length)
+
+    def _settle_one(self) -> None:
+        fut, offset, length = self.pending.popleft()
+        result = fut.result()
+        if self.ordered:
+            self._store(offset, length, result)
+
+    def _copy(self, offset: int, length: int) -> None:
+        self._store(offset, length, self._fetch(offset, length))
+
+    def _fetch(self, offset: int, length: int) -> bytearray | None:
+        if self.cancel.is_set():
+            return None
+        buf = self.buffers.take()
+        try:
+            n = self.disk.readinto_at(offset, memoryview(buf)[:length])
             if n != length:
                 raise SourceContentError(f"the image ended at byte {offset + n}, before the "
-                                         f"{disk.size} bytes it announced")
+                                         f"{self.disk.size} bytes it announced")
         except BaseException:
-            buffers.give(buf)
+            self.buffers.give(buf)
             raise
         return buf
 
-    def store(offset: int, length: int, buf: bytearray | None) -> None:
+    def _store(self, offset: int, length: int, buf: bytearray | None) -> None:
         if buf is not None:
             try:
-                writer.write(offset, buf, length)
-                progress.update(length)
+                self.writer.write(offset, buf, length)
+                self.progress.update(length)
             finally:
-                buffers.give(buf)
-
-    ordered = getattr(writer.target, "sequential", False)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="extent")
-    pending: collections.deque[tuple[Future[Any], int, int]] = collections.deque()
-
-    def settle_one() -> None:
-        fut, offset, length = pending.popleft()
-        result = fut.result()
-        if ordered:
-            store(offset, length, result)
-
-    def submit(offset: int, length: int) -> Future[Any]:
-        if ordered:
-            return pool.submit(fetch, offset, length)
-        return pool.submit(lambda: store(offset, length, fetch(offset, length)))
-
-    try:
-        for extent in disk.extents():
-            if cancel.is_set():
-                break
-            if extent.zero:
-                while ordered and pending:
-                    settle_one()
-                writer.write_zeros(extent.start, extent.length)
-                progress.update(extent.length)
-                continue
-            for offset, length in _pieces(extent, unit, chunk):
-                pending.append((submit(offset, length), offset, length))
-                if len(pending) >= in_flight:
-                    settle_one()
-        while pending:
-            settle_one()
-    except BaseException:
-        cancel.set()
-        on_error()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    writer.finish()
+                self.buffers.give(buf)
 
 
 def _pieces(extent: Extent, unit: int, chunk: int) -> Iterator[tuple[int, int]]:

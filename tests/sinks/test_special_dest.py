@@ -60,8 +60,8 @@ def test_a_character_device_behind_a_symlink(nginx: Nginx, tmp_path: Path) -> No
     assert link.is_symlink() and stat.S_ISCHR(os.lstat(null).st_mode)
 
 
-def test_a_fifo_with_a_reader_gets_the_disk_in_order(nginx: Nginx, images: Images,
-                                                     tmp_path: Path) -> None:
+def _fifo_with_a_reader(tmp_path: Path) -> tuple[Path, bytearray, threading.Thread]:
+    """A named pipe and a thread reading everything written to it into a buffer."""
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = bytearray()
@@ -73,6 +73,12 @@ def test_a_fifo_with_a_reader_gets_the_disk_in_order(nginx: Nginx, images: Image
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return fifo, got, reader
+
+
+def test_a_fifo_with_a_reader_gets_the_disk_in_order(nginx: Nginx, images: Images,
+                                                     tmp_path: Path) -> None:
+    fifo, got, reader = _fifo_with_a_reader(tmp_path)
     r = importer_cli("import", nginx.url("disk.raw.gz"), fifo, timeout=120)
     reader.join(30)
     assert r.returncode == 0, r.stderr
@@ -84,17 +90,7 @@ def test_a_fifo_takes_a_qcow2_read_at_random_in_the_disk_s_order(nginx: Nginx, i
                                                                  tmp_path: Path) -> None:
     """A qcow2 over ranged HTTP into a FIFO (issue 24): the workers read clusters in
     parallel, the writes go out in the disk's order, zero runs as zeros."""
-    fifo = tmp_path / "pipe"
-    os.mkfifo(fifo)
-    got = bytearray()
-
-    def read() -> None:
-        with open(fifo, "rb") as f:
-            while chunk := f.read(1 << 20):
-                got.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    fifo, got, reader = _fifo_with_a_reader(tmp_path)
     r = importer_cli("import", nginx.url("disk.qcow2"), fifo, "-o", "json", timeout=120)
     reader.join(30)
     assert r.returncode == 0, r.stderr
