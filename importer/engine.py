@@ -181,11 +181,11 @@ def _open(config: ImportConfig, progress: Progress, cancel: threading.Event,
         exc.connecting = True  # the pod words these as CDI does ("Unable to connect to ...")
         raise
     stack.push(_closing(src))
-    src = _appliance_disk(src, config, inspecting)
+    src, head = _appliance_disk(src, config, inspecting)
     info = src.info()
     progress.total = info.size
     spec = config.checksum or info.checksum
-    raw = (HeadThenStream(src, info.size) if info.random_access and info.size
+    raw = (HeadThenStream(src, info.size, head) if info.random_access and info.size
            else src.open_stream(0))
     counting = CountingStream(raw, progress, spec.new_hash() if spec else None)
     stream = ThreadedReader(counting)
@@ -321,7 +321,8 @@ def _allocated_size(config: ImportConfig) -> int | None:
         return None
 
 
-def _appliance_disk(src: Source, config: ImportConfig, inspecting: bool) -> Source:
+def _appliance_disk(src: Source, config: ImportConfig, inspecting: bool
+                    ) -> tuple[Source, bytes]:
     """The disk of an OVA as the source (sources/ova.py), or `src` itself: a clone's bytes, an
     archive to extract or a delta stage are never looked into. (The pod takes other tars as
     raw disks, as CDI does; an appliance is not taken so.)"""
@@ -330,9 +331,9 @@ def _appliance_disk(src: Source, config: ImportConfig, inspecting: bool) -> Sour
 
     if (src.info().guest_data or config.content_type is ContentType.ARCHIVE
             or config.delta_of is not None or config.input_format not in (None, "ova")):
-        return src
-    disk = open_ova_disk(src, config.ova_disk, forced=config.input_format == "ova",
-                         pod=not advice.speaks_cli(), first_if_many=inspecting)
+        return src, b""
+    disk, head = open_ova_disk(src, config.ova_disk, forced=config.input_format == "ova",
+                               pod=not advice.speaks_cli(), first_if_many=inspecting)
     if isinstance(disk, OvaDiskSource):
         if config.checksum is not None:
             raise FormatError(
@@ -342,7 +343,7 @@ def _appliance_disk(src: Source, config: ImportConfig, inspecting: bool) -> Sour
     elif config.ova_disk is not None:
         raise FormatError(f"--disk {config.ova_disk!r} picks a disk of an OVA, but the data "
                           "is not an OVA")
-    return disk
+    return disk, head
 
 
 def _sequential_dest(config: ImportConfig) -> bool:

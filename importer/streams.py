@@ -96,11 +96,14 @@ class HeadThenStream(io.RawIOBase):
 
     HEAD = DETECTION_HEAD
 
-    def __init__(self, source: Any, size: int) -> None:
+    def __init__(self, source: Any, size: int, head: bytes = b"") -> None:
+        """`head`: the source's first bytes, already read (by the OVA probe): served from here
+        rather than asked for again."""
         self._src = source
         self._size = size
         self._pos = 0
         self._stream: io.RawIOBase | None = None
+        self._head = head
 
     def readable(self) -> bool:
         return True
@@ -108,6 +111,11 @@ class HeadThenStream(io.RawIOBase):
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         if self.closed:
             raise ValueError("read of a closed stream")
+        if self._pos < len(self._head):
+            n = min(len(b), len(self._head) - self._pos)
+            b[:n] = self._head[self._pos:self._pos + n]
+            self._pos += n
+            return n
         if self._stream is None and self._pos < min(self.HEAD, self._size):
             want = min(len(b), self.HEAD - self._pos, self._size - self._pos)
             n = int(self._src.readinto_at(self._pos, memoryview(b)[:want]))

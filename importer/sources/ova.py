@@ -31,12 +31,16 @@ from ..checksum import ChecksumSpec
 from ..errors import FormatError, SourceError
 from ..formats.ovf import Manifest, OvfDescriptor, OvfDisk, parse_manifest, parse_ovf
 from ..quantity import format_bytes
+from ..streams import DETECTION_HEAD
 from .base import Source, SourceInfo, read_via_readinto
 
 __all__ = ["OvaDiskSource", "looks_like_ova", "open_ova_disk"]
 
 log = logging.getLogger(__name__)
 BLOCK = 512
+#: what the probe reads of a source read at random: detection's first read (streams.py), so
+#: the engine serves it from here instead of asking the source twice
+HEAD_SIZE = DETECTION_HEAD
 #: a descriptor or manifest larger than this is not one
 MAX_SMALL_MEMBER = 4 << 20
 
@@ -304,15 +308,17 @@ class _Chain(io.RawIOBase):
 
 
 def open_ova_disk(base: Source, choice: str | None, *, forced: bool, pod: bool,
-                  first_if_many: bool = False) -> Source:
+                  first_if_many: bool = False) -> tuple[Source, bytes]:
     """`base` itself when it is not an OVA (and `forced` is false), else the chosen disk of
-    the appliance as a source. `first_if_many`: inspect looks at the first of several disks."""
+    the appliance as a source; and, for a source read at random that is not an OVA, the head
+    that was read to tell (`head_size` bytes: the first read detection makes, so it is not
+    made twice). `first_if_many`: inspect looks at the first of several disks."""
     info = base.info()
     where = info.name or "the source"
     read: Callable[[int, int], bytes]
     if info.random_access and info.size:
         forward = None
-        head = base.read_at(0, BLOCK)
+        head = base.read_at(0, min(HEAD_SIZE, info.size))
         read = base.read_at
     else:
         stream = base.open_stream(0)
@@ -324,7 +330,9 @@ def open_ova_disk(base: Source, choice: str | None, *, forced: bool, pod: bool,
         if forced:
             raise FormatError(f"{where} is not an OVA: its first member is not an .ovf "
                               "descriptor (--format ova)")
-        return base if forward is None else _Replayed(base, forward.rest())
+        if forward is None:
+            return base, head
+        return _Replayed(base, forward.rest()), b""
     walk = _TarWalk(read, where)
     descriptor: tuple[_Member, bytes] | None = None
     manifest: Manifest | None = None
@@ -361,7 +369,7 @@ def open_ova_disk(base: Source, choice: str | None, *, forced: bool, pod: bool,
             if forward is not None:
                 forward.read(member.offset, 0)  # positioned at the disk's first byte
                 stream_rest = forward.rest()
-            return OvaDiskSource(base, appliance, disk, member, stream_rest)
+            return OvaDiskSource(base, appliance, disk, member, stream_rest), b""
     if ovf is None:
         raise FormatError(f"{where}: the OVA holds no OVF descriptor")
     assert disk is not None

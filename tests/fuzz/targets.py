@@ -277,7 +277,7 @@ def ova(data: bytes) -> None:
 
     for source in (Memory(), StreamSource(io.BytesIO(data), None, "fuzz.ova")):
         try:
-            disk = open_ova_disk(source, None, forced=False, pod=False)  # type: ignore[arg-type]
+            disk, _head = open_ova_disk(source, None, forced=False, pod=False)  # type: ignore[arg-type]
             with disk.open_stream(0) as stream:
                 while stream.read(1 << 16):
                     pass
