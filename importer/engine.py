@@ -57,9 +57,10 @@ def verify_import(config: ImportConfig, progress: Progress | None = None,
                   cancel: threading.Event | None = None) -> dict[str, Any]:
     """Whether `config.dest` holds what importing `config.source` would write: the import runs
     with a sink that compares instead of writing (sinks/compare.py), so the source is read as
-    an import reads it and DEST only where needed; a plan that converts with qemu-img writes a
-    sparse scratch copy first, compared the same way. Stops at the first difference."""
-    from .plans.context import scratch_location
+    an import reads it and DEST only where needed. The sink takes the disk in order, as a pipe
+    does: the extent copier hands it each piece in the disk's order (the first difference found
+    is the first there is), and a plan that converts with qemu-img writes a sparse scratch copy
+    first (plans/convert.py). Stops at the first difference."""
     from .sinks.compare import CompareSink, Differs
 
     progress = progress or Progress()
@@ -75,10 +76,7 @@ def verify_import(config: ImportConfig, progress: Progress | None = None,
         stack.callback(sink.close)
         found: dict[str, Any] = {"identical": True, "first_difference": None, "reason": None}
         try:
-            if plan.converter == "qemu-img":
-                _verify_through_copy(st, plan, sink, scratch_location(config, sink))
-            else:
-                runner(plan.name)(st, plan, sink)
+            runner(plan.name)(st, plan, sink)
             found.update(sink.finish())
         except Differs as exc:
             found.update(identical=False, first_difference=exc.offset, reason=str(exc),
@@ -89,32 +87,6 @@ def verify_import(config: ImportConfig, progress: Progress | None = None,
                 "virtual_size": result.virtual_size, "plan": plan.name,
                 "plan_reason": plan.reason, "bytes_read": st.bytes_read, **found,
                 "duration_seconds": round(time.monotonic() - started, 3)}
-
-
-def _verify_through_copy(st: RunState, plan: Plan, sink: Any, where: Path | None) -> None:
-    """qemu-img writes a sparse scratch copy; its data and holes then go to the comparing
-    sink."""
-    import os
-    import tempfile
-
-    from .disks.raw import file_extents
-    from .sinks.compare import CHUNK
-
-    fd, name = tempfile.mkstemp(prefix="importer-verify-", dir=where)
-    os.close(fd)
-    copy = Path(name)
-    try:
-        runner(plan.name)(st, plan, Target(copy, None, mode="scratch"))
-        size = copy.stat().st_size
-        with open(copy, "rb") as f:
-            for extent in file_extents(f.fileno(), size):
-                for pos in range(extent.start, extent.end, CHUNK):
-                    if not extent.zero:  # holes are checked as zeros by the sink at the end
-                        sink.write_at(pos, memoryview(os.pread(
-                            f.fileno(), min(CHUNK, extent.end - pos), pos)))
-        sink.set_size(size)
-    finally:
-        copy.unlink(missing_ok=True)
 
 
 def inspect_source(config: ImportConfig) -> dict[str, Any]:

@@ -36,8 +36,10 @@ class Differs(ImporterError):
 class CompareSink:
     """The Sink protocol (sinks/target.py) over DEST opened read-only."""
 
-    mode = "apply"  # every zero range is reported, as for a disk written in place
-    sequential = False
+    mode = "apply"
+    #: taken in order, as a pipe is: every zero range is reported, the extent copier writes in
+    #: the disk's order, and qemu-img's plans convert to a sparse scratch file first
+    sequential = True
 
     def __init__(self, path: Path) -> None:
         kind = dest_kind(path)
@@ -52,11 +54,6 @@ class CompareSink:
         self.compared = 0
         self._covered: list[tuple[int, int]] = []
         self._lock = threading.Lock()
-
-    @property
-    def fd_path(self) -> str:
-        raise TargetError("this plan writes through qemu-img, which cannot compare; verify "
-                          "compares a sparse copy instead")
 
     # ------------------------------------------------------------------ Sink
 
@@ -79,9 +76,6 @@ class CompareSink:
     def zero_range(self, offset: int, length: int) -> None:
         self._check_zeros(offset, offset + length)
         self._cover(offset, length)
-
-    def write_zeros(self, offset: int, length: int) -> None:
-        self.zero_range(offset, length)
 
     def preallocate(self, size: int) -> None:
         pass
