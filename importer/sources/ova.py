@@ -99,7 +99,7 @@ class _TarWalk:
             long_name, pax = None, {}
             self.pos += padded
             if info.isfile():
-                yield _Member(name.lstrip("./") if name.startswith("./") else name, data, size)
+                yield _Member(name.removeprefix("./"), data, size)
 
 
 def _pax_records(body: bytes) -> dict[str, str]:
@@ -253,10 +253,16 @@ class _Forward:
     """read(offset, n) over a stream read once, in order: offsets only grow; skipped bytes are
     read and dropped."""
 
-    def __init__(self, stream: io.RawIOBase, head: bytes = b"") -> None:
+    def __init__(self, stream: io.RawIOBase) -> None:
         self.stream = stream
-        self._head = head
+        self._head = b""  # read from the stream, not yet handed out
         self.pos = 0
+
+    def peek(self, n: int) -> bytes:
+        """The next `n` bytes (fewer at the end), left to be read again."""
+        self._head = self._raw(n)
+        self.pos -= len(self._head)
+        return self._head
 
     def _raw(self, n: int) -> bytes:
         out = bytearray()
@@ -319,12 +325,14 @@ def open_ova_disk(base: Source, choice: str | None, *, forced: bool, pod: bool,
     if info.random_access and info.size:
         forward = None
         head = base.read_at(0, min(HEAD_SIZE, info.size))
-        read = base.read_at
+
+        def read(offset: int, n: int) -> bytes:  # the descriptor usually lies in the head
+            if offset + n <= len(head):
+                return head[offset:offset + n]
+            return base.read_at(offset, n)
     else:
-        stream = base.open_stream(0)
-        forward = _Forward(stream)
-        head = forward.read(0, BLOCK)
-        forward = _Forward(stream, head)  # the head is given back to whoever reads next
+        forward = _Forward(base.open_stream(0))
+        head = forward.peek(BLOCK)  # handed back to whoever reads next
         read = forward.read
     if not looks_like_ova(head):
         if forced:
