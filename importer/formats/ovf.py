@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..checksum import ALGORITHMS
 from ..errors import FormatError
 
 __all__ = ["Manifest", "OvfDescriptor", "OvfDisk", "parse_manifest", "parse_ovf"]
@@ -160,7 +161,6 @@ class Manifest:
 
 
 _MANIFEST_LINE = re.compile(r"^(SHA1|SHA256|SHA512)\s*\((.+)\)\s*=\s*([0-9a-fA-F]+)\s*$")
-_DIGEST_LENGTH = {"sha1": 40, "sha256": 64, "sha512": 128}
 
 
 def parse_manifest(data: bytes, name: str) -> Manifest:
@@ -173,7 +173,7 @@ def parse_manifest(data: bytes, name: str) -> Manifest:
             continue
         m = _MANIFEST_LINE.match(line.strip())
         algo = m.group(1).lower() if m else ""
-        if not m or len(m.group(3)) != _DIGEST_LENGTH[algo]:
+        if not m or len(m.group(3)) != ALGORITHMS[algo]:
             raise FormatError(f"the manifest {name} line {number} is not 'SHA256(FILE)= HEX': "
                               f"{line.strip()[:80]!r}")
         digests[m.group(2).strip()] = (algo, m.group(3).lower())

@@ -153,7 +153,7 @@ def choose_plan(src: SourceFacts, image: ImageInfo | None, codecs: list[str],
         # file) and writes the output format at once, with no raw copy in between
         return Plan(PlanName.CONVERT, f"-O {config.output.format} from a local {fmt} file: "
                     "qemu-img converts it directly, after the same inspection",
-                    converter=Converter.QEMU_IMG)
+                    converter=Converter.QEMU_IMG, details={"local_file": True})
     if not image.needs_conversion or fixed_vhd:
         what = "a fixed VHD (raw data and a footer)" if fixed_vhd else f"{fmt} data"
         return _raw_plan(src, what, codecs, config)

@@ -38,7 +38,7 @@ def run(st: RunState, plan: Plan, target: Target) -> None:
     info = st.source.info()
     size = info.size
     assert size is not None
-    if info.local_path is not None and not det.codecs and st.config.output is not None:
+    if plan.details.get("local_file") and info.local_path is not None:  # the planner's call
         _from_local_file(st, target, info.local_path)
         return
     reads = st.reads()

@@ -55,14 +55,13 @@ def glance_options(image_id: str, keys: Mapping[str, str]) -> GlanceOptions:
     from ...goflags import parse_go_bool
 
     insecure = keys.get("insecureSkipVerify") or "false"
+    parsed = parse_go_bool(insecure)
     return GlanceOptions(image_id=image_id, auth=KeystoneAuth(**fields),
                          region=keys.get("regionName") or None,
                          interface=keys.get("availability") or "public",
-                         cacert=keys.get("cacert") or None,
-                         insecure=bool(parse_go_bool(insecure)),
+                         cacert=keys.get("cacert") or None, insecure=bool(parsed),
                          # CDI reads an unparsable value as false; we name it as a problem
-                         insecure_invalid=None if parse_go_bool(insecure) is not None
-                         else insecure)
+                         insecure_invalid=insecure if parsed is None else None)
 
 
 def read_secret(path: Path) -> dict[str, str]:
