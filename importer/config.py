@@ -121,6 +121,8 @@ class RawSettings:
     parsed_headers: Sequence[Header] = ()
     ca_dir: str | Path | None = None
     ca_file: str | None = None
+    #: CA certificates given as PEM text (a populator's secret)
+    ca_pems: Sequence[str] = ()
     extra_ca_dirs: Sequence[Path] = ()
     insecure: bool = False
     cache_mode: str | None = None
@@ -186,7 +188,8 @@ def _validate(r: RawSettings) -> tuple[ImportConfig | None, list[Problem]]:
         return None, problems
     http = HttpOptions(
         username=username, password=password, headers=tuple(all_headers), ca_dir=ca_path,
-        extra_ca_dirs=tuple(extra_cas), insecure=r.insecure, proxies=_proxies(r.environ, env),
+        extra_ca_dirs=tuple(extra_cas), ca_pems=tuple(r.ca_pems), insecure=r.insecure,
+        proxies=_proxies(r.environ, env),
         max_retries=r.max_retries, retry_time=r.retry_time, read_timeout=r.read_timeout,
         connect_timeout=r.connect_timeout, low_speed_limit=r.low_speed_limit,
         low_speed_time=r.low_speed_time)

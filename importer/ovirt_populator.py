@@ -5,7 +5,7 @@ CDI's program writes the engine password and CA to files and runs `ovirt-img dow
 reading its JSON progress lines. Ours is the importer's own imageio source on the engine
 (sources/imageio.py): the transfer is created, its extents read so zero runs become holes,
 data fetched on several connections from the daemon, the transfer finalized, or cancelled on
-any failure or signal; the password stays in memory and the CA in a private temporary file.
+any failure or signal; the password and the CA stay in memory (no file holds either).
 Progress is `kubevirt_cdi_ovirt_progress_total{ownerUID}` on https://:8443/metrics, relative to
 the disk's size (CDI's divides by the PVC's size, so a disk smaller than its PVC never showed
 more than its share before the final jump to 100)."""

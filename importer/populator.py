@@ -8,9 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from . import advice
 from .engine import run_import
@@ -61,10 +59,9 @@ def run_populator(argv: Sequence[str] | None, *, usage: str, summary: str, metri
 
 def _populate(job: PopulatorJob, progress: Progress, stop: StopSignals) -> tuple[int, str]:
     try:
-        with tempfile.TemporaryDirectory(prefix="populator-") as tmp:
-            config = job.config(Path(tmp))
-            log.info("%s", job.description)
-            result = run_import(config, progress, stop.cancel)
+        config = job.config()
+        log.info("%s", job.description)
+        result = run_import(config, progress, stop.cancel)
     except (CancelledError, ImporterError) as exc:
         log.error("%s", exc)
         return exc.exit_code, f"Unable to populate the volume: {exc}"

@@ -14,7 +14,6 @@ the controller scrapes (cmd/*-populator, pkg/monitoring/metrics/*-populator)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +38,9 @@ class PopulatorJob:
     termination_log: Path
     #: the log line that opens the population
     description: str
-    #: the import, given a private temporary directory for files it needs (a CA)
-    config: Callable[[Path], ImportConfig]
+    #: the import (built when the metrics already answer: a problem found then is reported
+    #: as the population's failure)
+    config: Callable[[], ImportConfig]
 
 OVIRT_USAGE = ("usage: ovirt-populator --engine-url=https://ENGINE --disk-id=ID "
                "--volume-path=/mnt/disk.img|/dev/block --owner-uid=UID --pvc-size=BYTES "
@@ -76,19 +76,36 @@ class OvirtPopulatorSettings:
     proxies: Mapping[str, str]
 
 
+def _flags(argv: Sequence[str], names: tuple[str, ...], usage: str) -> dict[str, str]:
+    """A populator's Go flags (klog's -v and -alsologtostderr accepted too)."""
+    flags = parse_go_flags(argv, (*names, "owner-uid", "pvc-size", "volume-path",
+                                  "secret-name", "v"), ("alsologtostderr",))
+    if flags is None:
+        raise ConfigError(f"unknown or incomplete arguments {list(argv)}; {usage}")
+    return flags
+
+
+def _require(flags: Mapping[str, str], names: tuple[str, ...], usage: str) -> None:
+    missing = [f"--{n}" for n in names if not flags.get(n)]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}; {usage}")
+
+
+def _pod_files(env: Mapping[str, str]) -> tuple[int, Path]:
+    """The metrics port (IMPORTER_METRICS_PORT is ours, for tests; CDI listens on 8443) and the
+    termination log under the pod's root."""
+    port = env.get("IMPORTER_METRICS_PORT", "8443")
+    root = Path(env.get("IMPORTER_FS_ROOT", "/"))
+    return int(port) if is_decimal(port) else 8443, root / "dev" / "termination-log"
+
+
 def read_ovirt_populator_settings(argv: Sequence[str], env: Mapping[str, str]
                                   ) -> OvirtPopulatorSettings:
-    flags = parse_go_flags(argv, ("engine-url", "disk-id", "volume-path", "secret-name",
-                                  "cr-name", "cr-namespace", "owner-uid", "pvc-size", "v"),
-                           ("alsologtostderr",))
-    if flags is None:
-        raise ConfigError(f"unknown or incomplete arguments {list(argv)}; {OVIRT_USAGE}")
+    flags = _flags(argv, ("engine-url", "disk-id", "cr-name", "cr-namespace"), OVIRT_USAGE)
     size = flags.get("pvc-size", "0")
     if not is_decimal(size) or int(size) <= 0:
         raise ConfigError("pvc-size must be greater than 0")  # CDI's words
-    missing = [f"--{n}" for n in ("engine-url", "disk-id", "volume-path") if not flags.get(n)]
-    if missing:
-        raise ConfigError(f"missing {', '.join(missing)}; {OVIRT_USAGE}")
+    _require(flags, ("engine-url", "disk-id", "volume-path"), OVIRT_USAGE)
     insecure = env.get("insecureSkipVerify", "false") or "false"
     if parse_go_bool(insecure) is None:
         raise ConfigError(f"Invalid boolean value for insecureSkipVerify: {insecure}")
@@ -97,44 +114,32 @@ def read_ovirt_populator_settings(argv: Sequence[str], env: Mapping[str, str]
     if not username or not password:
         raise ConfigError("the secret gives no user or no password (keys user and password): "
                           "the engine needs both")
-    port = env.get("IMPORTER_METRICS_PORT", "8443")  # ours, for tests; CDI listens on 8443
-    root = Path(env.get("IMPORTER_FS_ROOT", "/"))
+    port, termination_log = _pod_files(env)
     return OvirtPopulatorSettings(
         engine_url=flags["engine-url"], disk_id=flags["disk-id"],
         volume_path=Path(flags["volume-path"]), owner_uid=flags.get("owner-uid", ""),
         pvc_size=int(size), username=username, password=password,
         cacert=env.get("cacert") or None, insecure=bool(parse_go_bool(insecure)),
-        metrics_port=int(port) if is_decimal(port) else 8443,
-        termination_log=root / "dev" / "termination-log",
+        metrics_port=port, termination_log=termination_log,
         proxies=proxies_from_environment(env))
 
 
-def ovirt_import_config(s: OvirtPopulatorSettings, ca_file: Path | None) -> ImportConfig:
-    """The import of the disk into the volume, through the one validator; `ca_file` holds the
-    secret's cacert."""
+def ovirt_import_config(s: OvirtPopulatorSettings) -> ImportConfig:
+    """The import of the disk into the volume, through the one validator; the secret's cacert
+    is trusted as the PEM text it is (no file holds it)."""
     return build_config(
         source=s.engine_url, dest=s.volume_path, source_kind="imageio",
         username=s.username, password=s.password,
-        ca_file=str(ca_file) if ca_file is not None else None, insecure=s.insecure,
+        ca_pems=(s.cacert,) if s.cacert and not s.insecure else (), insecure=s.insecure,
         options=ImageioOptions(disk_id=s.disk_id),
         environ={f"{k}_proxy": v for k, v in s.proxies.items()}, front=POPULATOR)
 
 
 def ovirt_job(argv: Sequence[str], env: Mapping[str, str]) -> PopulatorJob:
     s = read_ovirt_populator_settings(argv, env)
-
-    def config(tmp: Path) -> ImportConfig:
-        ca_file = None
-        if s.cacert and not s.insecure:
-            ca_file = tmp / "ca.pem"
-            fd = os.open(ca_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(s.cacert)
-        return ovirt_import_config(s, ca_file)
-
     return PopulatorJob(s.owner_uid, s.metrics_port, s.termination_log,
                         f"populating {s.volume_path} with oVirt disk {s.disk_id} from "
-                        f"{s.engine_url}", config)
+                        f"{s.engine_url}", lambda: ovirt_import_config(s))
 
 
 OPENSTACK_USAGE = ("usage: openstack-populator --endpoint=https://KEYSTONE:5000/v3 "
@@ -150,28 +155,21 @@ OPENSTACK_POPULATOR = _populator_front({
 
 
 def openstack_job(argv: Sequence[str], env: Mapping[str, str]) -> PopulatorJob:
-    flags = parse_go_flags(argv, ("endpoint", "image-id", "volume-path", "secret-name",
-                                  "owner-uid", "pvc-size", "v"), ("alsologtostderr",))
-    if flags is None:
-        raise ConfigError(f"unknown or incomplete arguments {list(argv)}; {OPENSTACK_USAGE}")
+    flags = _flags(argv, ("endpoint", "image-id"), OPENSTACK_USAGE)
     size = flags.get("pvc-size", "0")
     if not is_decimal(size):
         raise ConfigError(f"invalid value {size!r} for flag -pvc-size: parse error")  # Go's
-    missing = [f"--{n}" for n in ("endpoint", "image-id", "volume-path") if not flags.get(n)]
-    if missing:
-        raise ConfigError(f"missing {', '.join(missing)}; {OPENSTACK_USAGE}")
+    _require(flags, ("endpoint", "image-id", "volume-path"), OPENSTACK_USAGE)
     options = glance_options(flags["image-id"], env)
     volume = Path(flags["volume-path"])
-    port = env.get("IMPORTER_METRICS_PORT", "8443")  # ours, for tests; CDI listens on 8443
-    root = Path(env.get("IMPORTER_FS_ROOT", "/"))
+    port, termination_log = _pod_files(env)
     proxies = proxies_from_environment(env)
 
-    def config(_tmp: Path) -> ImportConfig:
+    def config() -> ImportConfig:
         return build_config(
             source=flags["endpoint"], dest=volume, source_kind="glance", options=options,
             environ={f"{k}_proxy": v for k, v in proxies.items()}, front=OPENSTACK_POPULATOR)
 
-    return PopulatorJob(flags.get("owner-uid", ""), int(port) if is_decimal(port) else 8443,
-                        root / "dev" / "termination-log",
+    return PopulatorJob(flags.get("owner-uid", ""), port, termination_log,
                         f"populating {volume} with Glance image {flags['image-id']} through "
                         f"{flags['endpoint']}", config)
