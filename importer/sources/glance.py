@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import threading
 from typing import Any
@@ -25,7 +24,7 @@ from ..errors import SourceContentError, SourceError, SourceNotFoundError
 from ..settings import ImportConfig
 from .base import SourceInfo
 from .http import HttpSource
-from .openstack.keystone import KeystoneSession, raise_for_status
+from .openstack.keystone import KeystoneSession, json_object, raise_for_status
 from .options import GlanceOptions, HttpOptions
 from .retry import retrying
 from .transport import ApiConnection, HttpConnector
@@ -128,14 +127,8 @@ class GlanceSource:
         if status == 404:
             raise SourceNotFoundError(f"Glance image {image_id} not found, or the project "
                                       "cannot see it; check the image id and the project")
-        if not 200 <= status < 300:
-            raise_for_status(status, body, f"reading the record of Glance image {image_id}")
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise SourceContentError(f"Glance's record of image {image_id} is not JSON") from exc
-        if not isinstance(doc, dict):
-            raise SourceContentError(f"Glance's record of image {image_id} is not an object")
+        raise_for_status(status, body, f"reading the record of Glance image {image_id}")
+        doc = json_object(body, f"Glance's record of image {image_id}")
         state = str(doc.get("status", ""))
         if state != "active":
             why = _NOT_ACTIVE.get(state, f"has status {state!r}, not active")

@@ -31,7 +31,7 @@ from ...errors import (
 from ..options import KeystoneAuth
 from ..transport import ApiConnection, HttpConnector, redact
 
-__all__ = ["Endpoint", "KeystoneSession", "auth_request", "raise_for_status"]
+__all__ = ["Endpoint", "KeystoneSession", "auth_request", "json_object", "raise_for_status"]
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class KeystoneSession:
             raise SourceNotFoundError(f"{redact(v3)}/auth/tokens: HTTP 404; the identity "
                                       "endpoint is not a Keystone v3 API")
         raise_for_status(status, body, f"logging in to Keystone at {redact(v3)}")
-        doc = _json(body, "Keystone's token")
+        doc = json_object(body, "Keystone's token")
         token = headers.get("x-subject-token")
         if not token or not isinstance(doc.get("token"), dict):
             raise SourceContentError(f"{redact(v3)}: the answer to the login holds no token")
@@ -169,7 +169,7 @@ class KeystoneSession:
         status, _headers, body = self._api.send("GET", root, None,
                                                 {"Accept": "application/json"})
         if status in (200, 300):
-            doc = _json(body, "Keystone's version list")
+            doc = json_object(body, "Keystone's version list")
             versions = doc.get("versions", {})
             values = versions.get("values", []) if isinstance(versions, dict) else versions
             if isinstance(doc.get("version"), dict):
@@ -214,7 +214,7 @@ class KeystoneSession:
         self._api.close()
 
 
-def _json(body: bytes, what: str) -> dict[str, Any]:
+def json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(body or b"{}")
     except ValueError as exc:
