@@ -5,22 +5,28 @@ certificate made at start (the controller does not verify it)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import shutil
+import socket
+import ssl
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from .progress import Progress
@@ -86,6 +92,42 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+#: seconds a client has to finish its TLS handshake, and then to send its request
+CLIENT_TIMEOUT = 10.0
+
+
+class _TlsServer(ThreadingWSGIServer):
+    """A thread per scrape, the TLS handshake done in that thread with a deadline.
+    prometheus_client's start_http_server wraps the listening socket instead, so its accept()
+    shakes hands with each client in turn: one client that connected and said nothing stopped
+    every scrape (seen: CDI's scrape timed out behind a bare TCP connection)."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(CLIENT_TIMEOUT)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):  # a cut, a stall, or not TLS at all: nothing to answer
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            with contextlib.suppress(OSError):  # as socketserver ends a request: writes first
+                tls.shutdown(socket.SHUT_WR)
+            tls.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that stalls past the deadline or breaks off mid-request: dropped, logged
+        at debug level (socketserver would print a traceback to stderr)."""
+        log.debug("metrics: dropped a client %s: %s", client_address, sys.exc_info()[1])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every few seconds is not worth a log line
+
+
 class MetricsServer:
     def __init__(self, progress: Progress, owner_uid: str, port: int, addr: str = "0.0.0.0",
                  *, metric: str = "kubevirt_cdi_import_progress") -> None:
@@ -95,14 +137,20 @@ class MetricsServer:
         tmp = Path(tempfile.mkdtemp(prefix="importer-metrics-"))
         try:
             cert, key = self_signed_certificate(tmp)
-            self._server, _thread = start_http_server(port, addr=addr, registry=self.registry,
-                                                      certfile=str(cert), keyfile=str(key))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(cert), str(key))
+            server = make_server(addr, port, make_wsgi_app(self.registry), _TlsServer,
+                                 handler_class=_QuietHandler)
+            server.context = context
+            threading.Thread(target=server.serve_forever, name="metrics",
+                             daemon=True).start()
+            self._server = server
             log.info("progress metrics on https://%s:%d/metrics", addr, port)
-        except (OSError, ValueError) as exc:  # as CDI: the import goes on without metrics
+        except (OSError, ValueError, ssl.SSLError) as exc:  # as CDI: the import goes on
             log.error("cannot serve metrics on port %d: %s", port, exc)
         finally:
-            # the TLS context holds the certificate and key once the server started: the
-            # files (a private key among them) are not left in /tmp
+            # the TLS context holds the certificate and key once it loaded them: the files
+            # (a private key among them) are not left in /tmp
             shutil.rmtree(tmp, ignore_errors=True)
 
     def close(self) -> None:
