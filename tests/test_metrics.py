@@ -5,6 +5,7 @@ answered at once; the stalled ones are dropped at the deadline; nothing reaches 
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -29,9 +30,21 @@ def _scrape(port: int, ctx: ssl.SSLContext) -> bytes:
         return data
 
 
+def _request_threads() -> list[threading.Thread]:
+    """socketserver's per-request threads still alive."""
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
 def test_stalled_and_broken_clients_do_not_stop_a_scrape(
-        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(metrics, "CLIENT_TIMEOUT", 0.5)
+    # the records go to caplog only: in-process front-ends run earlier may have left handlers
+    # on the root logger writing to streams since closed
+    logger = logging.getLogger("importer.metrics")
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "handlers", [caplog.handler])
+    caplog.set_level(logging.DEBUG, logger="importer.metrics")
     progress = Progress()
     progress.total = 100
     progress.update(40)
@@ -59,13 +72,18 @@ def test_stalled_and_broken_clients_do_not_stop_a_scrape(
         body = _scrape(port, ctx)
         assert time.monotonic() - started < 2, "a stalled client held the scrape up"
         assert b'kubevirt_cdi_import_progress_total{ownerUID="uid-m"}' in body
+        assert _request_threads(), "the stalled clients each hold a thread until the deadline"
         time.sleep(1.5)  # past the deadline: the stalled clients are dropped
         for s in (*stalled, quiet):
             s.settimeout(2)
             assert s.recv(10) == b""
             s.close()
         assert _scrape(port, ctx)  # and the next scrape is served as the first
-        assert threading.active_count() < 10
+        deadline = time.monotonic() + 5
+        while _request_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _request_threads() == [], "a client's thread outlived its deadline"
     finally:
         server.close()
     assert "Traceback" not in capfd.readouterr().err
+    assert any("dropped a client" in r.getMessage() for r in caplog.records)
